@@ -1,0 +1,361 @@
+//! The var dir's layout, the master lock and the pid file (SPEC 3.1).
+//!
+//! The lock is an `flock` on `locks/master.lck`: the kernel drops it when the
+//! master dies, so it can never go stale. Its content (pid, host, start time,
+//! PID namespace, executable) is informational and lets control commands check
+//! a pid before signalling it. `master.pid` is written for Mailman's tools.
+//!
+//! Not here: deciding what to do with a probe's answer (that is `commands`).
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::procinfo::Identity;
+use crate::util::io_text;
+
+/// Where everything lives under the var dir.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub var_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(var_dir: &Path) -> Layout {
+        Layout {
+            var_dir: var_dir.to_path_buf(),
+        }
+    }
+    pub fn locks_dir(&self) -> PathBuf {
+        self.var_dir.join("locks")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.locks_dir().join("master.lck")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.var_dir.join("master.pid")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.var_dir.join("logs")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.logs_dir().join("mailman.log")
+    }
+
+    /// Creates the var dir and its `locks/` and `logs/` (mode 0755), and
+    /// refuses any of them that others may write to without the sticky bit.
+    pub fn prepare(&self) -> Result<()> {
+        for dir in [self.var_dir.clone(), self.locks_dir(), self.logs_dir()] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {}", dir.display(), io_text(&e)))?;
+            let meta = fs::metadata(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot use {}: {}", dir.display(), io_text(&e)))?;
+            if !meta.is_dir() {
+                bail!("cannot use {}: not a directory", dir.display());
+            }
+            let mode = meta.permissions().mode();
+            if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+                bail!(
+                    "refusing to use {}: it is writable by every user (mode {:o}); chmod o-w it",
+                    dir.display(),
+                    mode & 0o7777
+                );
+            }
+            // An unwritable directory is found now, with its name, rather
+            // than later in a less helpful place.
+            if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
+                bail!("cannot write to {}: permission denied", dir.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the lock file says about the master holding it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockInfo {
+    pub pid: Option<i32>,
+    pub host: Option<String>,
+    pub start_time: Option<u64>,
+    pub pidns: Option<String>,
+    pub exe: Option<PathBuf>,
+}
+
+impl LockInfo {
+    pub fn of_self() -> LockInfo {
+        let me = Identity::of_self();
+        LockInfo {
+            pid: Some(std::process::id() as i32),
+            host: nix::unistd::gethostname()
+                .ok()
+                .map(|h| h.to_string_lossy().into_owned()),
+            start_time: me.as_ref().map(|m| m.start_time),
+            pidns: me.as_ref().and_then(|m| m.pidns.clone()),
+            exe: me.and_then(|m| m.exe),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push_str(&format!("{k}={v}\n"));
+            }
+        };
+        line("pid", self.pid.map(|p| p.to_string()));
+        line("host", self.host.clone());
+        line("start_time", self.start_time.map(|t| t.to_string()));
+        line("pidns", self.pidns.clone());
+        line("exe", self.exe.as_ref().map(|p| p.display().to_string()));
+        out
+    }
+
+    pub fn parse(text: &str) -> LockInfo {
+        let mut info = LockInfo::default();
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            match k {
+                "pid" => info.pid = v.parse().ok().filter(|p| *p > 0),
+                "host" => info.host = Some(v.to_string()),
+                "start_time" => info.start_time = v.parse().ok(),
+                "pidns" => info.pidns = Some(v.to_string()),
+                "exe" => info.exe = Some(PathBuf::from(v)),
+                _ => {}
+            }
+        }
+        info
+    }
+
+    /// The recorded identity, when the file holds enough to compare.
+    pub fn identity(&self) -> Option<Identity> {
+        Some(Identity {
+            pid: self.pid?,
+            start_time: self.start_time?,
+            pidns: self.pidns.clone(),
+            exe: self.exe.clone(),
+        })
+    }
+}
+
+/// The master's hold on the lock; released when dropped (or when the
+/// process dies, however it dies).
+#[derive(Debug)]
+pub struct MasterLock {
+    _file: File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error("GNU Mailman is already running")]
+    Held,
+    #[error("cannot lock {path}: {text}")]
+    Io { path: String, text: String },
+}
+
+fn open_nofollow(path: &Path, write: bool) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    if write {
+        opts.write(true).create(true).mode(0o600);
+    }
+    opts.open(path)
+}
+
+/// Takes the master lock with a non-blocking try, retried for a short moment
+/// so that a control command probing at that instant cannot make it fail.
+pub fn acquire(layout: &Layout) -> Result<MasterLock, AcquireError> {
+    let path = layout.lock_file();
+    let io_err = |e: io::Error| AcquireError::Io {
+        path: path.display().to_string(),
+        text: io_text(&e),
+    };
+    let mut file = open_nofollow(&path, true).map_err(io_err)?;
+    let deadline = Instant::now() + Duration::from_millis(300);
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(TryLockError::WouldBlock) => return Err(AcquireError::Held),
+            Err(TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+    }
+    let info = LockInfo::of_self().render();
+    file.set_len(0)
+        .and_then(|()| file.write_all(info.as_bytes()))
+        .map_err(io_err)?;
+    Ok(MasterLock { _file: file })
+}
+
+/// What a control command learns from the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Nobody holds the lock (or there is no lock file).
+    Free,
+    /// A master holds it; what it wrote there.
+    Held(LockInfo),
+    /// The lock cannot be tested (permissions, I/O error).
+    Unknown(String),
+}
+
+/// Tests the lock without disturbing a master: a shared try-lock held for an
+/// instant. Never creates the lock file.
+pub fn probe(layout: &Layout) -> Probe {
+    let path = layout.lock_file();
+    let mut file = match open_nofollow(&path, false) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Probe::Free,
+        Err(e) => return Probe::Unknown(format!("{}: {}", path.display(), io_text(&e))),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            Probe::Free
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            Probe::Held(LockInfo::parse(&text))
+        }
+        Err(TryLockError::Error(e)) => {
+            Probe::Unknown(format!("{}: {}", path.display(), io_text(&e)))
+        }
+    }
+}
+
+/// Writes `master.pid` atomically: a temporary file, fsync, rename.
+pub fn write_pid_file(layout: &Layout) -> Result<()> {
+    let path = layout.pid_file();
+    let tmp = layout
+        .var_dir
+        .join(format!(".master.pid.{}.tmp", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let write = || -> io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        // create_new honours the umask; the spec says 0644.
+        f.set_permissions(fs::Permissions::from_mode(0o644))?;
+        writeln!(f, "{}", std::process::id())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        anyhow::anyhow!("cannot write {}: {}", path.display(), io_text(&e))
+    })
+}
+
+/// Removes `master.pid` if it still names this process.
+pub fn remove_pid_file(layout: &Layout) {
+    if let Ok(PidFile::Pid(pid)) = read_pid_file(layout) {
+        if pid == std::process::id() as i32 {
+            let _ = fs::remove_file(layout.pid_file());
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PidFile {
+    Missing,
+    Pid(i32),
+}
+
+/// Reads `master.pid` without following a symlink; garbage is an error.
+pub fn read_pid_file(layout: &Layout) -> Result<PidFile> {
+    let path = layout.pid_file();
+    let mut text = String::new();
+    match open_nofollow(&path, false) {
+        Ok(mut f) => {
+            // A pid file is a few bytes; anything huge is not ours.
+            (&mut f)
+                .take(64)
+                .read_to_string(&mut text)
+                .with_context(|| format!("{} unreadable", path.display()))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PidFile::Missing),
+        Err(e) => bail!("{} unreadable: {}", path.display(), io_text(&e)),
+    }
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 0 => Ok(PidFile::Pid(pid)),
+        _ => bail!("{} does not hold a pid", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn mode_of(path: &Path) -> Option<u32> {
+        fs::symlink_metadata(path).ok().map(|m| m.mode() & 0o7777)
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_probe_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.prepare().unwrap();
+        assert_eq!(probe(&layout), Probe::Free);
+        let held = acquire(&layout).unwrap();
+        match probe(&layout) {
+            Probe::Held(info) => assert_eq!(info.pid, Some(std::process::id() as i32)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(acquire(&layout), Err(AcquireError::Held)));
+        assert_eq!(mode_of(&layout.lock_file()), Some(0o600));
+        drop(held);
+        assert_eq!(probe(&layout), Probe::Free);
+    }
+
+    #[test]
+    fn pid_file_round_trip_and_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        assert_eq!(read_pid_file(&layout).unwrap(), PidFile::Missing);
+        write_pid_file(&layout).unwrap();
+        assert_eq!(
+            read_pid_file(&layout).unwrap(),
+            PidFile::Pid(std::process::id() as i32)
+        );
+        assert_eq!(mode_of(&layout.pid_file()), Some(0o644));
+        remove_pid_file(&layout);
+        assert_eq!(read_pid_file(&layout).unwrap(), PidFile::Missing);
+        fs::write(layout.pid_file(), "garbage\n").unwrap();
+        assert!(read_pid_file(&layout).is_err());
+        fs::remove_file(layout.pid_file()).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", layout.pid_file()).unwrap();
+        assert!(read_pid_file(&layout).is_err());
+    }
+
+    #[test]
+    fn world_writable_var_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Layout::new(dir.path()).prepare().unwrap_err().to_string();
+        assert!(err.contains("writable by every user"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        Layout::new(dir.path()).prepare().unwrap();
+    }
+
+    #[test]
+    fn lock_info_round_trip() {
+        let info = LockInfo::of_self();
+        assert_eq!(LockInfo::parse(&info.render()), info);
+        assert!(info.identity().is_some());
+    }
+}

@@ -1,0 +1,83 @@
+//! `mailman`: GNU Mailman 3's master watcher and its control commands in one
+//! static binary. This file only dispatches; see `cli` for the commands and
+//! `master` for the master watcher.
+
+mod cli;
+mod commands;
+mod config;
+mod lock;
+mod logging;
+mod master;
+mod output;
+mod procinfo;
+mod runner;
+mod signals;
+mod slice;
+mod spawn;
+mod user;
+mod util;
+
+use clap::Parser;
+use nix::sys::signal::Signal;
+
+use cli::{Cli, Command};
+use config::Config;
+use master::{EXIT_USAGE, RunnerSpec};
+
+fn main() {
+    let code = run();
+    std::process::exit(code);
+}
+
+fn run() -> i32 {
+    let args = cli::multicall(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+        }
+    };
+    let config = match Config::discover(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_USAGE;
+        }
+    };
+    match cli.command {
+        Command::Start(args) => commands::start(config, &args),
+        Command::Stop(args) => commands::stop(&config, &args),
+        Command::Restart(args) => {
+            commands::signal_master(&config, &args, Signal::SIGUSR1, "Restarting the Mailman runners")
+        }
+        Command::Reopen(args) => {
+            commands::signal_master(&config, &args, Signal::SIGHUP, "Reopening the Mailman runners")
+        }
+        Command::Status => commands::status(&config),
+        Command::Master(args) => {
+            let mut only = Vec::new();
+            for text in &args.runners {
+                match RunnerSpec::parse(text) {
+                    Ok(spec) => only.push(spec),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return EXIT_USAGE;
+                    }
+                }
+            }
+            let opts = master::Options {
+                no_restart: args.no_restart,
+                only,
+                verbose: args.verbose,
+                run_as_user: args.run_as_user,
+            };
+            master::main(config, opts)
+        }
+        Command::Runner(args) => runner::main(&config, &args.runner),
+        Command::CheckConfig => {
+            print!("{}", config.to_toml());
+            0
+        }
+    }
+}

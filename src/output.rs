@@ -1,0 +1,128 @@
+//! Runner output capture: each runner's stdout and stderr pipe, read without
+//! blocking and cut into lines that go to the master's log tagged with the
+//! runner's `NAME:SLICE` and pid.
+//!
+//! A pipe lives until EOF, not until its runner is reaped, so a runner's last
+//! words (or a partial last line) are still logged after a restart.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// Longest line kept whole; longer ones are logged in pieces.
+const MAX_LINE: usize = 16 * 1024;
+/// Bytes read from one pipe per wake-up, so that one flooding runner cannot
+/// starve the others or the event loop.
+const CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    Data,
+    Empty,
+    Closed,
+}
+
+pub struct Output {
+    file: File,
+    pub runner: String,
+    pub slice: u32,
+    pub pid: i32,
+    pub stream: &'static str,
+    buf: Vec<u8>,
+}
+
+impl Output {
+    pub fn new(fd: OwnedFd, runner: &str, slice: u32, pid: i32, stream: &'static str) -> io::Result<Output> {
+        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        Ok(Output {
+            file: File::from(fd),
+            runner: runner.to_string(),
+            slice,
+            pid,
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Reads what is there and logs every complete line. Returns `false` at
+    /// end of file (after logging any partial last line).
+    pub fn pump(&mut self) -> bool {
+        let read = self.read_once();
+        self.emit_lines();
+        if read == Read::Closed {
+            self.flush_partial();
+        }
+        read != Read::Closed
+    }
+
+    /// Reads until the pipe is empty for now (bounded), logging whole lines;
+    /// with `to_end`, also logs a partial last line. Used before a runner's
+    /// exit is logged and when the master exits.
+    pub fn drain(&mut self, to_end: bool) {
+        for _ in 0..64 {
+            if self.read_once() != Read::Data {
+                break;
+            }
+        }
+        self.emit_lines();
+        if to_end {
+            self.flush_partial();
+        }
+    }
+
+    fn read_once(&mut self) -> Read {
+        let mut chunk = [0u8; CHUNK];
+        match self.file.read(&mut chunk) {
+            Ok(0) => Read::Closed,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Read::Data
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+                Read::Empty
+            }
+            Err(_) => Read::Closed,
+        }
+    }
+
+    fn flush_partial(&mut self) {
+        if !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            self.log(&rest);
+        }
+    }
+
+    fn emit_lines(&mut self) {
+        let mut start = 0;
+        while let Some(nl) = self.buf[start..].iter().position(|&b| b == b'\n') {
+            let end = start + nl;
+            let line = self.buf[start..end].to_vec();
+            self.log(&line);
+            start = end + 1;
+        }
+        self.buf.drain(..start);
+        while self.buf.len() >= MAX_LINE {
+            let piece: Vec<u8> = self.buf.drain(..MAX_LINE).collect();
+            self.log(&piece);
+        }
+    }
+
+    fn log(&self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let text = String::from_utf8_lossy(line);
+        tracing::info!(
+            runner = self.runner.as_str(),
+            slice = self.slice as u64,
+            pid = self.pid as u64,
+            stream = self.stream,
+            "{}",
+            text
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! Who a pid is: start time, PID namespace and executable, so that a control
+//! command can tell the master from an unrelated process that reuses its pid.
+//!
+//! Linux reads `/proc`; elsewhere `sysinfo` gives start time (whole seconds)
+//! and executable, and there is no PID namespace to compare.
+
+use std::path::PathBuf;
+
+/// A process's identity as recorded in the lock file and compared before any
+/// signal is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: i32,
+    /// Linux: clock ticks since boot (field 22 of `/proc/PID/stat`);
+    /// elsewhere: seconds since the epoch.
+    pub start_time: u64,
+    /// `pid:[INODE]` as `readlink /proc/PID/ns/pid` gives it; `None` where
+    /// there are no PID namespaces or it cannot be read.
+    pub pidns: Option<String>,
+    pub exe: Option<PathBuf>,
+}
+
+impl Identity {
+    pub fn of_self() -> Option<Identity> {
+        Identity::of(std::process::id() as i32)
+    }
+
+    /// The identity of a live process, or `None` if there is no such process
+    /// (or it cannot be inspected).
+    #[cfg(target_os = "linux")]
+    pub fn of(pid: i32) -> Option<Identity> {
+        if pid <= 0 {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces and parentheses: fields resume
+        // after the last ')'. Field 3 is the state; field 22 the start time.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let start_time = rest.split_whitespace().nth(19)?.parse().ok()?;
+        let link = |what: &str| std::fs::read_link(format!("/proc/{pid}/{what}")).ok();
+        let exe = link("exe").map(|p| {
+            let s = p.to_string_lossy();
+            match s.strip_suffix(" (deleted)") {
+                Some(live) => PathBuf::from(live),
+                None => p,
+            }
+        });
+        Some(Identity {
+            pid,
+            start_time,
+            pidns: link("ns/pid").map(|p| p.to_string_lossy().into_owned()),
+            exe,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn of(pid: i32) -> Option<Identity> {
+        use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+        if pid <= 0 {
+            return None;
+        }
+        let mut sys = System::new();
+        let p = Pid::from_u32(pid as u32);
+        sys.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[p]),
+            true,
+            ProcessRefreshKind::nothing().with_exe(sysinfo::UpdateKind::Always),
+        );
+        let proc_ = sys.process(p)?;
+        Some(Identity {
+            pid,
+            start_time: proc_.start_time(),
+            pidns: None,
+            exe: proc_.exe().map(|p| p.to_path_buf()),
+        })
+    }
+
+    /// Whether the live process `self` is the one `recorded` describes. Parts
+    /// that either side could not read are not compared; pid and start time
+    /// always are.
+    pub fn matches(&self, recorded: &Identity) -> bool {
+        fn opt_eq<T: PartialEq>(a: &Option<T>, b: &Option<T>) -> bool {
+            match (a, b) {
+                (Some(x), Some(y)) => x == y,
+                _ => true,
+            }
+        }
+        self.pid == recorded.pid
+            && self.start_time == recorded.start_time
+            && opt_eq(&self.pidns, &recorded.pidns)
+            && opt_eq(&self.exe, &recorded.exe)
+    }
+}
+
+/// This process's PID namespace, if the platform has them.
+pub fn own_pidns() -> Option<String> {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_identity_matches_itself_and_not_a_child() {
+        let me = Identity::of_self().unwrap();
+        assert!(me.matches(&me));
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let other = Identity::of(child.id() as i32).unwrap();
+        let mut forged = other.clone();
+        forged.pid = me.pid;
+        assert!(!me.matches(&forged));
+        let mut later = me.clone();
+        later.start_time += 1;
+        assert!(!me.matches(&later));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(Identity::of(-1).is_none());
+    }
+}

@@ -1,0 +1,67 @@
+//! Signals as events: each handled signal sets a flag and writes a byte to a
+//! self-pipe, so an event loop can `poll` the pipe next to its other fds and
+//! sleep until something happens (no periodic wake-up).
+//!
+//! Used by the master and by the built-in runner. Handlers come from
+//! `signal-hook`, which, unlike `ctrlc`, tells SIGHUP from SIGTERM and handles
+//! SIGUSR1 and SIGCHLD.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub struct SignalPipe {
+    read: UnixStream,
+    flags: Vec<(i32, Arc<AtomicBool>)>,
+}
+
+impl SignalPipe {
+    /// Installs handlers for `signals`. As PID 1 this must come first: the
+    /// kernel drops a signal that has no handler there.
+    pub fn install(signals: &[i32]) -> io::Result<SignalPipe> {
+        let (read, write) = UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        write.set_nonblocking(true)?;
+        let mut flags = Vec::with_capacity(signals.len());
+        for &sig in signals {
+            let flag = Arc::new(AtomicBool::new(false));
+            // The flag first, then the byte: whoever wakes on the byte finds
+            // the flag already set.
+            signal_hook::flag::register(sig, Arc::clone(&flag))?;
+            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
+            flags.push((sig, flag));
+        }
+        Ok(SignalPipe { read, flags })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
+    /// Empties the pipe and returns the signals that arrived since the last
+    /// call, in the order they were installed. Repeats of one signal merge,
+    /// as the kernel merges them anyway.
+    pub fn take(&self) -> Vec<i32> {
+        let mut buf = [0u8; 256];
+        loop {
+            match (&self.read).read(&mut buf) {
+                Ok(n) if n == buf.len() => continue,
+                _ => break,
+            }
+        }
+        self.flags
+            .iter()
+            .filter(|(_, f)| f.swap(false, Ordering::AcqRel))
+            .map(|(s, _)| *s)
+            .collect()
+    }
+}
+
+/// A signal's name as Mailman's log lines print it.
+pub fn name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}

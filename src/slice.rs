@@ -1,0 +1,250 @@
+//! One runner slice (`NAME:SLICE:RANGE`) as the master sees it: an explicit
+//! state, its restart count and back-off, and the restart rule of SPEC 3.3 as
+//! one pure function, [`Slice::on_exit`].
+//!
+//! Not here: processes, signals, logging (that is `master`).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::config::RunnerConfig;
+
+/// Why a runner ended: Mailman's `why` (an exit status or a signal number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    Exit(i32),
+    Signal(i32),
+}
+
+impl Why {
+    /// The number Mailman's rules look at, whether exit code or signal.
+    pub fn number(self) -> i32 {
+        match self {
+            Why::Exit(n) | Why::Signal(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Why::Exit(n) => write!(f, "EXIT {n}"),
+            Why::Signal(n) => write!(f, "SIGNAL {n}"),
+        }
+    }
+}
+
+/// Mailman's "do not restart me" code (SIGTERM's number).
+pub const WHY_NO_RESTART: i32 = 15;
+/// A requested restart (SIGUSR1's number): restarted at once, not counted.
+pub const WHY_REQUESTED: i32 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// A live process.
+    Running { pid: i32, since: Instant },
+    /// Waiting out the back-off before the next start.
+    BackingOff { until: Instant },
+    /// Past `max_restarts`: given up until `restart` or a new master.
+    Failed,
+    /// Not running and not to be restarted (exit 15, `--no-restart`, stop).
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+pub struct Slice {
+    pub runner: RunnerConfig,
+    pub slice: u32,
+    pub range: u32,
+    pub state: State,
+    /// Counted exits since the last stable run.
+    pub restarts: u32,
+    /// Counted exits in all (for status).
+    pub total_restarts: u32,
+    pub last_exit: Option<Why>,
+}
+
+/// What the master should do after a runner exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Start it again now.
+    RestartNow,
+    /// Start it again after this delay.
+    RestartAfter(Duration),
+    /// Leave it stopped.
+    Leave,
+    /// It crossed `max_restarts`: give it up.
+    GiveUp,
+}
+
+impl Decision {
+    pub fn restarts(self) -> bool {
+        matches!(self, Decision::RestartNow | Decision::RestartAfter(_))
+    }
+}
+
+impl Slice {
+    pub fn new(runner: RunnerConfig, slice: u32, range: u32) -> Slice {
+        Slice {
+            runner,
+            slice,
+            range,
+            state: State::Stopped,
+            restarts: 0,
+            total_restarts: 0,
+            last_exit: None,
+        }
+    }
+
+    /// `NAME:SLICE:RANGE`, as runners are told on their command line.
+    pub fn spec(&self) -> String {
+        format!("{}:{}:{}", self.runner.name, self.slice, self.range)
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        match self.state {
+            State::Running { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// Applies SPEC 3.3 to an exit after `uptime`. `restartable` is false
+    /// once the master is stopping or runs with `--no-restart`. `jitter` maps
+    /// a base delay to the one used (randomised in the master, identity in
+    /// tests). Updates the count and the last exit, not the state.
+    pub fn on_exit(
+        &mut self,
+        why: Why,
+        uptime: Duration,
+        restartable: bool,
+        jitter: impl Fn(Duration) -> Duration,
+    ) -> Decision {
+        self.last_exit = Some(why);
+        if uptime >= self.runner.stable_after.0 {
+            // Stayed up long enough: earlier crashes are forgiven.
+            self.restarts = 0;
+        }
+        if why.number() == WHY_REQUESTED {
+            return if restartable {
+                Decision::RestartNow
+            } else {
+                Decision::Leave
+            };
+        }
+        self.restarts += 1;
+        self.total_restarts += 1;
+        if !restartable {
+            return Decision::Leave;
+        }
+        if self.restarts > self.runner.max_restarts {
+            return Decision::GiveUp;
+        }
+        if why.number() == WHY_NO_RESTART {
+            return Decision::Leave;
+        }
+        let delay = self.backoff(jitter);
+        if delay.is_zero() {
+            Decision::RestartNow
+        } else {
+            Decision::RestartAfter(delay)
+        }
+    }
+
+    /// `restart_delay` doubled for each counted exit after the first, capped
+    /// at `restart_delay_max`, then jittered (and capped again).
+    fn backoff(&self, jitter: impl Fn(Duration) -> Duration) -> Duration {
+        let base = self.runner.restart_delay.0;
+        let max = self.runner.restart_delay_max.0;
+        let shift = self.restarts.saturating_sub(1).min(31);
+        let delay = base.saturating_mul(1u32 << shift).min(max);
+        jitter(delay).min(max)
+    }
+}
+
+/// ±20 % jitter: spreads restarts of runners that crashed together, while
+/// each delay stays above the one before (0.8 × 2d > 1.2 × d).
+pub fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis() as u64;
+    if ms == 0 {
+        return d;
+    }
+    let spread = ms * 2 / 5; // 40 % wide window, centred
+    Duration::from_millis(ms - ms / 5 + crate::util::jitter(spread + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Dur};
+
+    fn slice(max: u32, delay_ms: u64) -> Slice {
+        let c = Config::from_text("", None).unwrap();
+        let mut r = c.runner("in").unwrap().clone();
+        r.max_restarts = max;
+        r.restart_delay = Dur(Duration::from_millis(delay_ms));
+        r.restart_delay_max = Dur(Duration::from_millis(delay_ms * 8));
+        Slice::new(r, 0, 1)
+    }
+    const SHORT: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn crashes_back_off_doubling_then_give_up() {
+        let mut s = slice(5, 100);
+        let got: Vec<_> = (0..6)
+            .map(|_| s.on_exit(Why::Exit(1), SHORT, true, |d| d))
+            .collect();
+        let ms = |n| Decision::RestartAfter(Duration::from_millis(n));
+        assert_eq!(got, vec![ms(100), ms(200), ms(400), ms(800), ms(800), Decision::GiveUp]);
+    }
+
+    #[test]
+    fn exit_15_is_never_restarted_but_counted() {
+        let mut s = slice(10, 100);
+        assert_eq!(s.on_exit(Why::Exit(15), SHORT, true, |d| d), Decision::Leave);
+        assert_eq!(s.on_exit(Why::Signal(15), SHORT, true, |d| d), Decision::Leave);
+        assert_eq!(s.restarts, 2);
+    }
+
+    #[test]
+    fn requested_restarts_are_immediate_and_free() {
+        let mut s = slice(1, 100);
+        for _ in 0..20 {
+            assert_eq!(s.on_exit(Why::Exit(10), SHORT, true, |d| d), Decision::RestartNow);
+            assert_eq!(s.on_exit(Why::Signal(10), SHORT, true, |d| d), Decision::RestartNow);
+        }
+        assert_eq!(s.restarts, 0);
+        assert_eq!(s.on_exit(Why::Exit(10), SHORT, false, |d| d), Decision::Leave);
+    }
+
+    #[test]
+    fn a_stable_run_resets_the_count() {
+        let mut s = slice(2, 100);
+        s.on_exit(Why::Signal(9), SHORT, true, |d| d);
+        s.on_exit(Why::Signal(9), SHORT, true, |d| d);
+        let stable = s.runner.stable_after.0;
+        assert_eq!(
+            s.on_exit(Why::Signal(9), stable, true, |d| d),
+            Decision::RestartAfter(Duration::from_millis(100))
+        );
+        assert_eq!(s.restarts, 1);
+        assert_eq!(s.total_restarts, 3);
+    }
+
+    #[test]
+    fn not_restartable_leaves_it() {
+        let mut s = slice(10, 100);
+        assert_eq!(s.on_exit(Why::Exit(1), SHORT, false, |d| d), Decision::Leave);
+        let mut z = slice(10, 0);
+        assert_eq!(z.on_exit(Why::Exit(1), SHORT, true, |d| d), Decision::RestartNow);
+    }
+
+    #[test]
+    fn jitter_keeps_delays_growing() {
+        for _ in 0..1000 {
+            let a = jitter(Duration::from_millis(100));
+            let b = jitter(Duration::from_millis(200));
+            assert!(a >= Duration::from_millis(80) && a <= Duration::from_millis(120), "{a:?}");
+            assert!(b > a);
+        }
+    }
+}

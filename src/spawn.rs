@@ -1,0 +1,118 @@
+//! Starting one runner process: its command line from the `command`
+//! template, its environment, and the set-up between fork and exec (own
+//! process group, clean signal mask, parent-death signal).
+//!
+//! Not here: deciding when to start (that is `master`).
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::slice::Slice;
+
+/// The environment variable that hands the master its readiness pipe; never
+/// passed on to runners.
+pub const READY_FD_ENV: &str = "MAILMAN_READY_FD";
+
+/// What every runner's command line and environment are built from.
+#[derive(Debug, Clone)]
+pub struct SpawnContext {
+    pub bin: PathBuf,
+    pub config_arg: PathBuf,
+    pub var_dir: PathBuf,
+    pub master_pid: i32,
+}
+
+pub struct Spawned {
+    pub pid: i32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// The runner's argv: `command` with `{bin}`, `{config}`, `{var_dir}`,
+/// `{name}`, `{slice}` and `{range}` replaced.
+pub fn expand(ctx: &SpawnContext, s: &Slice) -> Vec<String> {
+    let bin = ctx.bin.to_string_lossy();
+    let config = ctx.config_arg.to_string_lossy();
+    let var_dir = ctx.var_dir.to_string_lossy();
+    let (slice, range) = (s.slice.to_string(), s.range.to_string());
+    s.runner
+        .command
+        .iter()
+        .map(|arg| {
+            arg.replace("{bin}", &bin)
+                .replace("{config}", &config)
+                .replace("{var_dir}", &var_dir)
+                .replace("{name}", &s.runner.name)
+                .replace("{slice}", &slice)
+                .replace("{range}", &range)
+        })
+        .collect()
+}
+
+/// Forks and execs the runner. Errors include a command that cannot be run.
+pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
+    let argv = expand(ctx, s);
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::other("empty command"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_remove(READY_FD_ENV)
+        .env("MAILMAN_UNDER_MASTER_CONTROL", "1")
+        .env("MAILMAN_CONFIG_FILE", &ctx.config_arg)
+        .env("MAILMAN_VAR_DIR", &ctx.var_dir)
+        .env("MAILMAN_RUNNER", s.spec())
+        .envs(&s.runner.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let master = ctx.master_pid;
+    // SAFETY: child_setup makes only async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || child_setup(master));
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(io::Error::other("runner pipes missing"));
+    };
+    // The master reaps with waitpid(-1); the Child handle is dropped unwaited.
+    drop(child);
+    Ok(Spawned {
+        pid,
+        stdout: out.into(),
+        stderr: err.into(),
+    })
+}
+
+/// Runs in the child between fork and exec: async-signal-safe calls only.
+fn child_setup(master: i32) -> io::Result<()> {
+    // SAFETY: plain system calls on this process; no allocation, no locks.
+    unsafe {
+        // Own process group, so that a stop reaches the runner's children.
+        if libc::setpgid(0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Signals blocked or ignored in the master must not be in the runner.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        #[cfg(target_os = "linux")]
+        {
+            // No runner outlives the master, even a kill -9 of it. Set after
+            // any uid change (which clears it), then check the master did
+            // not die before it took effect.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != master {
+                libc::_exit(1);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = master;
+    }
+    Ok(())
+}

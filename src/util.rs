@@ -1,0 +1,130 @@
+//! Small helpers shared by several modules: error text, paths, log time stamps,
+//! jitter. Nothing here knows about runners or the master.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// An I/O error's text without Rust's " (os error N)" suffix.
+pub fn io_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// `path` with `.` components and `x/..` pairs removed, lexically.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Mailman's log time stamp (`%b %d %H:%M:%S %Y`), in UTC.
+pub fn log_time(now: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
+    let rem = secs.rem_euclid(86400);
+    format!(
+        "{} {:02} {:02}:{:02}:{:02} {}",
+        MONTHS[(m - 1) as usize],
+        d,
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        y
+    )
+}
+
+/// RFC 3339 time stamp in UTC with milliseconds (for JSON logs).
+pub fn rfc3339(now: SystemTime) -> String {
+    let dur = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = dur.as_secs() as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
+    let rem = secs.rem_euclid(86400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        dur.subsec_millis()
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A pseudo-random number in `0..bound` (xorshift seeded from the clock and
+/// pid); good enough for back-off jitter, not for anything secret.
+pub fn jitter(bound: u64) -> u64 {
+    use std::cell::Cell;
+    thread_local!(static STATE: Cell<u64> = const { Cell::new(0) });
+    if bound == 0 {
+        return 0;
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64);
+            x = t ^ ((std::process::id() as u64) << 32) | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x % bound
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn time_stamps() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_551_451); // 2026-11-24 20:17:31 UTC
+        assert_eq!(log_time(t), "Nov 24 20:17:31 2026");
+        assert_eq!(rfc3339(t), "2026-11-24T20:17:31.000Z");
+        assert_eq!(log_time(UNIX_EPOCH), "Jan 01 00:00:00 1970");
+    }
+
+    #[test]
+    fn normalizes() {
+        assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+    }
+
+    #[test]
+    fn jitter_in_range() {
+        for _ in 0..1000 {
+            assert!(jitter(7) < 7);
+        }
+        assert_eq!(jitter(0), 0);
+    }
+}
