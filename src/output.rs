@@ -16,7 +16,7 @@ const MAX_LINE: usize = 16 * 1024;
 const CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
-enum Read {
+enum Got {
     Data,
     Empty,
     Closed,
@@ -55,10 +55,10 @@ impl Output {
     pub fn pump(&mut self) -> bool {
         let read = self.read_once();
         self.emit_lines();
-        if read == Read::Closed {
+        if read == Got::Closed {
             self.flush_partial();
         }
-        read != Read::Closed
+        read != Got::Closed
     }
 
     /// Reads until the pipe is empty for now (bounded), logging whole lines;
@@ -66,7 +66,7 @@ impl Output {
     /// exit is logged and when the master exits.
     pub fn drain(&mut self, to_end: bool) {
         for _ in 0..64 {
-            if self.read_once() != Read::Data {
+            if self.read_once() != Got::Data {
                 break;
             }
         }
@@ -76,18 +76,18 @@ impl Output {
         }
     }
 
-    fn read_once(&mut self) -> Read {
+    fn read_once(&mut self) -> Got {
         let mut chunk = [0u8; CHUNK];
         match self.file.read(&mut chunk) {
-            Ok(0) => Read::Closed,
+            Ok(0) => Got::Closed,
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
-                Read::Data
+                Got::Data
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
-                Read::Empty
+                Got::Empty
             }
-            Err(_) => Read::Closed,
+            Err(_) => Got::Closed,
         }
     }
 
