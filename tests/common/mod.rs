@@ -1,0 +1,245 @@
+//! Helpers for the integration tests: a temporary var dir and config per
+//! test, the real binary, /proc inspection, deadline polling, and a drop
+//! guard that kills whatever the test started, even when it fails.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailman");
+
+/// Generous: the machine may be a loaded 2-core box.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const ALL_BUILTIN: &[&str] = &[
+    "archive", "bad", "bounces", "command", "in", "lmtp", "nntp", "out", "pipeline", "rest",
+    "retry", "shunt", "task", "virgin", "digest",
+];
+
+/// A config that starts nothing: every built-in runner (and the seed's `news`)
+/// with `start = false`.
+pub const NO_RUNNERS: &str = "\
+[runner.archive]\nstart = false\n[runner.bounces]\nstart = false\n\
+[runner.command]\nstart = false\n[runner.in]\nstart = false\n\
+[runner.lmtp]\nstart = false\n[runner.news]\nstart = false\n\
+[runner.out]\nstart = false\n[runner.pipeline]\nstart = false\n\
+[runner.rest]\nstart = false\n[runner.retry]\nstart = false\n\
+[runner.virgin]\nstart = false\n[runner.digest]\nstart = false\n\
+[runner.task]\nstart = false\n";
+
+/// Only the runners `runners` defines: every other built-in one is off.
+pub fn only(runners: &str) -> String {
+    let mut out = String::new();
+    for name in ALL_BUILTIN {
+        if !runners.contains(&format!("[runner.{name}]")) {
+            out.push_str(&format!("[runner.{name}]\nstart = false\n"));
+        }
+    }
+    out.push_str(runners);
+    out
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub var: PathBuf,
+}
+
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    fn from(out: Output) -> Ran {
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Env {
+    /// A temp dir with `mailman.toml` (var_dir = `<tmp>/var`, a fast
+    /// stop_timeout) followed by `extra`.
+    pub fn new(extra: &str) -> Env {
+        Env::with_mailman("stop_timeout = \"3s\"\n", extra)
+    }
+
+    /// Like `new`, with more keys for the `[mailman]` table.
+    pub fn with_mailman(mailman_keys: &str, extra: &str) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let var = dir.path().join("var");
+        let config = dir.path().join("mailman.toml");
+        let text = format!(
+            "[mailman]\nvar_dir = \"{}\"\n{mailman_keys}\n[logging]\nstderr = false\n\n{extra}",
+            var.display()
+        );
+        fs::write(&config, text).expect("write config");
+        Env { dir, config, var }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("-C").arg(&self.config).args(args);
+        c.env_remove("MAILMAN_CONFIG_FILE")
+            .env_remove("MAILMAN_VAR_DIR")
+            .env_remove("NOTIFY_SOCKET")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Ran {
+        Ran::from(self.cmd(args).output().expect("run mailman"))
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.var.join("master.pid")
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.var.join("logs/mailman.log")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
+    /// The pid in master.pid, if it holds one.
+    pub fn pid_from_file(&self) -> Option<i32> {
+        fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()
+    }
+
+    /// `start`, checked; returns the master's pid once its runners are up
+    /// (`expect` children).
+    pub fn start(&self, expect: usize) -> i32 {
+        let r = self.run(&["start"]);
+        assert_eq!(r.code, 0, "start failed: {}{}", r.stdout, r.stderr);
+        let pid = self.pid_from_file().expect("pid file after start");
+        wait_until("runners to start", PATIENCE, || runners_of(pid).len() == expect);
+        pid
+    }
+
+    pub fn wait_log(&self, needle: &str) {
+        wait_until(&format!("log line {needle:?}"), PATIENCE, || self.log().contains(needle));
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Kill every process this test's var dir started, master first.
+        if let Some(pid) = self.pid_from_file() {
+            if is_master_of(pid, &self.var) {
+                send(pid, 9);
+            }
+        }
+        let marker = format!("MAILMAN_VAR_DIR={}", self.var.display());
+        for pid in all_pids() {
+            if environ(pid).iter().any(|e| *e == marker) {
+                send(pid, 9);
+            }
+        }
+    }
+}
+
+fn is_master_of(pid: i32, var: &Path) -> bool {
+    let marker = format!("MAILMAN_VAR_DIR={}", var.display());
+    cmdline(pid).contains("master") && (environ(pid).contains(&marker) || cmdline(pid).contains(BIN))
+}
+
+/// Sends `sig` to `pid`; true if it was delivered.
+pub fn send(pid: i32, sig: i32) -> bool {
+    let Ok(sig) = nix::sys::signal::Signal::try_from(sig) else {
+        return false;
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).is_ok()
+}
+
+pub fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// (state, ppid, pgid) from /proc/PID/stat.
+pub fn stat(pid: i32) -> Option<(char, i32, i32)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgid = f.next()?.parse().ok()?;
+    Some((state, ppid, pgid))
+}
+
+/// Alive and not a zombie.
+pub fn alive(pid: i32) -> bool {
+    matches!(stat(pid), Some((s, _, _)) if s != 'Z')
+}
+
+pub fn cmdline(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn environ(pid: i32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Live (non-zombie) children of `pid`, sorted.
+pub fn runners_of(pid: i32) -> Vec<i32> {
+    let mut kids: Vec<i32> = all_pids()
+        .into_iter()
+        .filter(|p| matches!(stat(*p), Some((s, ppid, _)) if ppid == pid && s != 'Z'))
+        .collect();
+    kids.sort();
+    kids
+}
+
+/// Zombie children of `pid`.
+pub fn zombies_of(pid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|p| matches!(stat(*p), Some(('Z', ppid, _)) if ppid == pid))
+        .collect()
+}
+
+/// Every live process in process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|p| matches!(stat(*p), Some((s, _, g)) if g == pgid && s != 'Z'))
+        .collect()
+}
+
+/// Lines of a file written by a test runner (one per start).
+pub fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

@@ -1,0 +1,105 @@
+//! The seed: Mailman's doctest "Starting and stopping Mailman"
+//! (shared/seed/000_3fdbfef3f32db53a.txt), translated, plus the restart
+//! (SIGUSR1) and reopen (SIGHUP) tests it says are missing.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+
+/// The doctest's `find_master`: read master.pid and `kill(pid, 0)` within 10 s.
+fn find_master(env: &Env) -> i32 {
+    let mut found = None;
+    wait_until("the master via master.pid", Duration::from_secs(10), || {
+        found = env.pid_from_file().filter(|p| send_zero(*p));
+        found.is_some()
+    });
+    found.unwrap_or_default()
+}
+
+fn send_zero(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && alive(pid)
+}
+
+#[test]
+fn seed_start_and_stop() {
+    // Set up: a configuration that disables all the runners.
+    let env = Env::new(NO_RUNNERS);
+
+    // Starting the daemons prints a useful message and starts the master
+    // watcher process in the background.
+    let start = env.run(&["start"]);
+    assert_eq!(start.stdout, "Starting Mailman's master runner\n");
+    assert_eq!(start.code, 0, "{}", start.stderr);
+
+    // The process exists, and its pid is available in a run time file.
+    let pid = find_master(&env);
+    assert!(cmdline(pid).contains("master"), "{}", cmdline(pid));
+    assert!(runners_of(pid).is_empty());
+
+    // You can also stop the master watcher process from the command line,
+    // which stops all the child processes too.
+    let stop = env.run(&["stop"]);
+    assert_eq!(stop.stdout, "Shutting down Mailman's master runner\n");
+    assert_eq!(stop.code, 0, "{}", stop.stderr);
+
+    // bury_master: the process has exited within 10 s.
+    wait_until("the master to go", Duration::from_secs(10), || !send_zero(pid));
+    assert!(!env.pid_file().exists(), "the pid file is removed on exit");
+    assert!(env.log().contains("Master stopped"));
+}
+
+const THREE_RUNNERS: &str = "[runner.in]\nstart = true\ninstances = 2\n[runner.out]\nstart = true\n";
+
+#[test]
+fn restart_replaces_every_runner() {
+    let env = Env::new(&only(THREE_RUNNERS));
+    let master = env.start(3);
+    let before = runners_of(master);
+
+    let r = env.run(&["restart"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "Restarting the Mailman runners\n"), "{}", r.stderr);
+
+    // All new pids, the same count, the same master.
+    wait_until("three new runners", PATIENCE, || {
+        let now = runners_of(master);
+        now.len() == 3 && now.iter().all(|p| !before.contains(p))
+    });
+    assert_eq!(env.pid_from_file(), Some(master));
+    assert!(alive(master));
+    env.wait_log("Master watcher caught SIGUSR1.  Restarting.");
+    let log = env.log();
+    assert_eq!(log.matches("why: EXIT 10").count(), 3, "{log}");
+    assert_eq!(log.matches("runner caught SIGUSR1.  Stopping.").count(), 3, "{log}");
+    assert!(!log.contains("maximum restart limit"));
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
+#[test]
+fn reopen_writes_a_new_log_file_and_keeps_runners() {
+    let env = Env::new(&only(THREE_RUNNERS));
+    let master = env.start(3);
+    env.wait_log("out runner started.");
+    let before = runners_of(master);
+
+    // logrotate: rename, then reopen.
+    let rotated = env.var.join("logs/mailman.log.1");
+    fs::rename(env.log_file(), &rotated).unwrap();
+    let r = env.run(&["reopen"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "Reopening the Mailman runners\n"), "{}", r.stderr);
+
+    // The master creates the file again and writes there; the runners got
+    // SIGHUP and are the same processes.
+    env.wait_log("Master watcher caught SIGHUP.  Re-opening log files.");
+    wait_until("every runner to log the reopen", PATIENCE, || {
+        env.log().matches("runner caught SIGHUP.  Reopening logs.").count() == 3
+    });
+    assert_eq!(runners_of(master), before);
+    let old = fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("Master started"));
+    assert!(!old.contains("Re-opening log files"), "{old}");
+    assert_eq!(env.run(&["stop"]).code, 0);
+    assert!(env.log().contains("Master stopped"));
+}
