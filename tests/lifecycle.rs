@@ -1,0 +1,170 @@
+//! The master's life seen from the control commands: status codes, a second
+//! start, a `kill -9` of the master, and a pid file naming another process.
+
+mod common;
+
+use std::fs;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::*;
+
+const TWO_RUNNERS: &str = "[runner.in]\nstart = true\n[runner.out]\nstart = true\n";
+
+#[test]
+fn status_codes_and_second_start() {
+    let env = Env::new(&only(TWO_RUNNERS));
+    let st = env.run(&["status"]);
+    assert_eq!((st.code, st.stdout.as_str()), (3, "GNU Mailman is not running\n"));
+
+    let master = env.start(2);
+    let st = env.run(&["status"]);
+    assert_eq!(st.code, 0);
+    assert_eq!(st.stdout, format!("GNU Mailman is running (master pid: {master})\n"));
+
+    let again = env.run(&["start"]);
+    assert_eq!(again.code, 2);
+    assert_eq!(again.stderr, "GNU Mailman is already running\n");
+    assert_eq!(again.stdout, "");
+    // --force changes nothing about a live master.
+    assert_eq!(env.run(&["start", "--force"]).code, 2);
+    // A second master started directly fails as well, and leaves ours alone.
+    let direct = env.run(&["master"]);
+    assert_eq!((direct.code, direct.stderr.as_str()), (2, "GNU Mailman is already running\n"));
+    assert_eq!(env.pid_from_file(), Some(master));
+
+    assert_eq!(env.run(&["stop"]).code, 0);
+    let st = env.run(&["status"]);
+    assert_eq!((st.code, st.stdout.as_str()), (3, "GNU Mailman is not running\n"));
+
+    // A pid file left behind (here: written by hand) is a dead master's.
+    fs::write(env.pid_file(), "4194000\n").unwrap();
+    let st = env.run(&["status"]);
+    assert_eq!((st.code, st.stdout.as_str()), (1, "GNU Mailman is stopped (stale pid: 4194000)\n"));
+
+    // Cannot tell: a pid file that holds no pid, or a lock file that is a symlink.
+    fs::write(env.pid_file(), "garbage\n").unwrap();
+    let st = env.run(&["status"]);
+    assert_eq!(st.code, 4, "{}", st.stdout);
+    assert!(st.stdout.starts_with("GNU Mailman is in an unexpected state ("), "{}", st.stdout);
+    fs::remove_file(env.pid_file()).unwrap();
+    let lock = env.var.join("locks/master.lck");
+    fs::remove_file(&lock).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", &lock).unwrap();
+    let st = env.run(&["status"]);
+    assert_eq!(st.code, 4, "{}", st.stdout);
+    assert!(st.stdout.starts_with("GNU Mailman is in an unexpected state ("), "{}", st.stdout);
+}
+
+#[test]
+fn kill_9_of_the_master_leaves_nothing_behind() {
+    let env = Env::new(&only(TWO_RUNNERS));
+    let master = env.start(2);
+    let runners = runners_of(master);
+    assert!(send(master, 9));
+
+    // No runner outlives it (parent-death signal).
+    wait_until("the runners to die with the master", Duration::from_secs(5), || {
+        runners.iter().all(|p| !alive(*p))
+    });
+    let st = env.run(&["status"]);
+    assert_eq!(st.code, 1, "{}", st.stdout);
+    assert_eq!(st.stdout, format!("GNU Mailman is stopped (stale pid: {master})\n"));
+    assert_eq!(env.run(&["stop"]).code, 0, "stop is idempotent");
+
+    // A plain start works: the lock died with the master.
+    let r = env.run(&["start"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let second = env.pid_from_file().unwrap();
+    assert_ne!(second, master);
+    wait_until("new runners", PATIENCE, || runners_of(second).len() == 2);
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
+/// A process that records every signal it gets in `file`.
+fn witness(file: &std::path::Path) -> Child {
+    let script = format!(
+        "for s in HUP TERM USR1 INT QUIT; do trap \"echo $s >> {f}\" $s; done; \
+         echo ready >> {f}; while true; do sleep 0.05; done",
+        f = file.display()
+    );
+    Command::new("sh").arg("-c").arg(script).spawn().unwrap()
+}
+
+#[test]
+fn a_pid_file_naming_another_process_never_gets_a_signal() {
+    let env = Env::new(&only(TWO_RUNNERS));
+    let record = env.dir.path().join("witness.log");
+    let mut bystander = witness(&record);
+    let pid = bystander.id() as i32;
+    wait_until("the witness to be ready", PATIENCE, || lines(&record) == ["ready"]);
+
+    // No master: the pid file is stale, whatever it names.
+    fs::create_dir_all(&env.var).unwrap();
+    fs::write(env.pid_file(), format!("{pid}\n")).unwrap();
+    let st = env.run(&["status"]);
+    assert_eq!((st.code, st.stdout.clone()), (1, format!("GNU Mailman is stopped (stale pid: {pid})\n")));
+    let stop = env.run(&["stop"]);
+    assert_eq!((stop.code, stop.stderr.as_str()), (0, "GNU Mailman is not running\n"));
+    for cmd in ["restart", "reopen"] {
+        let r = env.run(&[cmd]);
+        assert_eq!((r.code, r.stderr.as_str()), (1, "GNU Mailman is not running\n"), "{cmd}");
+    }
+
+    // start succeeds (no --force) and takes the pid file over.
+    let r = env.run(&["start"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let master = env.pid_from_file().unwrap();
+    assert_ne!(master, pid);
+    wait_until("runners", PATIENCE, || runners_of(master).len() == 2);
+
+    // With a master running, a tampered pid file still does not redirect
+    // the commands: they signal the master that holds the lock.
+    fs::write(env.pid_file(), format!("{pid}\n")).unwrap();
+    let before = runners_of(master);
+    assert_eq!(env.run(&["reopen"]).code, 0);
+    env.wait_log("Master watcher caught SIGHUP.");
+    assert_eq!(env.run(&["restart"]).code, 0);
+    wait_until("runners replaced", PATIENCE, || {
+        let now = runners_of(master);
+        now.len() == 2 && now.iter().all(|p| !before.contains(p))
+    });
+    assert_eq!(env.run(&["status"]).stdout, format!("GNU Mailman is running (master pid: {master})\n"));
+    assert_eq!(env.run(&["stop"]).code, 0);
+    assert!(!alive(master));
+
+    // The bystander heard nothing and lives on.
+    assert!(alive(pid));
+    assert_eq!(lines(&record), ["ready"]);
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}
+
+#[test]
+fn a_lock_naming_an_impostor_is_refused() {
+    // A live lock whose recorded identity does not match the live pid (as
+    // after pid reuse): commands refuse rather than signal.
+    let env = Env::new(&only(TWO_RUNNERS));
+    let master = env.start(2);
+    let lock = env.var.join("locks/master.lck");
+    let text = fs::read_to_string(&lock).unwrap();
+    let record = env.dir.path().join("witness.log");
+    let mut bystander = witness(&record);
+    let pid = bystander.id() as i32;
+    wait_until("the witness to be ready", PATIENCE, || lines(&record) == ["ready"]);
+    // Rewrite the content in place: the master's flock stays.
+    let forged = text.replace(&format!("pid={master}\n"), &format!("pid={pid}\n"));
+    fs::OpenOptions::new().write(true).truncate(true).open(&lock).unwrap();
+    fs::write(&lock, forged).unwrap();
+    for cmd in ["stop", "restart", "reopen"] {
+        let r = env.run(&[cmd]);
+        assert_eq!(r.code, 1, "{cmd}: {}", r.stderr);
+        assert!(r.stderr.contains(&format!("pid {pid} is not the master")), "{cmd}: {}", r.stderr);
+    }
+    assert_eq!(lines(&record), ["ready"]);
+    assert!(alive(master));
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    send(master, 15);
+    wait_until("the master to stop", PATIENCE, || !alive(master));
+}

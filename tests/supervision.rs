@@ -1,0 +1,167 @@
+//! How the master supervises runners: default runners and slices, restart
+//! rules with back-off and give-up, and the SIGKILL escalation on stop.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn default_runners_and_slices() {
+    // Every built-in default, with two instances of `in`.
+    let env = Env::new("[runner.in]\ninstances = 2\n");
+    let master = env.start(13);
+    let lines: Vec<String> = runners_of(master).iter().map(|p| cmdline(*p)).collect();
+    for name in [
+        "archive", "bounces", "command", "lmtp", "out", "pipeline", "rest", "retry", "task",
+        "virgin", "digest",
+    ] {
+        let spec = format!("--runner {name}:0:1");
+        assert_eq!(lines.iter().filter(|l| l.ends_with(&spec)).count(), 1, "{spec} in {lines:#?}");
+    }
+    for spec in ["--runner in:0:2", "--runner in:1:2"] {
+        assert_eq!(lines.iter().filter(|l| l.ends_with(spec)).count(), 1, "{spec} in {lines:#?}");
+    }
+    for off in ["bad", "nntp", "shunt"] {
+        assert!(!lines.iter().any(|l| l.contains(&format!("--runner {off}:"))));
+    }
+    // Each runner leads its own process group and is told who it is.
+    for pid in runners_of(master) {
+        assert_eq!(stat(pid).map(|s| s.2), Some(pid), "own process group");
+        let env_vars = environ(pid);
+        assert!(env_vars.contains(&"MAILMAN_UNDER_MASTER_CONTROL=1".to_string()));
+        assert!(env_vars.iter().any(|e| e.starts_with("MAILMAN_RUNNER=")));
+    }
+    // Runner output reaches the log tagged NAME:SLICE.
+    env.wait_log("[in:1] in runner started.");
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
+/// Times (ms since the epoch) at which a test runner started, one per line.
+fn starts(env: &Env, file: &str) -> Vec<u128> {
+    lines(&env.var.join(file)).iter().filter_map(|l| l.parse().ok()).collect()
+}
+
+const CRASHER: &str = r#"
+[runner.crash]
+command = ["sh", "-c", "date +%s%3N >> {var_dir}/crash.starts; exit 1"]
+restart_delay = "100ms"
+restart_delay_max = "10s"
+max_restarts = 4
+"#;
+
+#[test]
+fn crashing_runner_backs_off_then_is_given_up() {
+    let env = Env::new(&only(CRASHER));
+    let r = env.run(&["start"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    env.wait_log("Runner crash reached maximum restart limit of 4, not restarting.");
+
+    // One start and four restarts, each after a longer delay: 100 ms doubling,
+    // with at most 20 % jitter below.
+    let t = starts(&env, "crash.starts");
+    assert_eq!(t.len(), 5, "{t:?}");
+    for (i, pair) in t.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let floor = 80 * (1 << i);
+        assert!(gap >= floor, "gap {i} was {gap} ms, expected at least {floor}: {t:?}");
+    }
+    let log = env.log();
+    assert_eq!(log.matches("why: EXIT 1, class: crash, slice: 1/1) [restarting]").count(), 4, "{log}");
+    assert_eq!(log.matches("why: EXIT 1, class: crash, slice: 1/1)\n").count(), 1, "{log}");
+
+    // The master is still up and does not start it again.
+    let st = env.run(&["status"]);
+    assert_eq!(st.code, 0, "{}", st.stdout);
+    assert_eq!(starts(&env, "crash.starts").len(), 5);
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
+#[test]
+fn exit_15_is_not_restarted() {
+    let env = Env::new(&only(
+        r#"
+[runner.quitter]
+command = ["sh", "-c", "date +%s%3N >> {var_dir}/quit.starts; exit 15"]
+restart_delay = "10ms"
+"#,
+    ));
+    assert_eq!(env.run(&["start"]).code, 0);
+    env.wait_log("why: EXIT 15, class: quitter, slice: 1/1)");
+    let master = env.pid_from_file().unwrap();
+    // Proving an absence takes a wait: fifty restart delays.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(starts(&env, "quit.starts").len(), 1);
+    assert!(!env.log().contains("[restarting]"));
+    assert!(alive(master));
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
+#[test]
+fn requested_restarts_are_not_counted() {
+    // max_restarts = 1: three counted exits would give it up.
+    let env = Env::new(&only("[runner.in]\nstart = true\nmax_restarts = 1\n"));
+    let master = env.start(1);
+    for round in 1..=4 {
+        let before = runners_of(master);
+        assert_eq!(env.run(&["restart"]).code, 0);
+        wait_until("a new runner", PATIENCE, || {
+            let now = runners_of(master);
+            now.len() == 1 && now != before
+        });
+        wait_until("the restart to be logged", PATIENCE, || {
+            env.log().matches("why: EXIT 10, class: in").count() == round
+        });
+    }
+    let log = env.log();
+    assert!(!log.contains("maximum restart limit"), "{log}");
+    // A counted crash after all that is still restarted: nothing was counted.
+    let pid = runners_of(master)[0];
+    send(pid, 9);
+    env.wait_log(&format!("(pid: {pid}, why: SIGNAL 9, class: in, slice: 1/1) [restarting]"));
+    wait_until("the killed runner to be replaced", PATIENCE, || {
+        let now = runners_of(master);
+        now.len() == 1 && now[0] != pid
+    });
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
+#[test]
+fn a_runner_that_ignores_sigterm_is_killed_after_stop_timeout() {
+    let env = Env::with_mailman(
+        "stop_timeout = \"1s\"\n",
+        &only(
+            r#"
+[runner.stubborn]
+command = ["sh", "-c", "trap '' TERM; sleep 1000 & while true; do sleep 0.05; done"]
+[runner.in]
+start = true
+"#,
+        ),
+    );
+    let master = env.start(2);
+    let stubborn = runners_of(master)
+        .into_iter()
+        .find(|p| cmdline(*p).starts_with("sh -c"))
+        .expect("the stubborn runner");
+    wait_until("its background child", PATIENCE, || group_members(stubborn).len() >= 2);
+    let group = group_members(stubborn);
+    let everyone: Vec<i32> = runners_of(master).into_iter().chain(group.clone()).collect();
+
+    let began = Instant::now();
+    let r = env.run(&["stop"]);
+    let took = began.elapsed();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(took < Duration::from_secs(2), "stop took {took:?} with stop_timeout 1s");
+    assert!(took >= Duration::from_millis(900), "stop took only {took:?}: no timeout waited");
+    assert!(!alive(master));
+    for pid in everyone {
+        assert!(!alive(pid), "pid {pid} ({}) survived the stop", cmdline(pid));
+    }
+    let log = env.log();
+    assert!(log.contains("Runner stubborn:0:1 (pid "), "{log}");
+    assert!(log.contains("did not stop within 1s; sending SIGKILL"), "{log}");
+    assert!(log.contains("why: SIGNAL 9, class: stubborn"), "{log}");
+    assert!(log.contains("why: EXIT 15, class: in"), "{log}");
+}
