@@ -131,7 +131,10 @@ mod tests {
     #[test]
     fn multicall_names() {
         let got = multicall(vec!["/usr/local/bin/stop".into(), "-q".into()]);
-        assert_eq!(got, vec![OsString::from("mailman"), "stop".into(), "-q".into()]);
+        assert_eq!(
+            got,
+            vec![OsString::from("mailman"), "stop".into(), "-q".into()]
+        );
         let same = multicall(vec!["mailman".into(), "status".into()]);
         assert_eq!(same.len(), 2);
     }

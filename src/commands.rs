@@ -69,17 +69,18 @@ fn find_master(layout: &Layout) -> Target {
         Probe::Held(info) => {
             let Some(recorded) = info.identity() else {
                 return Target::Refuse(
-                    "GNU Mailman is in an unexpected state (the master lock names no master)".into(),
+                    "GNU Mailman is in an unexpected state (the master lock names no master)"
+                        .into(),
                 );
             };
             let pid = recorded.pid;
-            if let (Some(theirs), Some(ours)) = (&recorded.pidns, own_pidns()) {
-                if *theirs != ours {
-                    return Target::Refuse(format!(
-                        "GNU Mailman is running in another PID namespace (master pid {pid} there); \
-                         run this command inside it, e.g. `docker exec mailman stop`"
-                    ));
-                }
+            if let (Some(theirs), Some(ours)) = (&recorded.pidns, own_pidns())
+                && *theirs != ours
+            {
+                return Target::Refuse(format!(
+                    "GNU Mailman is running in another PID namespace (master pid {pid} there); \
+                     run this command inside it, e.g. `docker exec mailman stop`"
+                ));
             }
             match Identity::of(pid) {
                 Some(live) if live.matches(&recorded) => Target::Master(pid),
@@ -95,15 +96,24 @@ fn find_master(layout: &Layout) -> Target {
 pub fn status(config: &Config) -> i32 {
     let layout = Layout::new(&config.mailman.var_dir);
     let (line, code) = match probe_settled(&layout) {
-        Probe::Unknown(e) => (format!("GNU Mailman is in an unexpected state ({e})"), lsb::UNKNOWN),
+        Probe::Unknown(e) => (
+            format!("GNU Mailman is in an unexpected state ({e})"),
+            lsb::UNKNOWN,
+        ),
         Probe::Held(info) => {
             let pid = info.pid.or(match lock::read_pid_file(&layout) {
                 Ok(PidFile::Pid(p)) => Some(p),
                 _ => None,
             });
             match pid {
-                Some(pid) => (format!("GNU Mailman is running (master pid: {pid})"), lsb::RUNNING),
-                None => ("GNU Mailman is running (master pid: unknown)".into(), lsb::RUNNING),
+                Some(pid) => (
+                    format!("GNU Mailman is running (master pid: {pid})"),
+                    lsb::RUNNING,
+                ),
+                None => (
+                    "GNU Mailman is running (master pid: unknown)".into(),
+                    lsb::RUNNING,
+                ),
             }
         }
         Probe::Free => match lock::read_pid_file(&layout) {
@@ -112,7 +122,10 @@ pub fn status(config: &Config) -> i32 {
                 format!("GNU Mailman is stopped (stale pid: {pid})"),
                 lsb::DEAD_WITH_PID_FILE,
             ),
-            Err(e) => (format!("GNU Mailman is in an unexpected state ({e})"), lsb::UNKNOWN),
+            Err(e) => (
+                format!("GNU Mailman is in an unexpected state ({e})"),
+                lsb::UNKNOWN,
+            ),
         },
     };
     println!("{line}");
@@ -183,11 +196,20 @@ pub fn stop(config: &Config, args: &StopArgs) -> i32 {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    eprintln!("GNU Mailman did not stop within {:.1}s (master pid {pid})", limit.as_secs_f64());
+    eprintln!(
+        "GNU Mailman did not stop within {:.1}s (master pid {pid})",
+        limit.as_secs_f64()
+    );
     1
 }
 
-pub fn start(config: Config, args: &StartArgs) -> i32 {
+/// `start`. `signals` are the master's handlers, installed early by the
+/// caller (used with `--foreground` only).
+pub fn start(
+    config: Config,
+    args: &StartArgs,
+    signals: Option<std::io::Result<crate::signals::SignalPipe>>,
+) -> i32 {
     let layout = Layout::new(&config.mailman.var_dir);
     if let Probe::Held(_) = lock::probe(&layout) {
         eprintln!("{ALREADY_RUNNING}");
@@ -201,7 +223,8 @@ pub fn start(config: Config, args: &StartArgs) -> i32 {
         ..Default::default()
     };
     if args.foreground {
-        return master::main(config, opts);
+        let signals = signals.unwrap_or_else(master::install_signals);
+        return master::main(config, opts, signals);
     }
     match daemonise(&config, args) {
         Ok(code) => code,
@@ -216,7 +239,12 @@ pub fn start(config: Config, args: &StartArgs) -> i32 {
 /// /dev/null and the write end of a pipe as fd 3, and waits until the master
 /// writes `ready` or its error there.
 fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
-    let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // pipe2 is not on macOS; `start` is single-threaded, so pipe + fcntl
+    // cannot leak the fds into another fork.
+    let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe()?;
+    for fd in [&read, &write] {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    }
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("master");
@@ -263,8 +291,14 @@ fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
             return Ok(EXIT_ERROR);
         }
         let ms = left.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&file), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&file),
+            PollFlags::POLLIN,
+        )];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(e) => anyhow::bail!("poll: {}", e.desc()),

@@ -145,7 +145,9 @@ pub struct Dur(pub Duration);
 impl Dur {
     pub fn parse(text: &str) -> Result<Dur, String> {
         let bad = || {
-            format!("invalid duration \"{text}\": expected a number and a unit (ms, s, m, h), e.g. \"100ms\" or \"5s\"")
+            format!(
+                "invalid duration \"{text}\": expected a number and a unit (ms, s, m, h), e.g. \"100ms\" or \"5s\""
+            )
         };
         let t = text.trim();
         let split = t
@@ -171,7 +173,7 @@ impl Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -307,7 +309,10 @@ impl Config {
     pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
             file: path.display().to_string(),
-            message: format!("cannot read the configuration: {}", crate::util::io_text(&e)),
+            message: format!(
+                "cannot read the configuration: {}",
+                crate::util::io_text(&e)
+            ),
         })?;
         if path == Path::new(NO_FILE) {
             return Config::from_text(&text, None);
@@ -445,7 +450,9 @@ impl Config {
 
     /// What `{config}` expands to and what runners get as `MAILMAN_CONFIG_FILE`.
     pub fn config_arg(&self) -> PathBuf {
-        self.source.clone().unwrap_or_else(|| PathBuf::from(NO_FILE))
+        self.source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(NO_FILE))
     }
 
     /// The effective configuration as TOML (for `check-config`).
@@ -476,7 +483,7 @@ fn valid_name(name: &str) -> bool {
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
-    let before = &text[..text.floor_char_boundary(offset)];
+    let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
@@ -529,8 +536,14 @@ mod tests {
             "/x/m.toml:2:13: Runner \"in\", not a power of 2: 3"
         );
         assert!(err("[mailman]\nbogus = 1\n").starts_with("/x/m.toml:2:1: unknown field `bogus`"));
-        assert!(err("[mailman]\nstop_timeout = \"5x\"\n").starts_with("/x/m.toml:2:16: invalid duration"));
-        assert!(err("[runner.in]\ncommand = []\n").starts_with("/x/m.toml:2:11: Runner \"in\": command must not be empty"));
+        assert!(
+            err("[mailman]\nstop_timeout = \"5x\"\n")
+                .starts_with("/x/m.toml:2:16: invalid duration")
+        );
+        assert!(
+            err("[runner.in]\ncommand = []\n")
+                .starts_with("/x/m.toml:2:11: Runner \"in\": command must not be empty")
+        );
         assert!(err("[runner.in]\nstart = \"yes\"\n").starts_with("/x/m.toml:2:9: "));
         assert!(err("[mailman\n").starts_with("/x/m.toml:1:"));
         assert!(err("[runner.\"a:b\"]\n").contains("invalid runner name"));
@@ -549,7 +562,8 @@ mod tests {
 
     #[test]
     fn effective_config_round_trips() {
-        let c = Config::from_text("[runner.in]\ninstances = 4\n", Some(Path::new("/x/m.toml"))).unwrap();
+        let c = Config::from_text("[runner.in]\ninstances = 4\n", Some(Path::new("/x/m.toml")))
+            .unwrap();
         let again = Config::from_text(&c.to_toml(), Some(Path::new("/x/m.toml"))).unwrap();
         assert_eq!(again.runner("in").unwrap().instances, 4);
         assert_eq!(again.runners.len(), c.runners.len());

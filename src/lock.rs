@@ -262,10 +262,10 @@ pub fn write_pid_file(layout: &Layout) -> Result<()> {
 
 /// Removes `master.pid` if it still names this process.
 pub fn remove_pid_file(layout: &Layout) {
-    if let Ok(PidFile::Pid(pid)) = read_pid_file(layout) {
-        if pid == std::process::id() as i32 {
-            let _ = fs::remove_file(layout.pid_file());
-        }
+    if let Ok(PidFile::Pid(pid)) = read_pid_file(layout)
+        && pid == std::process::id() as i32
+    {
+        let _ = fs::remove_file(layout.pid_file());
     }
 }
 

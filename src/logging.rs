@@ -42,8 +42,9 @@ fn open_log(path: &Path) -> io::Result<File> {
 
 impl ReopenFile {
     pub fn open(path: &Path) -> anyhow::Result<ReopenFile> {
-        let file = open_log(path)
-            .map_err(|e| anyhow::anyhow!("cannot open log file {}: {}", path.display(), io_text(&e)))?;
+        let file = open_log(path).map_err(|e| {
+            anyhow::anyhow!("cannot open log file {}: {}", path.display(), io_text(&e))
+        })?;
         Ok(ReopenFile {
             path: path.to_path_buf(),
             file: Mutex::new(file),
@@ -194,7 +195,10 @@ impl<S: Subscriber> Layer<S> for LineLayer {
         let line = if self.json {
             let mut obj = serde_json::Map::new();
             obj.insert("time".into(), rfc3339(now).into());
-            obj.insert("level".into(), event.metadata().level().as_str().to_lowercase().into());
+            obj.insert(
+                "level".into(),
+                event.metadata().level().as_str().to_lowercase().into(),
+            );
             obj.insert("pid".into(), pid.into());
             if let Some(r) = &f.runner {
                 obj.insert("runner".into(), r.clone().into());
@@ -211,7 +215,9 @@ impl<S: Subscriber> Layer<S> for LineLayer {
             text
         } else {
             match (&f.runner, f.slice) {
-                (Some(r), Some(s)) => format!("{} ({pid}) [{r}:{s}] {}\n", log_time(now), f.message),
+                (Some(r), Some(s)) => {
+                    format!("{} ({pid}) [{r}:{s}] {}\n", log_time(now), f.message)
+                }
                 _ => format!("{} ({pid}) {}\n", log_time(now), f.message),
             }
         };

@@ -38,22 +38,39 @@ fn run() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
+    let becomes_master = match &cli.command {
+        Command::Master(_) => true,
+        Command::Start(args) => args.foreground,
+        _ => false,
+    };
+    // The master's handlers go in first of all (see master::install_signals).
+    let mut signals = becomes_master.then(master::install_signals);
     let config = match Config::discover(cli.config.as_deref()) {
         Ok(c) => c,
+        Err(e) if matches!(cli.command, Command::Master(_)) => {
+            return master::fail_early(EXIT_USAGE, &e.to_string());
+        }
         Err(e) => {
             eprintln!("{e}");
             return EXIT_USAGE;
         }
     };
+
     match cli.command {
-        Command::Start(args) => commands::start(config, &args),
+        Command::Start(args) => commands::start(config, &args, signals.take()),
         Command::Stop(args) => commands::stop(&config, &args),
-        Command::Restart(args) => {
-            commands::signal_master(&config, &args, Signal::SIGUSR1, "Restarting the Mailman runners")
-        }
-        Command::Reopen(args) => {
-            commands::signal_master(&config, &args, Signal::SIGHUP, "Reopening the Mailman runners")
-        }
+        Command::Restart(args) => commands::signal_master(
+            &config,
+            &args,
+            Signal::SIGUSR1,
+            "Restarting the Mailman runners",
+        ),
+        Command::Reopen(args) => commands::signal_master(
+            &config,
+            &args,
+            Signal::SIGHUP,
+            "Reopening the Mailman runners",
+        ),
         Command::Status => commands::status(&config),
         Command::Master(args) => {
             let mut only = Vec::new();
@@ -72,7 +89,8 @@ fn run() -> i32 {
                 verbose: args.verbose,
                 run_as_user: args.run_as_user,
             };
-            master::main(config, opts)
+            let signals = signals.take().unwrap_or_else(master::install_signals);
+            master::main(config, opts, signals)
         }
         Command::Runner(args) => runner::main(&config, &args.runner),
         Command::CheckConfig => {

@@ -146,21 +146,38 @@ impl Ready {
     }
 }
 
-/// Runs the master to the end and returns its exit status.
-pub fn main(config: Config, opts: Options) -> i32 {
-    let mut ready = Ready::from_env();
-    // Handlers first: as PID 1 a signal with no handler is dropped.
-    let signals = match SignalPipe::install(&[
+/// Installs the master's signal handlers. Call it before anything else
+/// (before the configuration is even read): as PID 1, a signal that arrives
+/// with no handler installed is dropped by the kernel.
+pub fn install_signals() -> std::io::Result<SignalPipe> {
+    SignalPipe::install(&[
         libc::SIGCHLD,
         libc::SIGTERM,
         libc::SIGINT,
         libc::SIGQUIT,
         libc::SIGHUP,
         libc::SIGUSR1,
-    ]) {
+    ])
+}
+
+/// Reports a failure that happened before [`main`] could run (a bad
+/// configuration): to `mailman start` through its pipe if it started us,
+/// else on stderr.
+pub fn fail_early(code: i32, message: &str) -> i32 {
+    Ready::from_env().fail(&StartError::new(code, message));
+    code
+}
+
+/// Runs the master to the end and returns its exit status.
+pub fn main(config: Config, opts: Options, signals: std::io::Result<SignalPipe>) -> i32 {
+    let mut ready = Ready::from_env();
+    let signals = match signals {
         Ok(s) => s,
         Err(e) => {
-            ready.fail(&StartError::new(EXIT_ERROR, format!("cannot install signal handlers: {e}")));
+            ready.fail(&StartError::new(
+                EXIT_ERROR,
+                format!("cannot install signal handlers: {e}"),
+            ));
             return EXIT_ERROR;
         }
     };
@@ -209,10 +226,14 @@ struct Master {
 impl Master {
     /// SPEC 3.6 in order: subreaper, user, var dir, log, lock, pid file,
     /// runners. Returns once every runner has been started.
-    fn start(config: Config, opts: Options, signals: SignalPipe, daemonised: bool) -> Result<Master, StartError> {
-        let is_pid1 = std::process::id() == 1;
+    fn start(
+        config: Config,
+        opts: Options,
+        signals: SignalPipe,
+        daemonised: bool,
+    ) -> Result<Master, StartError> {
         #[cfg(target_os = "linux")]
-        if !is_pid1 {
+        if std::process::id() != 1 {
             // Orphaned grandchildren come to us, and we reap them.
             let _ = nix::sys::prctl::set_child_subreaper(true);
         }
@@ -222,7 +243,9 @@ impl Master {
                 .map_err(|e| StartError::new(EXIT_ERROR, e))?;
         }
         let layout = Layout::new(&config.mailman.var_dir);
-        layout.prepare().map_err(|e| StartError::new(EXIT_ERROR, e))?;
+        layout
+            .prepare()
+            .map_err(|e| StartError::new(EXIT_ERROR, e))?;
 
         let log_file = (config.logging.file || daemonised).then(|| layout.log_file());
         let to_stderr = !daemonised && (config.logging.stderr || opts.verbose);
@@ -239,7 +262,10 @@ impl Master {
         }
         info!("Master started");
         if root && !opts.run_as_user {
-            warn!("running as root; use --run-as-user to run as \"{}\"", config.mailman.user);
+            warn!(
+                "running as root; use --run-as-user to run as \"{}\"",
+                config.mailman.user
+            );
         }
 
         let slices = select_slices(&config, &opts.only).map_err(|e| {
@@ -275,10 +301,10 @@ impl Master {
     /// after a stop.
     fn run(&mut self) -> i32 {
         loop {
-            if let Mode::Stopping { code, .. } = self.mode {
-                if self.running() == 0 {
-                    return code;
-                }
+            if let Mode::Stopping { code, .. } = self.mode
+                && self.running() == 0
+            {
+                return code;
             }
             let readable = self.wait();
             for sig in self.signals.take() {
@@ -302,7 +328,8 @@ impl Master {
             Some(at) => {
                 let ms = at.saturating_duration_since(Instant::now()).as_millis();
                 // Round up so that we do not wake just before the deadline.
-                PollTimeout::try_from((ms + 1).min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+                PollTimeout::try_from((ms + 1).min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
             }
         };
         let mut fds = Vec::with_capacity(self.outputs.len() + 1);
@@ -357,8 +384,12 @@ impl Master {
     fn reap(&mut self) {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.on_child_exit(pid.as_raw(), Why::Exit(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => self.on_child_exit(pid.as_raw(), Why::Signal(sig as i32)),
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    self.on_child_exit(pid.as_raw(), Why::Exit(code))
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.on_child_exit(pid.as_raw(), Why::Signal(sig as i32))
+                }
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -397,7 +428,11 @@ impl Master {
             s.runner.name,
             s.slice + 1,
             s.range,
-            if decision.restarts() { " [restarting]" } else { "" }
+            if decision.restarts() {
+                " [restarting]"
+            } else {
+                ""
+            }
         );
         match decision {
             Decision::RestartNow => self.launch(idx),
@@ -487,10 +522,10 @@ impl Master {
 
     /// SIGHUP: reopen our log, pass the signal on to every runner.
     fn reopen(&mut self) {
-        if let Some(log) = &self.log {
-            if let Err(e) = log.reopen() {
-                error!("cannot reopen {}: {}", self.layout.log_file().display(), e);
-            }
+        if let Some(log) = &self.log
+            && let Err(e) = log.reopen()
+        {
+            error!("cannot reopen {}: {}", self.layout.log_file().display(), e);
         }
         for pid in self.slices.iter().filter_map(Slice::pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGHUP);
@@ -524,21 +559,28 @@ impl Master {
         match self.mode {
             Mode::Running => {
                 for idx in 0..self.slices.len() {
-                    if let State::BackingOff { until } = self.slices[idx].state {
-                        if until <= now {
-                            self.launch(idx);
-                        }
+                    if let State::BackingOff { until } = self.slices[idx].state
+                        && until <= now
+                    {
+                        self.launch(idx);
                     }
                 }
             }
-            Mode::Stopping { deadline, killed, code } if now >= deadline => {
+            Mode::Stopping {
+                deadline,
+                killed,
+                code,
+            } if now >= deadline => {
                 if killed {
                     let left: Vec<String> = self
                         .slices
                         .iter()
                         .filter_map(|s| s.pid().map(|p| format!("{} (pid {p})", s.spec())))
                         .collect();
-                    error!("runners still alive after SIGKILL, giving up on them: {}", left.join(", "));
+                    error!(
+                        "runners still alive after SIGKILL, giving up on them: {}",
+                        left.join(", ")
+                    );
                     for s in &mut self.slices {
                         s.state = State::Stopped;
                     }
@@ -638,7 +680,10 @@ mod tests {
             }
         );
         assert_eq!(RunnerSpec::parse("in:1:2").unwrap().slice, Some((1, 2)));
-        assert_eq!(RunnerSpec::parse("a:1").unwrap_err(), "Bad runner spec: a:1");
+        assert_eq!(
+            RunnerSpec::parse("a:1").unwrap_err(),
+            "Bad runner spec: a:1"
+        );
         assert!(RunnerSpec::parse("a:b:c").unwrap_err().contains("integers"));
         assert!(RunnerSpec::parse("a:2:2").is_err());
     }

@@ -32,7 +32,13 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn new(fd: OwnedFd, runner: &str, slice: u32, pid: i32, stream: &'static str) -> io::Result<Output> {
+    pub fn new(
+        fd: OwnedFd,
+        runner: &str,
+        slice: u32,
+        pid: i32,
+        stream: &'static str,
+    ) -> io::Result<Output> {
         let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
         let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
@@ -84,7 +90,10 @@ impl Output {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Got::Data
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
                 Got::Empty
             }
             Err(_) => Got::Closed,

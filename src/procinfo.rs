@@ -114,7 +114,10 @@ mod tests {
     fn own_identity_matches_itself_and_not_a_child() {
         let me = Identity::of_self().unwrap();
         assert!(me.matches(&me));
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let other = Identity::of(child.id() as i32).unwrap();
         let mut forged = other.clone();
         forged.pid = me.pid;

@@ -35,26 +35,43 @@ pub fn main(config: &Config, spec: &str) -> i32 {
         return EXIT_NO_RESTART;
     };
     let name = &runner.name;
-    let sigs = match SignalPipe::install(&[libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGUSR1]) {
-        Ok(s) => s,
-        Err(e) => {
-            say(&format!("{name} runner cannot install signal handlers: {e}"));
-            return 1;
-        }
-    };
+    let sigs =
+        match SignalPipe::install(&[libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGUSR1]) {
+            Ok(s) => s,
+            Err(e) => {
+                say(&format!(
+                    "{name} runner cannot install signal handlers: {e}"
+                ));
+                return 1;
+            }
+        };
+    // Under the master, a runner whose master is gone stops (Linux also has
+    // the parent-death signal; this is the portable fallback).
+    let supervised = std::env::var_os("MAILMAN_UNDER_MASTER_CONTROL").is_some();
+    let parent = nix::unistd::getppid();
     say(&format!("{name} runner started."));
     let step = runner.sleep_time.0.as_millis().clamp(1, i32::MAX as u128) as i32;
     loop {
         let mut fds = [PollFd::new(sigs.fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::try_from(step).unwrap_or(PollTimeout::MAX));
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(step).unwrap_or(PollTimeout::MAX),
+        );
         for sig in sigs.take() {
             if sig == libc::SIGHUP {
                 say(&format!("{name} runner caught SIGHUP.  Reopening logs."));
                 continue;
             }
-            say(&format!("{name} runner caught {}.  Stopping.", signals::name(sig)));
+            say(&format!(
+                "{name} runner caught {}.  Stopping.",
+                signals::name(sig)
+            ));
             say(&format!("{name} runner exiting."));
             return sig;
+        }
+        if supervised && nix::unistd::getppid() != parent {
+            say(&format!("{name} runner lost its master.  Exiting."));
+            return EXIT_NO_RESTART;
         }
     }
 }

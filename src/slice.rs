@@ -194,14 +194,30 @@ mod tests {
             .map(|_| s.on_exit(Why::Exit(1), SHORT, true, |d| d))
             .collect();
         let ms = |n| Decision::RestartAfter(Duration::from_millis(n));
-        assert_eq!(got, vec![ms(100), ms(200), ms(400), ms(800), ms(800), Decision::GiveUp]);
+        assert_eq!(
+            got,
+            vec![
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(800),
+                Decision::GiveUp
+            ]
+        );
     }
 
     #[test]
     fn exit_15_is_never_restarted_but_counted() {
         let mut s = slice(10, 100);
-        assert_eq!(s.on_exit(Why::Exit(15), SHORT, true, |d| d), Decision::Leave);
-        assert_eq!(s.on_exit(Why::Signal(15), SHORT, true, |d| d), Decision::Leave);
+        assert_eq!(
+            s.on_exit(Why::Exit(15), SHORT, true, |d| d),
+            Decision::Leave
+        );
+        assert_eq!(
+            s.on_exit(Why::Signal(15), SHORT, true, |d| d),
+            Decision::Leave
+        );
         assert_eq!(s.restarts, 2);
     }
 
@@ -209,11 +225,20 @@ mod tests {
     fn requested_restarts_are_immediate_and_free() {
         let mut s = slice(1, 100);
         for _ in 0..20 {
-            assert_eq!(s.on_exit(Why::Exit(10), SHORT, true, |d| d), Decision::RestartNow);
-            assert_eq!(s.on_exit(Why::Signal(10), SHORT, true, |d| d), Decision::RestartNow);
+            assert_eq!(
+                s.on_exit(Why::Exit(10), SHORT, true, |d| d),
+                Decision::RestartNow
+            );
+            assert_eq!(
+                s.on_exit(Why::Signal(10), SHORT, true, |d| d),
+                Decision::RestartNow
+            );
         }
         assert_eq!(s.restarts, 0);
-        assert_eq!(s.on_exit(Why::Exit(10), SHORT, false, |d| d), Decision::Leave);
+        assert_eq!(
+            s.on_exit(Why::Exit(10), SHORT, false, |d| d),
+            Decision::Leave
+        );
     }
 
     #[test]
@@ -233,9 +258,15 @@ mod tests {
     #[test]
     fn not_restartable_leaves_it() {
         let mut s = slice(10, 100);
-        assert_eq!(s.on_exit(Why::Exit(1), SHORT, false, |d| d), Decision::Leave);
+        assert_eq!(
+            s.on_exit(Why::Exit(1), SHORT, false, |d| d),
+            Decision::Leave
+        );
         let mut z = slice(10, 0);
-        assert_eq!(z.on_exit(Why::Exit(1), SHORT, true, |d| d), Decision::RestartNow);
+        assert_eq!(
+            z.on_exit(Why::Exit(1), SHORT, true, |d| d),
+            Decision::RestartNow
+        );
     }
 
     #[test]
@@ -243,7 +274,10 @@ mod tests {
         for _ in 0..1000 {
             let a = jitter(Duration::from_millis(100));
             let b = jitter(Duration::from_millis(200));
-            assert!(a >= Duration::from_millis(80) && a <= Duration::from_millis(120), "{a:?}");
+            assert!(
+                a >= Duration::from_millis(80) && a <= Duration::from_millis(120),
+                "{a:?}"
+            );
             assert!(b > a);
         }
     }

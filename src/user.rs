@@ -40,7 +40,10 @@ pub fn switch_to(user: &str, group: &str) -> Result<()> {
         let gids = [gid as libc::gid_t];
         // SAFETY: a plain system call with a valid one-element array.
         if unsafe { libc::setgroups(1, gids.as_ptr()) } != 0 {
-            bail!("cannot drop supplementary groups: {}", std::io::Error::last_os_error());
+            bail!(
+                "cannot drop supplementary groups: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))

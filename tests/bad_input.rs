@@ -15,12 +15,27 @@ fn config_error(body: &str, line: usize, col: usize, message: &str) {
     let file = env.config.display().to_string();
     // The [mailman]/[logging] header Env writes is 7 lines long.
     let expected = format!("{file}:{}:{col}: {message}", line + 7);
-    for cmd in [&["start"][..], &["start", "--foreground"], &["master"], &["check-config"], &["status"]] {
+    for cmd in [
+        &["start"][..],
+        &["start", "--foreground"],
+        &["master"],
+        &["check-config"],
+        &["status"],
+    ] {
         let r = env.run(cmd);
         assert_eq!(r.code, 2, "{cmd:?} on {body:?}: {}", r.stderr);
         assert_eq!(r.stdout, "", "{cmd:?}: nothing on stdout");
-        assert_eq!(r.stderr.lines().count(), 1, "{cmd:?}: one line: {}", r.stderr);
-        assert!(r.stderr.starts_with(&expected), "{cmd:?}: {:?} should start with {expected:?}", r.stderr);
+        assert_eq!(
+            r.stderr.lines().count(),
+            1,
+            "{cmd:?}: one line: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.starts_with(&expected),
+            "{cmd:?}: {:?} should start with {expected:?}",
+            r.stderr
+        );
     }
     assert!(!env.var.exists(), "nothing was started or created");
 }
@@ -37,27 +52,52 @@ fn unknown_key() {
 
 #[test]
 fn wrong_type() {
-    config_error("[runner.in]\nstart = \"yes\"\n", 2, 9, "invalid type: string \"yes\", expected a boolean");
+    config_error(
+        "[runner.in]\nstart = \"yes\"\n",
+        2,
+        9,
+        "invalid type: string \"yes\", expected a boolean",
+    );
 }
 
 #[test]
 fn bad_duration() {
-    config_error("[runner.default]\nrestart_delay = \"soon\"\n", 2, 17, "invalid duration \"soon\"");
+    config_error(
+        "[runner.default]\nrestart_delay = \"soon\"\n",
+        2,
+        17,
+        "invalid duration \"soon\"",
+    );
 }
 
 #[test]
 fn instances_not_a_power_of_two() {
-    config_error("[runner.in]\ninstances = 3\n", 2, 13, "Runner \"in\", not a power of 2: 3");
+    config_error(
+        "[runner.in]\ninstances = 3\n",
+        2,
+        13,
+        "Runner \"in\", not a power of 2: 3",
+    );
 }
 
 #[test]
 fn empty_command() {
-    config_error("[runner.out]\ncommand = []\n", 2, 11, "Runner \"out\": command must not be empty");
+    config_error(
+        "[runner.out]\ncommand = []\n",
+        2,
+        11,
+        "Runner \"out\": command must not be empty",
+    );
 }
 
 #[test]
 fn unknown_section() {
-    config_error("[mailmen]\nvar_dir = \"x\"\n", 1, 2, "unknown field `mailmen`");
+    config_error(
+        "[mailmen]\nvar_dir = \"x\"\n",
+        1,
+        2,
+        "unknown field `mailmen`",
+    );
 }
 
 #[test]
@@ -128,7 +168,12 @@ fn a_symlinked_pid_file_is_not_followed() {
     let master = env.start(0);
     assert!(master > 0);
     // The symlink was replaced by a file; the target is untouched.
-    assert!(!fs::symlink_metadata(env.pid_file()).unwrap().file_type().is_symlink());
+    assert!(
+        !fs::symlink_metadata(env.pid_file())
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
     assert_eq!(env.run(&["stop"]).code, 0);
 }

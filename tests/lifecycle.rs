@@ -15,12 +15,18 @@ const TWO_RUNNERS: &str = "[runner.in]\nstart = true\n[runner.out]\nstart = true
 fn status_codes_and_second_start() {
     let env = Env::new(&only(TWO_RUNNERS));
     let st = env.run(&["status"]);
-    assert_eq!((st.code, st.stdout.as_str()), (3, "GNU Mailman is not running\n"));
+    assert_eq!(
+        (st.code, st.stdout.as_str()),
+        (3, "GNU Mailman is not running\n")
+    );
 
     let master = env.start(2);
     let st = env.run(&["status"]);
     assert_eq!(st.code, 0);
-    assert_eq!(st.stdout, format!("GNU Mailman is running (master pid: {master})\n"));
+    assert_eq!(
+        st.stdout,
+        format!("GNU Mailman is running (master pid: {master})\n")
+    );
 
     let again = env.run(&["start"]);
     assert_eq!(again.code, 2);
@@ -30,30 +36,49 @@ fn status_codes_and_second_start() {
     assert_eq!(env.run(&["start", "--force"]).code, 2);
     // A second master started directly fails as well, and leaves ours alone.
     let direct = env.run(&["master"]);
-    assert_eq!((direct.code, direct.stderr.as_str()), (2, "GNU Mailman is already running\n"));
+    assert_eq!(
+        (direct.code, direct.stderr.as_str()),
+        (2, "GNU Mailman is already running\n")
+    );
     assert_eq!(env.pid_from_file(), Some(master));
 
     assert_eq!(env.run(&["stop"]).code, 0);
     let st = env.run(&["status"]);
-    assert_eq!((st.code, st.stdout.as_str()), (3, "GNU Mailman is not running\n"));
+    assert_eq!(
+        (st.code, st.stdout.as_str()),
+        (3, "GNU Mailman is not running\n")
+    );
 
     // A pid file left behind (here: written by hand) is a dead master's.
     fs::write(env.pid_file(), "4194000\n").unwrap();
     let st = env.run(&["status"]);
-    assert_eq!((st.code, st.stdout.as_str()), (1, "GNU Mailman is stopped (stale pid: 4194000)\n"));
+    assert_eq!(
+        (st.code, st.stdout.as_str()),
+        (1, "GNU Mailman is stopped (stale pid: 4194000)\n")
+    );
 
     // Cannot tell: a pid file that holds no pid, or a lock file that is a symlink.
     fs::write(env.pid_file(), "garbage\n").unwrap();
     let st = env.run(&["status"]);
     assert_eq!(st.code, 4, "{}", st.stdout);
-    assert!(st.stdout.starts_with("GNU Mailman is in an unexpected state ("), "{}", st.stdout);
+    assert!(
+        st.stdout
+            .starts_with("GNU Mailman is in an unexpected state ("),
+        "{}",
+        st.stdout
+    );
     fs::remove_file(env.pid_file()).unwrap();
     let lock = env.var.join("locks/master.lck");
     fs::remove_file(&lock).unwrap();
     std::os::unix::fs::symlink("/etc/hostname", &lock).unwrap();
     let st = env.run(&["status"]);
     assert_eq!(st.code, 4, "{}", st.stdout);
-    assert!(st.stdout.starts_with("GNU Mailman is in an unexpected state ("), "{}", st.stdout);
+    assert!(
+        st.stdout
+            .starts_with("GNU Mailman is in an unexpected state ("),
+        "{}",
+        st.stdout
+    );
 }
 
 #[test]
@@ -64,12 +89,17 @@ fn kill_9_of_the_master_leaves_nothing_behind() {
     assert!(send(master, 9));
 
     // No runner outlives it (parent-death signal).
-    wait_until("the runners to die with the master", Duration::from_secs(5), || {
-        runners.iter().all(|p| !alive(*p))
-    });
+    wait_until(
+        "the runners to die with the master",
+        Duration::from_secs(5),
+        || runners.iter().all(|p| !alive(*p)),
+    );
     let st = env.run(&["status"]);
     assert_eq!(st.code, 1, "{}", st.stdout);
-    assert_eq!(st.stdout, format!("GNU Mailman is stopped (stale pid: {master})\n"));
+    assert_eq!(
+        st.stdout,
+        format!("GNU Mailman is stopped (stale pid: {master})\n")
+    );
     assert_eq!(env.run(&["stop"]).code, 0, "stop is idempotent");
 
     // A plain start works: the lock died with the master.
@@ -97,18 +127,30 @@ fn a_pid_file_naming_another_process_never_gets_a_signal() {
     let record = env.dir.path().join("witness.log");
     let mut bystander = witness(&record);
     let pid = bystander.id() as i32;
-    wait_until("the witness to be ready", PATIENCE, || lines(&record) == ["ready"]);
+    wait_until("the witness to be ready", PATIENCE, || {
+        lines(&record) == ["ready"]
+    });
 
     // No master: the pid file is stale, whatever it names.
     fs::create_dir_all(&env.var).unwrap();
     fs::write(env.pid_file(), format!("{pid}\n")).unwrap();
     let st = env.run(&["status"]);
-    assert_eq!((st.code, st.stdout.clone()), (1, format!("GNU Mailman is stopped (stale pid: {pid})\n")));
+    assert_eq!(
+        (st.code, st.stdout.clone()),
+        (1, format!("GNU Mailman is stopped (stale pid: {pid})\n"))
+    );
     let stop = env.run(&["stop"]);
-    assert_eq!((stop.code, stop.stderr.as_str()), (0, "GNU Mailman is not running\n"));
+    assert_eq!(
+        (stop.code, stop.stderr.as_str()),
+        (0, "GNU Mailman is not running\n")
+    );
     for cmd in ["restart", "reopen"] {
         let r = env.run(&[cmd]);
-        assert_eq!((r.code, r.stderr.as_str()), (1, "GNU Mailman is not running\n"), "{cmd}");
+        assert_eq!(
+            (r.code, r.stderr.as_str()),
+            (1, "GNU Mailman is not running\n"),
+            "{cmd}"
+        );
     }
 
     // start succeeds (no --force) and takes the pid file over.
@@ -129,7 +171,10 @@ fn a_pid_file_naming_another_process_never_gets_a_signal() {
         let now = runners_of(master);
         now.len() == 2 && now.iter().all(|p| !before.contains(p))
     });
-    assert_eq!(env.run(&["status"]).stdout, format!("GNU Mailman is running (master pid: {master})\n"));
+    assert_eq!(
+        env.run(&["status"]).stdout,
+        format!("GNU Mailman is running (master pid: {master})\n")
+    );
     assert_eq!(env.run(&["stop"]).code, 0);
     assert!(!alive(master));
 
@@ -151,15 +196,25 @@ fn a_lock_naming_an_impostor_is_refused() {
     let record = env.dir.path().join("witness.log");
     let mut bystander = witness(&record);
     let pid = bystander.id() as i32;
-    wait_until("the witness to be ready", PATIENCE, || lines(&record) == ["ready"]);
+    wait_until("the witness to be ready", PATIENCE, || {
+        lines(&record) == ["ready"]
+    });
     // Rewrite the content in place: the master's flock stays.
     let forged = text.replace(&format!("pid={master}\n"), &format!("pid={pid}\n"));
-    fs::OpenOptions::new().write(true).truncate(true).open(&lock).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&lock)
+        .unwrap();
     fs::write(&lock, forged).unwrap();
     for cmd in ["stop", "restart", "reopen"] {
         let r = env.run(&[cmd]);
         assert_eq!(r.code, 1, "{cmd}: {}", r.stderr);
-        assert!(r.stderr.contains(&format!("pid {pid} is not the master")), "{cmd}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("pid {pid} is not the master")),
+            "{cmd}: {}",
+            r.stderr
+        );
     }
     assert_eq!(lines(&record), ["ready"]);
     assert!(alive(master));

@@ -70,7 +70,10 @@ fn as_pid_1_it_reaps_orphans_and_stops_cleanly() {
     let status = unshare.wait().unwrap();
     assert_eq!(status.code(), Some(0), "master as PID 1 exits 0 on SIGTERM");
     let log = env.log();
-    assert!(log.contains("Master watcher caught SIGTERM.  Exiting."), "{log}");
+    assert!(
+        log.contains("Master watcher caught SIGTERM.  Exiting."),
+        "{log}"
+    );
     assert!(log.contains("(1) Master stopped"), "{log}");
     assert!(!env.pid_file().exists());
 }

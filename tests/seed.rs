@@ -46,12 +46,15 @@ fn seed_start_and_stop() {
     assert_eq!(stop.code, 0, "{}", stop.stderr);
 
     // bury_master: the process has exited within 10 s.
-    wait_until("the master to go", Duration::from_secs(10), || !send_zero(pid));
+    wait_until("the master to go", Duration::from_secs(10), || {
+        !send_zero(pid)
+    });
     assert!(!env.pid_file().exists(), "the pid file is removed on exit");
     assert!(env.log().contains("Master stopped"));
 }
 
-const THREE_RUNNERS: &str = "[runner.in]\nstart = true\ninstances = 2\n[runner.out]\nstart = true\n";
+const THREE_RUNNERS: &str =
+    "[runner.in]\nstart = true\ninstances = 2\n[runner.out]\nstart = true\n";
 
 #[test]
 fn restart_replaces_every_runner() {
@@ -60,7 +63,12 @@ fn restart_replaces_every_runner() {
     let before = runners_of(master);
 
     let r = env.run(&["restart"]);
-    assert_eq!((r.code, r.stdout.as_str()), (0, "Restarting the Mailman runners\n"), "{}", r.stderr);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "Restarting the Mailman runners\n"),
+        "{}",
+        r.stderr
+    );
 
     // All new pids, the same count, the same master.
     wait_until("three new runners", PATIENCE, || {
@@ -72,7 +80,11 @@ fn restart_replaces_every_runner() {
     env.wait_log("Master watcher caught SIGUSR1.  Restarting.");
     let log = env.log();
     assert_eq!(log.matches("why: EXIT 10").count(), 3, "{log}");
-    assert_eq!(log.matches("runner caught SIGUSR1.  Stopping.").count(), 3, "{log}");
+    assert_eq!(
+        log.matches("runner caught SIGUSR1.  Stopping.").count(),
+        3,
+        "{log}"
+    );
     assert!(!log.contains("maximum restart limit"));
     assert_eq!(env.run(&["stop"]).code, 0);
 }
@@ -88,13 +100,21 @@ fn reopen_writes_a_new_log_file_and_keeps_runners() {
     let rotated = env.var.join("logs/mailman.log.1");
     fs::rename(env.log_file(), &rotated).unwrap();
     let r = env.run(&["reopen"]);
-    assert_eq!((r.code, r.stdout.as_str()), (0, "Reopening the Mailman runners\n"), "{}", r.stderr);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "Reopening the Mailman runners\n"),
+        "{}",
+        r.stderr
+    );
 
     // The master creates the file again and writes there; the runners got
     // SIGHUP and are the same processes.
     env.wait_log("Master watcher caught SIGHUP.  Re-opening log files.");
     wait_until("every runner to log the reopen", PATIENCE, || {
-        env.log().matches("runner caught SIGHUP.  Reopening logs.").count() == 3
+        env.log()
+            .matches("runner caught SIGHUP.  Reopening logs.")
+            .count()
+            == 3
     });
     assert_eq!(runners_of(master), before);
     let old = fs::read_to_string(&rotated).unwrap();

@@ -18,13 +18,25 @@ fn default_runners_and_slices() {
         "virgin", "digest",
     ] {
         let spec = format!("--runner {name}:0:1");
-        assert_eq!(lines.iter().filter(|l| l.ends_with(&spec)).count(), 1, "{spec} in {lines:#?}");
+        assert_eq!(
+            lines.iter().filter(|l| l.ends_with(&spec)).count(),
+            1,
+            "{spec} in {lines:#?}"
+        );
     }
     for spec in ["--runner in:0:2", "--runner in:1:2"] {
-        assert_eq!(lines.iter().filter(|l| l.ends_with(spec)).count(), 1, "{spec} in {lines:#?}");
+        assert_eq!(
+            lines.iter().filter(|l| l.ends_with(spec)).count(),
+            1,
+            "{spec} in {lines:#?}"
+        );
     }
     for off in ["bad", "nntp", "shunt"] {
-        assert!(!lines.iter().any(|l| l.contains(&format!("--runner {off}:"))));
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.contains(&format!("--runner {off}:")))
+        );
     }
     // Each runner leads its own process group and is told who it is.
     for pid in runners_of(master) {
@@ -40,7 +52,10 @@ fn default_runners_and_slices() {
 
 /// Times (ms since the epoch) at which a test runner started, one per line.
 fn starts(env: &Env, file: &str) -> Vec<u128> {
-    lines(&env.var.join(file)).iter().filter_map(|l| l.parse().ok()).collect()
+    lines(&env.var.join(file))
+        .iter()
+        .filter_map(|l| l.parse().ok())
+        .collect()
 }
 
 const CRASHER: &str = r#"
@@ -65,11 +80,24 @@ fn crashing_runner_backs_off_then_is_given_up() {
     for (i, pair) in t.windows(2).enumerate() {
         let gap = pair[1] - pair[0];
         let floor = 80 * (1 << i);
-        assert!(gap >= floor, "gap {i} was {gap} ms, expected at least {floor}: {t:?}");
+        assert!(
+            gap >= floor,
+            "gap {i} was {gap} ms, expected at least {floor}: {t:?}"
+        );
     }
     let log = env.log();
-    assert_eq!(log.matches("why: EXIT 1, class: crash, slice: 1/1) [restarting]").count(), 4, "{log}");
-    assert_eq!(log.matches("why: EXIT 1, class: crash, slice: 1/1)\n").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("why: EXIT 1, class: crash, slice: 1/1) [restarting]")
+            .count(),
+        4,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("why: EXIT 1, class: crash, slice: 1/1)\n")
+            .count(),
+        1,
+        "{log}"
+    );
 
     // The master is still up and does not start it again.
     let st = env.run(&["status"]);
@@ -119,7 +147,9 @@ fn requested_restarts_are_not_counted() {
     // A counted crash after all that is still restarted: nothing was counted.
     let pid = runners_of(master)[0];
     send(pid, 9);
-    env.wait_log(&format!("(pid: {pid}, why: SIGNAL 9, class: in, slice: 1/1) [restarting]"));
+    env.wait_log(&format!(
+        "(pid: {pid}, why: SIGNAL 9, class: in, slice: 1/1) [restarting]"
+    ));
     wait_until("the killed runner to be replaced", PATIENCE, || {
         let now = runners_of(master);
         now.len() == 1 && now[0] != pid
@@ -145,23 +175,41 @@ start = true
         .into_iter()
         .find(|p| cmdline(*p).starts_with("sh -c"))
         .expect("the stubborn runner");
-    wait_until("its background child", PATIENCE, || group_members(stubborn).len() >= 2);
+    wait_until("its background child", PATIENCE, || {
+        group_members(stubborn).len() >= 2
+    });
     let group = group_members(stubborn);
-    let everyone: Vec<i32> = runners_of(master).into_iter().chain(group.clone()).collect();
+    let everyone: Vec<i32> = runners_of(master)
+        .into_iter()
+        .chain(group.clone())
+        .collect();
 
     let began = Instant::now();
     let r = env.run(&["stop"]);
     let took = began.elapsed();
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(took < Duration::from_secs(2), "stop took {took:?} with stop_timeout 1s");
-    assert!(took >= Duration::from_millis(900), "stop took only {took:?}: no timeout waited");
+    assert!(
+        took < Duration::from_secs(2),
+        "stop took {took:?} with stop_timeout 1s"
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "stop took only {took:?}: no timeout waited"
+    );
     assert!(!alive(master));
     for pid in everyone {
-        assert!(!alive(pid), "pid {pid} ({}) survived the stop", cmdline(pid));
+        assert!(
+            !alive(pid),
+            "pid {pid} ({}) survived the stop",
+            cmdline(pid)
+        );
     }
     let log = env.log();
     assert!(log.contains("Runner stubborn:0:1 (pid "), "{log}");
-    assert!(log.contains("did not stop within 1s; sending SIGKILL"), "{log}");
+    assert!(
+        log.contains("did not stop within 1s; sending SIGKILL"),
+        "{log}"
+    );
     assert!(log.contains("why: SIGNAL 9, class: stubborn"), "{log}");
     assert!(log.contains("why: EXIT 15, class: in"), "{log}");
 }

@@ -16,7 +16,10 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -120,7 +123,11 @@ impl Env {
 
     /// The pid in master.pid, if it holds one.
     pub fn pid_from_file(&self) -> Option<i32> {
-        fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()
+        fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// `start`, checked; returns the master's pid once its runners are up
@@ -129,26 +136,30 @@ impl Env {
         let r = self.run(&["start"]);
         assert_eq!(r.code, 0, "start failed: {}{}", r.stdout, r.stderr);
         let pid = self.pid_from_file().expect("pid file after start");
-        wait_until("runners to start", PATIENCE, || runners_of(pid).len() == expect);
+        wait_until("runners to start", PATIENCE, || {
+            runners_of(pid).len() == expect
+        });
         pid
     }
 
     pub fn wait_log(&self, needle: &str) {
-        wait_until(&format!("log line {needle:?}"), PATIENCE, || self.log().contains(needle));
+        wait_until(&format!("log line {needle:?}"), PATIENCE, || {
+            self.log().contains(needle)
+        });
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         // Kill every process this test's var dir started, master first.
-        if let Some(pid) = self.pid_from_file() {
-            if is_master_of(pid, &self.var) {
-                send(pid, 9);
-            }
+        if let Some(pid) = self.pid_from_file()
+            && is_master_of(pid, &self.var)
+        {
+            send(pid, 9);
         }
         let marker = format!("MAILMAN_VAR_DIR={}", self.var.display());
         for pid in all_pids() {
-            if environ(pid).iter().any(|e| *e == marker) {
+            if environ(pid).contains(&marker) {
                 send(pid, 9);
             }
         }
@@ -157,7 +168,8 @@ impl Drop for Env {
 
 fn is_master_of(pid: i32, var: &Path) -> bool {
     let marker = format!("MAILMAN_VAR_DIR={}", var.display());
-    cmdline(pid).contains("master") && (environ(pid).contains(&marker) || cmdline(pid).contains(BIN))
+    cmdline(pid).contains("master")
+        && (environ(pid).contains(&marker) || cmdline(pid).contains(BIN))
 }
 
 /// Sends `sig` to `pid`; true if it was delivered.
@@ -195,7 +207,12 @@ pub fn alive(pid: i32) -> bool {
 
 pub fn cmdline(pid: i32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
