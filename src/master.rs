@@ -257,9 +257,9 @@ impl Master {
             AcquireError::Io { .. } => StartError::new(EXIT_ERROR, e),
         })?;
         lock::write_pid_file(&layout).map_err(|e| StartError::new(EXIT_ERROR, e))?;
-        if daemonised {
-            let _ = std::env::set_current_dir(&layout.var_dir);
-        }
+        // As Mailman: the master and its runners work in the var dir (and
+        // do not pin the caller's directory).
+        let _ = std::env::set_current_dir(&layout.var_dir);
         info!("Master started");
         if root && !opts.run_as_user {
             warn!(
