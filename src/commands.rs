@@ -243,7 +243,10 @@ fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
     // cannot leak the fds into another fork.
     let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe()?;
     for fd in [&read, &write] {
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
     }
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);

@@ -35,16 +35,22 @@ pub fn main(config: &Config, spec: &str) -> i32 {
         return EXIT_NO_RESTART;
     };
     let name = &runner.name;
-    let sigs =
-        match SignalPipe::install(&[libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGUSR1]) {
-            Ok(s) => s,
-            Err(e) => {
-                say(&format!(
-                    "{name} runner cannot install signal handlers: {e}"
-                ));
-                return 1;
-            }
-        };
+    // SIGQUIT too: the master passes its stop signal on as it is.
+    let sigs = match SignalPipe::install(&[
+        libc::SIGHUP,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!(
+                "{name} runner cannot install signal handlers: {e}"
+            ));
+            return 1;
+        }
+    };
     // Under the master, a runner whose master is gone stops (Linux also has
     // the parent-death signal; this is the portable fallback).
     let supervised = std::env::var_os("MAILMAN_UNDER_MASTER_CONTROL").is_some();
