@@ -18,7 +18,7 @@ use crate::cli::{QuietArgs, StartArgs, StopArgs};
 use crate::config::Config;
 use crate::lock::{self, Layout, PidFile, Probe};
 use crate::master::{self, EXIT_ERROR, EXIT_USAGE};
-use crate::procinfo::{Identity, own_pidns};
+use crate::procinfo::{Identity, own_pidns, still_running};
 use crate::spawn::READY_FD_ENV;
 
 pub const NOT_RUNNING: &str = "GNU Mailman is not running";
@@ -42,7 +42,7 @@ pub mod lsb {
 #[derive(Debug)]
 enum Target {
     NotRunning,
-    Master(i32),
+    Master(Identity),
     /// A master holds the lock but must not (or cannot) be signalled.
     Refuse(String),
 }
@@ -83,7 +83,7 @@ fn find_master(layout: &Layout) -> Target {
                 ));
             }
             match Identity::of(pid) {
-                Some(live) if live.matches(&recorded) => Target::Master(pid),
+                Some(live) if live.matches(&recorded) => Target::Master(recorded),
                 _ => Target::Refuse(format!(
                     "GNU Mailman is in an unexpected state (pid {pid} is not the master that holds {})",
                     layout.lock_file().display()
@@ -144,10 +144,11 @@ pub fn signal_master(config: &Config, args: &QuietArgs, sig: Signal, line: &str)
             eprintln!("{msg}");
             1
         }
-        Target::Master(pid) => {
+        Target::Master(master) => {
             if !args.quiet {
                 println!("{line}");
             }
+            let pid = master.pid;
             match kill(Pid::from_raw(pid), sig) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -161,7 +162,7 @@ pub fn signal_master(config: &Config, args: &QuietArgs, sig: Signal, line: &str)
 
 pub fn stop(config: &Config, args: &StopArgs) -> i32 {
     let layout = Layout::new(&config.mailman.var_dir);
-    let pid = match find_master(&layout) {
+    let master = match find_master(&layout) {
         Target::NotRunning => {
             eprintln!("{NOT_RUNNING}");
             return 0;
@@ -170,8 +171,9 @@ pub fn stop(config: &Config, args: &StopArgs) -> i32 {
             eprintln!("{msg}");
             return 1;
         }
-        Target::Master(pid) => pid,
+        Target::Master(master) => master,
     };
+    let pid = master.pid;
     if !args.quiet {
         println!("Shutting down Mailman's master runner");
     }
@@ -190,11 +192,13 @@ pub fn stop(config: &Config, args: &StopArgs) -> i32 {
         _ => config.mailman.stop_timeout.0 + Duration::from_secs(8),
     };
     let deadline = Instant::now() + limit;
+    // Gone means: the lock is free and the process has exited (it releases
+    // the lock a moment before it exits).
     while Instant::now() < deadline {
-        if !matches!(lock::probe(&layout), Probe::Held(_)) {
+        if !matches!(lock::probe(&layout), Probe::Held(_)) && !still_running(&master) {
             return 0;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
     eprintln!(
         "GNU Mailman did not stop within {:.1}s (master pid {pid})",

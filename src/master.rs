@@ -237,6 +237,8 @@ impl Master {
             // Orphaned grandchildren come to us, and we reap them.
             let _ = nix::sys::prctl::set_child_subreaper(true);
         }
+        let slices =
+            select_slices(&config, &opts.only).map_err(|e| StartError::new(EXIT_USAGE, e))?;
         let root = nix::unistd::geteuid().is_root();
         if opts.run_as_user && root {
             crate::user::switch_to(&config.mailman.user, &config.mailman.group)
@@ -268,10 +270,6 @@ impl Master {
             );
         }
 
-        let slices = select_slices(&config, &opts.only).map_err(|e| {
-            lock::remove_pid_file(&layout);
-            StartError::new(EXIT_USAGE, e)
-        })?;
         let ctx = SpawnContext {
             bin: std::env::current_exe().unwrap_or_else(|_| "mailman".into()),
             config_arg: config.config_arg(),
@@ -614,9 +612,17 @@ impl Master {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
         if std::process::id() == 1 {
-            // As PID 1, nothing may outlive us in this namespace.
+            // As PID 1, nothing may outlive us in this namespace. Reap with
+            // a bound: a process stuck in the kernel cannot be killed.
             let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-            while !matches!(waitpid(Pid::from_raw(-1), None), Err(Errno::ECHILD)) {}
+            let deadline = Instant::now() + KILL_GRACE;
+            while Instant::now() < deadline {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Err(Errno::ECHILD) => break,
+                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+                    _ => {}
+                }
+            }
         } else {
             self.reap();
         }

@@ -92,6 +92,29 @@ impl Identity {
     }
 }
 
+/// Whether the process `recorded` describes is still running: the same pid
+/// with the same start time, and not a zombie (a process that has exited but
+/// not yet been reaped by its parent is gone for our purposes).
+pub fn still_running(recorded: &Identity) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", recorded.pid)) else {
+            return false;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let start = fields.nth(18).and_then(|s| s.parse::<u64>().ok());
+        !(state == "Z" || state == "X") && start == Some(recorded.start_time)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Identity::of(recorded.pid).is_some_and(|i| i.start_time == recorded.start_time)
+    }
+}
+
 /// This process's PID namespace, if the platform has them.
 pub fn own_pidns() -> Option<String> {
     #[cfg(target_os = "linux")]

@@ -213,3 +213,62 @@ start = true
     assert!(log.contains("why: SIGNAL 9, class: stubborn"), "{log}");
     assert!(log.contains("why: EXIT 15, class: in"), "{log}");
 }
+
+#[test]
+fn on_give_up_exit_stops_the_master_with_status_3() {
+    let env = Env::with_mailman(
+        "stop_timeout = \"3s\"\non_give_up = \"exit\"\n",
+        &only(
+            r#"
+[runner.crash]
+command = ["sh", "-c", "exit 1"]
+restart_delay = "10ms"
+max_restarts = 2
+[runner.in]
+start = true
+"#,
+        ),
+    );
+    let out = env.cmd(&["master"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = env.log();
+    assert!(
+        log.contains("Runner crash reached maximum restart limit of 2, not restarting."),
+        "{log}"
+    );
+    assert!(
+        log.contains("why: EXIT 15, class: in"),
+        "the others were stopped: {log}"
+    );
+    assert!(log.contains("Master stopped"), "{log}");
+    assert!(!env.pid_file().exists());
+    assert_eq!(env.run(&["status"]).code, 3);
+}
+
+#[test]
+fn a_stop_in_the_middle_of_a_restart_stops_everything() {
+    // Mailman 3.3.10 can miss a runner forked during a restart and hang on
+    // stop; here the slice table decides who is alive.
+    let env = Env::new(&only(
+        "[runner.in]\nstart = true\ninstances = 4\n[runner.out]\nstart = true\ninstances = 4\n",
+    ));
+    for _ in 0..5 {
+        let master = env.start(8);
+        let r = env.cmd(&["restart"]).status().unwrap();
+        assert!(r.success());
+        let stop = env.run(&["stop"]);
+        assert_eq!(stop.code, 0, "{}", stop.stderr);
+        assert!(!alive(master));
+        let marker = format!("MAILMAN_VAR_DIR={}", env.var.display());
+        let left: Vec<i32> = all_pids()
+            .into_iter()
+            .filter(|p| alive(*p) && environ(*p).contains(&marker))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
