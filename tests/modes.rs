@@ -14,13 +14,7 @@ const ONE_RUNNER: &str = "[runner.in]\nstart = true\n";
 
 fn foreground_stops_on(sig: i32, name: &str) {
     let env = Env::new(&only(ONE_RUNNER));
-    fs::write(
-        &env.config,
-        fs::read_to_string(&env.config)
-            .unwrap()
-            .replace("stderr = false", "stderr = true"),
-    )
-    .unwrap();
+    env.edit_config("stderr = false", "stderr = true");
     let child = env
         .cmd(&["start", "--foreground"])
         .stdout(Stdio::piped())
@@ -72,13 +66,7 @@ fn foreground_master_stops_on_sigquit() {
 #[test]
 fn json_log_lines() {
     let env = Env::new(&only(ONE_RUNNER));
-    fs::write(
-        &env.config,
-        fs::read_to_string(&env.config)
-            .unwrap()
-            .replace("[logging]\n", "[logging]\nformat = \"json\"\n"),
-    )
-    .unwrap();
+    env.edit_config("[logging]\n", "[logging]\nformat = \"json\"\n");
     let master = env.start(1);
     let runner = runners_of(master)[0];
     env.wait_log("in runner started.");

@@ -272,3 +272,23 @@ fn a_stop_in_the_middle_of_a_restart_stops_everything() {
         assert!(left.is_empty(), "left behind: {left:?}");
     }
 }
+
+#[test]
+fn orphans_come_to_the_master_and_do_not_outlive_it() {
+    // The runner leaves an orphan (its subshell exits at once); as a child
+    // subreaper the master adopts it, and the stop sweeps it.
+    let env = Env::new(&only(
+        r#"
+[runner.leaver]
+command = ["sh", "-c", "(sleep 1000 &); trap 'exit 0' TERM; while true; do sleep 0.05; done"]
+"#,
+    ));
+    let master = env.start(2);
+    let orphan = runners_of(master)
+        .into_iter()
+        .find(|p| cmdline(*p) == "sleep 1000")
+        .expect("the orphan re-parented to the master");
+    assert_eq!(env.run(&["stop"]).code, 0);
+    assert!(!alive(orphan), "the orphan survived the stop");
+    assert!(!alive(master));
+}

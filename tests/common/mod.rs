@@ -94,6 +94,13 @@ impl Env {
         Env { dir, config, var }
     }
 
+    /// Replaces `from` with `to` in the config file.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = fs::read_to_string(&self.config).expect("read config");
+        assert!(text.contains(from), "{from:?} not in the config");
+        fs::write(&self.config, text.replace(from, to)).expect("write config");
+    }
+
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.arg("-C").arg(&self.config).args(args);
