@@ -184,7 +184,10 @@ pub fn stop(config: &Config, args: &StopArgs) -> i32 {
             return 1;
         }
     }
-    if args.no_wait {
+    // A master that is PID 1 of our own namespace (`docker exec mailman
+    // stop`) takes this process down with it when it exits: waiting would
+    // only turn a clean stop into a SIGKILLed command.
+    if args.no_wait || pid == 1 {
         return 0;
     }
     let limit = match args.timeout {
