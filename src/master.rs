@@ -612,8 +612,12 @@ impl Master {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
         if std::process::id() == 1 {
-            // As PID 1, nothing may outlive us in this namespace. Reap with
-            // a bound: a process stuck in the kernel cannot be killed.
+            // Processes that entered the namespace from outside (`docker
+            // exec mailman stop`) are not ours to kill: let them finish
+            // first, or the command that stopped us dies with status 137.
+            wait_for_visitors(VISITOR_GRACE);
+            // Then nothing may outlive us in this namespace. Reap with a
+            // bound: a process stuck in the kernel cannot be killed.
             let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
             let deadline = Instant::now() + KILL_GRACE;
             while Instant::now() < deadline {
@@ -634,6 +638,40 @@ impl Master {
         drop(self.log.take());
         code
     }
+}
+
+/// How long PID 1 waits for visitors (see [`wait_for_visitors`]) at exit.
+const VISITOR_GRACE: Duration = Duration::from_secs(1);
+
+/// As PID 1: waits up to `limit` for the processes that entered this PID
+/// namespace from outside (their parent is outside, so their ppid reads 0)
+/// to exit.
+fn wait_for_visitors(limit: Duration) {
+    #[cfg(target_os = "linux")]
+    {
+        let visitors = || -> usize {
+            let Ok(dir) = std::fs::read_dir("/proc") else {
+                return 0;
+            };
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| *pid != 1)
+                .filter(|pid| {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+                    let mut f = after.split_whitespace();
+                    let state = f.next().unwrap_or("Z");
+                    state != "Z" && f.next() == Some("0")
+                })
+                .count()
+        };
+        let deadline = Instant::now() + limit;
+        while visitors() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = limit;
 }
 
 /// Signals a runner's process group, or the runner alone if its group is
