@@ -30,12 +30,12 @@ pub enum Command {
     Start(StartArgs),
     /// Stop the Mailman master and runner processes.
     Stop(StopArgs),
-    /// Stop and restart the Mailman runner subprocesses.
-    Restart(QuietArgs),
+    /// Stop and restart the Mailman runner subprocesses (all, or one).
+    Restart(RestartArgs),
     /// Signal the Mailman processes to re-open their log files.
     Reopen(QuietArgs),
     /// Show whether the master is running (LSB exit codes: 0, 1, 3, 4).
-    Status,
+    Status(StatusArgs),
     /// Run the master watcher in the foreground (what `start` runs, and what
     /// a container runs).
     Master(MasterArgs),
@@ -72,6 +72,23 @@ pub struct StopArgs {
     /// Wait at most this many seconds (default: stop_timeout + 8).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// Do not print the status line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Restart only this runner, or one slice of it (needs the control socket).
+    #[arg(value_name = "RUNNER[:SLICE]")]
+    pub runner: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the master's and every runner's state as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -14,9 +14,14 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::cli::{QuietArgs, StartArgs, StopArgs};
+use std::os::unix::net::UnixStream;
+
+use serde_json::json;
+
+use crate::cli::{QuietArgs, RestartArgs, StartArgs, StopArgs};
 use crate::config::Config;
-use crate::lock::{self, Layout, PidFile, Probe};
+use crate::control::{self, Answer, Request};
+use crate::lock::{self, Layout, LockInfo, PidFile, Probe};
 use crate::master::{self, EXIT_ERROR, EXIT_USAGE};
 use crate::procinfo::{Identity, own_pidns, still_running};
 use crate::spawn::READY_FD_ENV;
@@ -132,8 +137,119 @@ pub fn status(config: &Config) -> i32 {
     code
 }
 
-/// `restart` (SIGUSR1) and `reopen` (SIGHUP).
-pub fn signal_master(config: &Config, args: &QuietArgs, sig: Signal, line: &str) -> i32 {
+/// How long a control-socket request may take to be answered.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What asking the master over its socket came to.
+enum Asked {
+    /// Answered; the connection (a `stop` waits on it).
+    Done(UnixStream),
+    /// No socket: fall back to signals.
+    NoSocket,
+    /// The master said no, or the socket failed: the message, exit 1.
+    Failed(String),
+}
+
+/// Asks the master that holds the lock. Never asks when the lock is free: a
+/// socket file left by a dead master is not trusted.
+fn ask(config: &Config, request: &Request) -> Asked {
+    match control::ask(&config.mailman.var_dir, request, ASK_TIMEOUT) {
+        Ok(Answer::NoSocket) => Asked::NoSocket,
+        Ok(Answer::Reply(r, stream)) if r.ok => Asked::Done(stream),
+        Ok(Answer::Reply(r, _)) => {
+            Asked::Failed(r.error.unwrap_or_else(|| "the master refused".into()))
+        }
+        // A socket we may not use (another user's) tells nothing: signals
+        // will give the real error.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Asked::NoSocket,
+        Err(e) => Asked::Failed(format!("cannot talk to the master: {e}")),
+    }
+}
+
+/// `restart [RUNNER[:SLICE]]`: over the socket, else SIGUSR1 (all only).
+pub fn restart(config: &Config, args: &RestartArgs) -> i32 {
+    let layout = Layout::new(&config.mailman.var_dir);
+    let (runner, slice) = match args.runner.as_deref().map(parse_target) {
+        None => (None, None),
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    if !matches!(probe_settled(&layout), Probe::Held(_)) {
+        return signal_master(config, args.quiet, Signal::SIGUSR1, "");
+    }
+    let line = match &args.runner {
+        Some(r) => format!("Restarting runner {r}"),
+        None => "Restarting the Mailman runners".into(),
+    };
+    match ask(
+        config,
+        &Request::Restart {
+            runner: runner.clone(),
+            slice,
+        },
+    ) {
+        Asked::Done(_) => {
+            if !args.quiet {
+                println!("{line}");
+            }
+            0
+        }
+        Asked::Failed(e) => {
+            eprintln!("{e}");
+            1
+        }
+        Asked::NoSocket if runner.is_some() => {
+            eprintln!(
+                "cannot restart one runner: the master has no control socket ({})",
+                control::socket_path(&layout.var_dir).display()
+            );
+            1
+        }
+        Asked::NoSocket => signal_master(config, args.quiet, Signal::SIGUSR1, &line),
+    }
+}
+
+/// `RUNNER` or `RUNNER:SLICE`.
+fn parse_target(text: &str) -> Result<(Option<String>, Option<u32>), String> {
+    match text.split_once(':') {
+        None if !text.is_empty() => Ok((Some(text.to_string()), None)),
+        Some((name, n)) if !name.is_empty() => n
+            .parse::<u32>()
+            .map(|n| (Some(name.to_string()), Some(n)))
+            .map_err(|_| format!("bad runner slice \"{text}\": expected RUNNER or RUNNER:SLICE")),
+        _ => Err(format!(
+            "bad runner \"{text}\": expected RUNNER or RUNNER:SLICE"
+        )),
+    }
+}
+
+/// `reopen`: over the socket, else SIGHUP.
+pub fn reopen(config: &Config, args: &QuietArgs) -> i32 {
+    let line = "Reopening the Mailman runners";
+    let layout = Layout::new(&config.mailman.var_dir);
+    if !matches!(probe_settled(&layout), Probe::Held(_)) {
+        return signal_master(config, args.quiet, Signal::SIGHUP, line);
+    }
+    match ask(config, &Request::Reopen) {
+        Asked::Done(_) => {
+            if !args.quiet {
+                println!("{line}");
+            }
+            0
+        }
+        Asked::Failed(e) => {
+            eprintln!("{e}");
+            1
+        }
+        Asked::NoSocket => signal_master(config, args.quiet, Signal::SIGHUP, line),
+    }
+}
+
+/// The signal path of `restart` and `reopen`, after an identity check.
+fn signal_master(config: &Config, quiet: bool, sig: Signal, line: &str) -> i32 {
     let layout = Layout::new(&config.mailman.var_dir);
     match find_master(&layout) {
         Target::NotRunning => {
@@ -145,7 +261,7 @@ pub fn signal_master(config: &Config, args: &QuietArgs, sig: Signal, line: &str)
             1
         }
         Target::Master(master) => {
-            if !args.quiet {
+            if !quiet {
                 println!("{line}");
             }
             let pid = master.pid;
@@ -160,8 +276,104 @@ pub fn signal_master(config: &Config, args: &QuietArgs, sig: Signal, line: &str)
     }
 }
 
+/// `status --json`: the master's own report over the socket when it runs.
+pub fn status_json(config: &Config) -> i32 {
+    let layout = Layout::new(&config.mailman.var_dir);
+    let (value, code) = match probe_settled(&layout) {
+        Probe::Unknown(e) => (
+            json!({"running": null, "state": "unknown", "detail": e}),
+            lsb::UNKNOWN,
+        ),
+        Probe::Free => match lock::read_pid_file(&layout) {
+            Ok(PidFile::Missing) => (
+                json!({"running": false, "state": "not running"}),
+                lsb::NOT_RUNNING,
+            ),
+            Ok(PidFile::Pid(pid)) => (
+                json!({"running": false, "state": "stopped", "stale_pid": pid}),
+                lsb::DEAD_WITH_PID_FILE,
+            ),
+            Err(e) => (
+                json!({"running": null, "state": "unknown", "detail": e.to_string()}),
+                lsb::UNKNOWN,
+            ),
+        },
+        Probe::Held(info) => match control::ask(&layout.var_dir, &Request::Status, ASK_TIMEOUT) {
+            Ok(Answer::Reply(r, _)) if r.status.is_some() => {
+                let mut v = serde_json::to_value(r.status).unwrap_or_default();
+                v["running"] = json!(true);
+                v["state"] = json!("running");
+                (v, lsb::RUNNING)
+            }
+            other => {
+                let detail = match other {
+                    Ok(Answer::Reply(r, _)) => r.error.unwrap_or_default(),
+                    Ok(Answer::NoSocket) => "the master has no control socket".into(),
+                    Err(e) => e.to_string(),
+                };
+                (
+                    json!({"running": true, "state": "running", "master": {"pid": info.pid}, "runners": null, "detail": detail}),
+                    lsb::RUNNING,
+                )
+            }
+        },
+    };
+    println!("{value}");
+    code
+}
+
+/// Whether the lock's master is PID 1 of this very PID namespace (we run
+/// inside its container: it takes us down when it exits).
+fn is_our_pid1(info: &LockInfo) -> bool {
+    info.pid == Some(1) && info.pidns.is_some() && info.pidns == own_pidns()
+}
+
 pub fn stop(config: &Config, args: &StopArgs) -> i32 {
     let layout = Layout::new(&config.mailman.var_dir);
+    let info = match probe_settled(&layout) {
+        Probe::Free => {
+            eprintln!("{NOT_RUNNING}");
+            return 0;
+        }
+        Probe::Unknown(e) => {
+            eprintln!("GNU Mailman is in an unexpected state ({e})");
+            return 1;
+        }
+        Probe::Held(info) => info,
+    };
+    let limit = match args.timeout {
+        Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        _ => config.mailman.stop_timeout.0 + Duration::from_secs(8),
+    };
+    let deadline = Instant::now() + limit;
+    let line = "Shutting down Mailman's master runner";
+    // The socket first: it works across PID namespaces and tells us when
+    // the runners are gone.
+    match ask(config, &Request::Stop) {
+        Asked::Done(stream) => {
+            if !args.quiet {
+                println!("{line}");
+            }
+            if args.no_wait {
+                return 0;
+            }
+            let closed =
+                control::wait_closed(stream, deadline.saturating_duration_since(Instant::now()));
+            if closed && is_our_pid1(&info) {
+                // It exits right after; waiting would get us killed with it.
+                return 0;
+            }
+            let recorded = info
+                .identity()
+                .filter(|r| r.pidns.is_none() || r.pidns == own_pidns());
+            return wait_gone(&layout, recorded.as_ref(), deadline, limit);
+        }
+        Asked::Failed(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+        Asked::NoSocket => {}
+    }
     let master = match find_master(&layout) {
         Target::NotRunning => {
             eprintln!("{NOT_RUNNING}");
@@ -175,7 +387,7 @@ pub fn stop(config: &Config, args: &StopArgs) -> i32 {
     };
     let pid = master.pid;
     if !args.quiet {
-        println!("Shutting down Mailman's master runner");
+        println!("{line}");
     }
     match kill(Pid::from_raw(pid), Signal::SIGTERM) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
@@ -190,21 +402,25 @@ pub fn stop(config: &Config, args: &StopArgs) -> i32 {
     if args.no_wait || pid == 1 {
         return 0;
     }
-    let limit = match args.timeout {
-        Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
-        _ => config.mailman.stop_timeout.0 + Duration::from_secs(8),
-    };
-    let deadline = Instant::now() + limit;
-    // Gone means: the lock is free and the process has exited (it releases
-    // the lock a moment before it exits).
+    wait_gone(&layout, Some(&master), deadline, limit)
+}
+
+/// Waits until the lock is free and (when we can see it) the master process
+/// has exited: it releases the lock a moment before it exits.
+fn wait_gone(
+    layout: &Layout,
+    master: Option<&Identity>,
+    deadline: Instant,
+    limit: Duration,
+) -> i32 {
     while Instant::now() < deadline {
-        if !matches!(lock::probe(&layout), Probe::Held(_)) && !still_running(&master) {
+        if !matches!(lock::probe(layout), Probe::Held(_)) && !master.is_some_and(still_running) {
             return 0;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
     eprintln!(
-        "GNU Mailman did not stop within {:.1}s (master pid {pid})",
+        "GNU Mailman did not stop within {:.1}s",
         limit.as_secs_f64()
     );
     1

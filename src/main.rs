@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod config;
+mod control;
 mod lock;
 mod logging;
 mod master;
@@ -18,7 +19,6 @@ mod user;
 mod util;
 
 use clap::Parser;
-use nix::sys::signal::Signal;
 
 use cli::{Cli, Command};
 use config::Config;
@@ -59,19 +59,10 @@ fn run() -> i32 {
     match cli.command {
         Command::Start(args) => commands::start(config, &args, signals.take()),
         Command::Stop(args) => commands::stop(&config, &args),
-        Command::Restart(args) => commands::signal_master(
-            &config,
-            &args,
-            Signal::SIGUSR1,
-            "Restarting the Mailman runners",
-        ),
-        Command::Reopen(args) => commands::signal_master(
-            &config,
-            &args,
-            Signal::SIGHUP,
-            "Reopening the Mailman runners",
-        ),
-        Command::Status => commands::status(&config),
+        Command::Restart(args) => commands::restart(&config, &args),
+        Command::Reopen(args) => commands::reopen(&config, &args),
+        Command::Status(args) if args.json => commands::status_json(&config),
+        Command::Status(_) => commands::status(&config),
         Command::Master(args) => {
             let mut only = Vec::new();
             for text in &args.runners {

@@ -8,10 +8,12 @@
 //! | SIGHUP             | [`Master::reopen`]      |
 //! | SIGUSR1            | [`Master::restart_all`] |
 //! | runner output      | [`Output::pump`]        |
+//! | control request    | [`Master::on_request`]  |
 //! | back-off / stop timer | [`Master::on_timer`] |
 //!
-//! The loop sleeps in `poll` on the signal pipe and the runners' output
-//! pipes, with a timeout only when a timer is due: an idle master never wakes.
+//! The loop sleeps in `poll` on the signal pipe, the control socket and its
+//! clients, and the runners' output pipes, with a timeout only when a timer
+//! is due: an idle master never wakes.
 //!
 //! Not here: the restart rule itself (`slice`), process set-up (`spawn`).
 
@@ -28,6 +30,7 @@ use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, OnGiveUp};
+use crate::control::{self, Client, LastExit, Request, Response, SliceStatus, StatusReport};
 use crate::lock::{self, AcquireError, Layout, MasterLock};
 use crate::logging::{self, LogHandle};
 use crate::output::Output;
@@ -109,24 +112,24 @@ impl StartError {
 }
 
 /// The write end of the pipe `mailman start` waits on, if it started us.
-struct Ready(Option<File>);
+struct StartPipe(Option<File>);
 
-impl Ready {
-    fn from_env() -> Ready {
+impl StartPipe {
+    fn from_env() -> StartPipe {
         let fd = std::env::var(READY_FD_ENV)
             .ok()
             .and_then(|v| v.parse::<i32>().ok())
             .filter(|fd| *fd > 2);
         let Some(fd) = fd else {
-            return Ready(None);
+            return StartPipe(None);
         };
         // Only an fd that is really open, and never passed on to a runner.
         // SAFETY: fcntl on an integer fd has no memory effects.
         if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
-            return Ready(None);
+            return StartPipe(None);
         }
         // SAFETY: `start` handed us this fd for our sole use.
-        Ready(Some(unsafe { File::from_raw_fd(fd) }))
+        StartPipe(Some(unsafe { File::from_raw_fd(fd) }))
     }
     fn daemonised(&self) -> bool {
         self.0.is_some()
@@ -164,13 +167,13 @@ pub fn install_signals() -> std::io::Result<SignalPipe> {
 /// configuration): to `mailman start` through its pipe if it started us,
 /// else on stderr.
 pub fn fail_early(code: i32, message: &str) -> i32 {
-    Ready::from_env().fail(&StartError::new(code, message));
+    StartPipe::from_env().fail(&StartError::new(code, message));
     code
 }
 
 /// Runs the master to the end and returns its exit status.
 pub fn main(config: Config, opts: Options, signals: std::io::Result<SignalPipe>) -> i32 {
-    let mut ready = Ready::from_env();
+    let mut ready = StartPipe::from_env();
     let signals = match signals {
         Ok(s) => s,
         Err(e) => {
@@ -197,6 +200,14 @@ pub fn main(config: Config, opts: Options, signals: std::io::Result<SignalPipe>)
     }
 }
 
+/// What `poll` found ready.
+#[derive(Debug, Default)]
+struct Ready {
+    listener: bool,
+    clients: Vec<usize>,
+    outputs: Vec<usize>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Running,
@@ -219,6 +230,10 @@ struct Master {
     restartable: bool,
     /// Runner process groups ever started, for the final sweep.
     groups: Vec<i32>,
+    /// The control socket, unless it could not be bound (signals still work).
+    control: Option<control::Server>,
+    clients: Vec<Client>,
+    started: Instant,
     log: Option<LogHandle>,
     _lock: MasterLock,
 }
@@ -259,6 +274,13 @@ impl Master {
             AcquireError::Io { .. } => StartError::new(EXIT_ERROR, e),
         })?;
         lock::write_pid_file(&layout).map_err(|e| StartError::new(EXIT_ERROR, e))?;
+        let control = match control::Server::bind(&layout.var_dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("{e}; control commands will use signals");
+                None
+            }
+        };
         // As Mailman: the master and its runners work in the var dir (and
         // do not pin the caller's directory).
         let _ = std::env::set_current_dir(&layout.var_dir);
@@ -286,6 +308,9 @@ impl Master {
             mode: Mode::Running,
             restartable: !opts.no_restart,
             groups: Vec::new(),
+            control,
+            clients: Vec::new(),
+            started: Instant::now(),
             log: Some(log),
             _lock: lock,
         };
@@ -304,23 +329,30 @@ impl Master {
             {
                 return code;
             }
-            let readable = self.wait();
+            let ready = self.wait();
             for sig in self.signals.take() {
                 match sig {
                     libc::SIGCHLD => self.reap(),
-                    libc::SIGHUP => self.reopen(),
-                    libc::SIGUSR1 => self.restart_all(),
-                    _ => self.begin_stop(sig, EXIT_OK),
+                    libc::SIGHUP => self.reopen("caught SIGHUP"),
+                    libc::SIGUSR1 => {
+                        self.restart(None, None);
+                        info!("Master watcher caught SIGUSR1.  Restarting.");
+                    }
+                    _ => {
+                        info!("Master watcher caught {}.  Exiting.", signals::name(sig));
+                        self.begin_stop(sig, EXIT_OK);
+                    }
                 }
             }
-            self.pump(&readable);
+            self.pump(&ready.outputs);
+            self.serve(ready.listener, &ready.clients);
             self.on_timer(Instant::now());
         }
     }
 
-    /// Sleeps until a signal, runner output, or the next timer. Returns the
-    /// indices of outputs with something to read.
-    fn wait(&mut self) -> Vec<usize> {
+    /// Sleeps until a signal, a control connection or request, runner
+    /// output, or the next timer. Says what is ready.
+    fn wait(&mut self) -> Ready {
         let timeout = match self.next_deadline() {
             None => PollTimeout::NONE,
             Some(at) => {
@@ -330,24 +362,175 @@ impl Master {
                     .unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = Vec::with_capacity(self.outputs.len() + 1);
+        // Layout: [signals, listener?, clients…, outputs…].
+        let mut fds = Vec::with_capacity(2 + self.clients.len() + self.outputs.len());
         fds.push(PollFd::new(self.signals.fd(), PollFlags::POLLIN));
+        let listening = self
+            .control
+            .as_ref()
+            .map(|c| fds.push(PollFd::new(c.fd(), PollFlags::POLLIN)))
+            .is_some();
+        let first_client = fds.len();
+        for c in &self.clients {
+            fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
+        }
+        let first_output = fds.len();
         for o in &self.outputs {
             fds.push(PollFd::new(o.fd(), PollFlags::POLLIN));
         }
+        let mut ready = Ready::default();
         match poll(&mut fds, timeout) {
-            Ok(_) => fds[1..]
-                .iter()
-                .enumerate()
-                .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
-                .map(|(i, _)| i)
-                .collect(),
-            Err(Errno::EINTR) => Vec::new(),
+            Ok(_) => {
+                let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                ready.listener = listening && hit(&fds[1]);
+                ready.clients = (first_client..first_output)
+                    .filter(|&i| hit(&fds[i]))
+                    .map(|i| i - first_client)
+                    .collect();
+                ready.outputs = (first_output..fds.len())
+                    .filter(|&i| hit(&fds[i]))
+                    .map(|i| i - first_output)
+                    .collect();
+            }
+            Err(Errno::EINTR) => {}
             Err(e) => {
                 error!("poll failed: {}", e.desc());
                 std::thread::sleep(Duration::from_millis(100));
-                Vec::new()
             }
+        }
+        ready
+    }
+
+    /// Control socket: new connections, then requests from ready clients.
+    fn serve(&mut self, listener: bool, ready: &[usize]) {
+        let mut gone = Vec::new();
+        for &i in ready {
+            match self.clients[i].read_request() {
+                Ok(Some(request)) => {
+                    let response = self.on_request(&request);
+                    let client = &mut self.clients[i];
+                    client.reply(&response);
+                    client.waits_for_stop = request == Request::Stop && response.ok;
+                }
+                Ok(None) => {}
+                Err(_) => gone.push(i),
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.clients.swap_remove(i);
+        }
+        if listener && let Some(server) = &self.control {
+            server.accept(&mut self.clients);
+        }
+    }
+
+    /// What a control request does: the same as the matching signal, plus
+    /// what signals cannot say (one runner, a status report).
+    fn on_request(&mut self, request: &Request) -> Response {
+        match request {
+            Request::Status => Response {
+                status: Some(self.report()),
+                ..Response::ok()
+            },
+            Request::Stop => {
+                if self.mode == Mode::Running {
+                    info!("Master watcher got a stop request.  Exiting.");
+                    self.begin_stop(libc::SIGTERM, EXIT_OK);
+                }
+                Response::ok()
+            }
+            Request::Reopen => {
+                self.reopen("got a reopen request");
+                Response::ok()
+            }
+            Request::Restart { runner, slice } => {
+                if self.mode != Mode::Running {
+                    return Response::error("the master is stopping");
+                }
+                if let Some(name) = runner {
+                    if !self.slices.iter().any(|s| &s.runner.name == name) {
+                        return Response::error(format!(
+                            "no runner named \"{name}\" runs under this master"
+                        ));
+                    }
+                    if let Some(n) = slice
+                        && !self
+                            .slices
+                            .iter()
+                            .any(|s| &s.runner.name == name && s.slice == *n)
+                    {
+                        return Response::error(format!("runner \"{name}\" has no slice {n}"));
+                    }
+                }
+                self.restart(runner.as_deref(), *slice);
+                match runner {
+                    Some(name) => info!(
+                        "Master watcher got a restart request for {name}{}.",
+                        slice.map_or(String::new(), |n| format!(":{n}"))
+                    ),
+                    None => info!("Master watcher got a restart request.  Restarting."),
+                }
+                Response::ok()
+            }
+        }
+    }
+
+    /// The slice table as `status --json` shows it.
+    fn report(&self) -> StatusReport {
+        let now = Instant::now();
+        let runners = self
+            .slices
+            .iter()
+            .map(|s| {
+                let (state, pid, uptime, retry) = match s.state {
+                    State::Running { pid, since } => (
+                        "running",
+                        Some(pid),
+                        Some(now.saturating_duration_since(since).as_secs_f64()),
+                        None,
+                    ),
+                    State::BackingOff { until } => (
+                        "backing-off",
+                        None,
+                        None,
+                        Some(until.saturating_duration_since(now).as_secs_f64()),
+                    ),
+                    State::Failed => ("failed", None, None, None),
+                    State::Stopped => ("stopped", None, None, None),
+                };
+                let usage = pid.and_then(crate::procinfo::usage);
+                SliceStatus {
+                    name: s.runner.name.clone(),
+                    slice: s.slice,
+                    range: s.range,
+                    state: state.into(),
+                    pid,
+                    restarts: s.restarts,
+                    total_restarts: s.total_restarts,
+                    last_exit: s.last_exit.map(|w| match w {
+                        Why::Exit(n) => LastExit::Exit(n),
+                        Why::Signal(n) => LastExit::Signal(n),
+                    }),
+                    uptime_secs: uptime,
+                    restart_in_secs: retry,
+                    rss_bytes: usage.map(|u| u.rss_bytes),
+                    cpu_secs: usage.map(|u| u.cpu_secs),
+                }
+            })
+            .collect();
+        StatusReport {
+            master: control::MasterStatus {
+                pid: std::process::id() as i32,
+                version: env!("CARGO_PKG_VERSION").into(),
+                uptime_secs: now.saturating_duration_since(self.started).as_secs_f64(),
+                state: if self.mode == Mode::Running {
+                    "running"
+                } else {
+                    "stopping"
+                }
+                .into(),
+            },
+            runners,
         }
     }
 
@@ -366,6 +549,7 @@ impl Master {
     }
 
     fn pump(&mut self, readable: &[usize]) {
+        // Indices are into `outputs` as polled; removal waits until the end.
         let mut closed = Vec::new();
         for &i in readable {
             if !self.outputs[i].pump() {
@@ -515,11 +699,11 @@ impl Master {
                 _ => {}
             }
         }
-        info!("Master watcher caught {}.  Exiting.", signals::name(sig));
     }
 
-    /// SIGHUP: reopen our log, pass the signal on to every runner.
-    fn reopen(&mut self) {
+    /// SIGHUP (or a reopen request): reopen our log, pass SIGHUP on to every
+    /// runner.
+    fn reopen(&mut self, how: &str) {
         if let Some(log) = &self.log
             && let Err(e) = log.reopen()
         {
@@ -528,17 +712,22 @@ impl Master {
         for pid in self.slices.iter().filter_map(Slice::pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGHUP);
         }
-        info!("Master watcher caught SIGHUP.  Re-opening log files.");
+        info!("Master watcher {how}.  Re-opening log files.");
     }
 
-    /// SIGUSR1: every running runner gets SIGUSR1 and is restarted as it
-    /// exits; runners waiting, given up or stopped start again at once with
-    /// their count reset.
-    fn restart_all(&mut self) {
+    /// SIGUSR1 (or a restart request, maybe for one runner or slice): each
+    /// running runner gets SIGUSR1 and is restarted as it exits; runners
+    /// waiting, given up or stopped start again at once with their count
+    /// reset.
+    fn restart(&mut self, runner: Option<&str>, slice: Option<u32>) {
         if self.mode != Mode::Running {
             return;
         }
         for idx in 0..self.slices.len() {
+            let s = &self.slices[idx];
+            if runner.is_some_and(|n| n != s.runner.name) || slice.is_some_and(|n| n != s.slice) {
+                continue;
+            }
             match self.slices[idx].state {
                 State::Running { pid, .. } => {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGUSR1);
@@ -550,7 +739,6 @@ impl Master {
                 _ => {}
             }
         }
-        info!("Master watcher caught SIGUSR1.  Restarting.");
     }
 
     fn on_timer(&mut self, now: Instant) {
@@ -611,6 +799,17 @@ impl Master {
         for &pgid in &self.groups {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
+        self.reap();
+        for o in &mut self.outputs {
+            o.drain(true);
+        }
+        lock::remove_pid_file(&self.layout);
+        if let Some(server) = self.control.take() {
+            server.remove();
+        }
+        info!("Master stopped");
+        // `stop` clients waiting on us learn that the runners are gone.
+        self.clients.clear();
         if std::process::id() == 1 {
             // Processes that entered the namespace from outside (`docker
             // exec mailman stop`) are not ours to kill: let them finish
@@ -627,14 +826,7 @@ impl Master {
                     _ => {}
                 }
             }
-        } else {
-            self.reap();
         }
-        for o in &mut self.outputs {
-            o.drain(true);
-        }
-        lock::remove_pid_file(&self.layout);
-        info!("Master stopped");
         drop(self.log.take());
         code
     }

@@ -115,6 +115,45 @@ pub fn still_running(recorded: &Identity) -> bool {
     }
 }
 
+/// A process's resident memory and CPU time, for `status --json`.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub rss_bytes: u64,
+    pub cpu_secs: f64,
+}
+
+#[cfg(target_os = "linux")]
+pub fn usage(pid: i32) -> Option<Usage> {
+    use nix::unistd::{SysconfVar, sysconf};
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    // After the command: state is field 3; utime 14, stime 15, rss 24.
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    let ticks = sysconf(SysconfVar::CLK_TCK).ok()??.max(1) as f64;
+    let page = sysconf(SysconfVar::PAGE_SIZE).ok()??.max(1) as u64;
+    Some(Usage {
+        rss_bytes: field(24)? * page,
+        cpu_secs: (field(14)? + field(15)?) as f64 / ticks,
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn usage(pid: i32) -> Option<Usage> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+    let mut sys = System::new();
+    let p = Pid::from_u32(pid as u32);
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[p]),
+        true,
+        ProcessRefreshKind::nothing().with_memory().with_cpu(),
+    );
+    let proc_ = sys.process(p)?;
+    Some(Usage {
+        rss_bytes: proc_.memory(),
+        cpu_secs: proc_.accumulated_cpu_time() as f64 / 1000.0,
+    })
+}
+
 /// This process's PID namespace, if the platform has them.
 pub fn own_pidns() -> Option<String> {
     #[cfg(target_os = "linux")]
