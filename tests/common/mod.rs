@@ -267,3 +267,50 @@ pub fn lines(path: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A bystander process that records every signal it gets (one name per line
+/// after `ready`) in a file; killed on drop, even when a test fails.
+pub struct Witness {
+    child: std::process::Child,
+    pub record: PathBuf,
+}
+
+impl Witness {
+    pub fn spawn(dir: &Path) -> Witness {
+        let record = dir.join("witness.log");
+        let script = format!(
+            "for s in HUP TERM USR1 INT QUIT; do trap \"echo $s >> {f}\" $s; done; \
+             echo ready >> {f}; while true; do sleep 0.05; done",
+            f = record.display()
+        );
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the witness");
+        let w = Witness { child, record };
+        wait_until("the witness to be ready", PATIENCE, || {
+            w.heard() == ["ready"]
+        });
+        w
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// `["ready"]` as long as no signal arrived.
+    pub fn heard(&self) -> Vec<String> {
+        lines(&self.record)
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,331 @@
+//! Operating the master: the control socket (across PID namespaces, per-runner
+//! restart, `status --json`, refusal of other users, stale socket files), and
+//! logrotate without loss.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const TWO: &str = "[runner.in]\nstart = true\ninstances = 2\n[runner.out]\nstart = true\n";
+
+#[test]
+fn a_master_in_another_pid_namespace_is_driven_through_the_socket() {
+    let env = Env::new(&only(TWO));
+    let bystander = Witness::spawn(env.dir.path());
+    let w = bystander.pid();
+
+    // Inside a new PID namespace, make the master's pid there equal the
+    // witness's pid out here (ns_last_pid: the next pid is that plus one).
+    let script = format!(
+        "echo {} > /proc/sys/kernel/ns_last_pid; {BIN} -C {} master & wait",
+        w - 1,
+        env.config.display()
+    );
+    let mut ns = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script])
+        .env("MAILMAN_VAR_DIR", &env.var)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut last = String::new();
+    wait_until("the master in its namespace", PATIENCE, || {
+        last = env.run(&["status"]).stdout;
+        last == format!("GNU Mailman is running (master pid: {w})\n")
+            || last.starts_with("GNU Mailman is running")
+    });
+    assert_eq!(last, format!("GNU Mailman is running (master pid: {w})\n"));
+    assert_eq!(
+        env.pid_from_file(),
+        Some(w),
+        "inner pid equals the witness's"
+    );
+    env.wait_log("[out:0] out runner started.");
+    let runner_pids = || -> Vec<i64> {
+        let json = env.run(&["status", "--json"]).stdout;
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["runners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["pid"].as_i64())
+            .collect()
+    };
+    let before = runner_pids();
+    assert_eq!(before.len(), 3);
+
+    let r = env.run(&["restart"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    wait_until("new runners", PATIENCE, || {
+        let now = runner_pids();
+        now.len() == 3 && now.iter().all(|p| !before.contains(p))
+    });
+    assert_eq!(env.run(&["reopen"]).code, 0);
+    env.wait_log("Master watcher got a reopen request.");
+
+    let r = env.run(&["stop"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "Shutting down Mailman's master runner\n"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(env.run(&["status"]).code, 3);
+    assert!(ns.wait().unwrap().success());
+
+    // The process out here with the master's inner pid heard nothing.
+    assert!(alive(w));
+    assert_eq!(bystander.heard(), ["ready"]);
+}
+
+#[test]
+fn restart_one_runner_or_one_slice() {
+    let env = Env::new(&only(TWO));
+    let master = env.start(3);
+    env.wait_log("[out:0] out runner started.");
+    let pids = || -> HashMap<String, i32> {
+        runners_of(master)
+            .into_iter()
+            .map(|p| (cmdline(p).rsplit(' ').next().unwrap_or("").to_string(), p))
+            .collect()
+    };
+    let before = pids();
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    let r = env.run(&["restart", "in"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "Restarting runner in\n"),
+        "{}",
+        r.stderr
+    );
+    wait_until("both in slices replaced", PATIENCE, || {
+        let now = pids();
+        now.len() == 3
+            && now.get("in:0:2") != before.get("in:0:2")
+            && now.get("in:1:2") != before.get("in:1:2")
+    });
+    assert_eq!(pids()["out:0:1"], before["out:0:1"], "out keeps its pid");
+
+    let mid = pids();
+    assert_eq!(env.run(&["restart", "in:1"]).code, 0);
+    wait_until("slice 1 replaced", PATIENCE, || {
+        let now = pids();
+        now.len() == 3 && now.get("in:1:2") != mid.get("in:1:2")
+    });
+    assert_eq!(pids()["in:0:2"], mid["in:0:2"]);
+    assert_eq!(pids()["out:0:1"], mid["out:0:1"]);
+
+    let r = env.run(&["restart", "nosuch"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr,
+        "no runner named \"nosuch\" runs under this master\n"
+    );
+    let r = env.run(&["restart", "in:7"]);
+    assert_eq!(
+        (r.code, r.stderr.as_str()),
+        (1, "runner \"in\" has no slice 7\n")
+    );
+    let r = env.run(&["restart", "in:x"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("expected RUNNER or RUNNER:SLICE"),
+        "{}",
+        r.stderr
+    );
+    assert!(!env.log().contains("maximum restart limit"));
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
+#[test]
+fn status_json_lists_every_slice() {
+    let env = Env::new(&only(
+        r#"
+[runner.in]
+start = true
+instances = 2
+[runner.crash]
+command = ["sh", "-c", "exit 1"]
+restart_delay = "10ms"
+max_restarts = 1
+"#,
+    ));
+    let r = env.run(&["status", "--json"]);
+    assert_eq!(r.code, 3);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["running"], false);
+
+    let master = env.start(2);
+    env.wait_log("Runner crash reached maximum restart limit of 1, not restarting.");
+    env.wait_log("[in:1] in runner started.");
+    let r = env.run(&["status", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["running"], true);
+    assert_eq!(v["master"]["pid"], master);
+    assert_eq!(v["master"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["master"]["uptime_secs"].as_f64().unwrap() > 0.0);
+    let runners = v["runners"].as_array().unwrap();
+    assert_eq!(runners.len(), 3, "{runners:?}");
+    for r in runners.iter().filter(|r| r["name"] == "in") {
+        assert_eq!(r["state"], "running");
+        assert_eq!(r["range"], 2);
+        let pid = r["pid"].as_i64().unwrap() as i32;
+        assert!(runners_of(master).contains(&pid));
+        assert!(r["rss_bytes"].as_u64().unwrap() > 0);
+        assert!(r["cpu_secs"].as_f64().unwrap() >= 0.0);
+        assert!(r["uptime_secs"].as_f64().unwrap() >= 0.0);
+        assert_eq!(r["restarts"], 0);
+        assert_eq!(r["last_exit"], serde_json::Value::Null);
+    }
+    let crash = runners.iter().find(|r| r["name"] == "crash").unwrap();
+    assert_eq!(crash["state"], "failed");
+    assert_eq!(crash["pid"], serde_json::Value::Null);
+    assert_eq!(crash["last_exit"], serde_json::json!({"exit": 1}));
+    assert_eq!(crash["restarts"], 2);
+
+    // A restart brings the failed runner back with its count reset.
+    assert_eq!(env.run(&["restart", "crash"]).code, 0);
+    wait_until("a second give-up", PATIENCE, || {
+        env.log()
+            .matches("reached maximum restart limit of 1")
+            .count()
+            == 2
+    });
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
+#[test]
+fn the_socket_refuses_other_users_and_a_stale_one_is_not_trusted() {
+    let env = Env::new(&only(TWO));
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let master = env.start(3);
+    let socket = env.var.join("master.sock");
+    let meta = fs::symlink_metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let as_nobody = || {
+        let script = "import socket,sys\n\
+            s=socket.socket(socket.AF_UNIX)\n\
+            try:\n    s.connect(sys.argv[1])\n\
+            except PermissionError:\n    print('EACCES'); sys.exit(0)\n\
+            s.settimeout(5)\n\
+            print(s.recv(4096).decode().strip())\n";
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .arg(&socket)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // The file mode keeps `nobody` out…
+    assert_eq!(as_nobody(), "EACCES");
+    // …and so do the peer credentials when the mode would not.
+    fs::set_permissions(&socket, fs::Permissions::from_mode(0o666)).unwrap();
+    assert_eq!(
+        as_nobody(),
+        r#"{"ok":false,"error":"permission denied: not the master's user"}"#
+    );
+    assert!(alive(master));
+    assert!(
+        env.log()
+            .contains("control socket: refused a client of uid 65534")
+    );
+
+    // kill -9 leaves the socket file; it is never trusted, and the next
+    // start replaces it.
+    send(master, 9);
+    wait_until("the master to die", PATIENCE, || !alive(master));
+    assert!(socket.exists());
+    let r = env.run(&["status", "--json"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["state"], "stopped");
+    assert_eq!(env.run(&["restart"]).code, 1);
+    let second = env.start(3);
+    assert_ne!(second, master);
+    let r = env.run(&["status", "--json"]);
+    assert_eq!(r.code, 0);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["master"]["pid"], second);
+    assert_eq!(env.run(&["stop"]).code, 0);
+    assert!(!socket.exists(), "a clean stop removes the socket");
+}
+
+#[test]
+fn logrotate_loses_and_repeats_no_line() {
+    const N: u32 = 4000;
+    let env = Env::new(&only(&format!(
+        r#"
+[runner.numbers]
+instances = 2
+command = ["sh", "-c", "trap '' HUP; trap 'exit 0' TERM; i=0; while [ $i -lt {N} ]; do echo n $i; i=$((i+1)); [ $((i % 40)) -eq 0 ] && sleep 0.01; done; echo finished; while true; do sleep 0.05; done"]
+"#
+    )));
+    let master = env.start(2);
+    let mut rotations = 0;
+    let mut finished = 0;
+    while finished + env.log().matches("finished").count() < 2 {
+        rotations += 1;
+        let rotated = env.var.join(format!("logs/mailman.log.{rotations}"));
+        fs::rename(env.log_file(), &rotated).unwrap();
+        let r = env.run(&["reopen"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        std::thread::sleep(Duration::from_millis(30));
+        // Lines handed to the old file before the reopen are there by now.
+        finished += fs::read_to_string(&rotated)
+            .unwrap_or_default()
+            .matches("finished")
+            .count();
+        assert!(rotations < 2000, "the runners never finished");
+    }
+    assert_eq!(env.run(&["stop"]).code, 0);
+    assert!(!alive(master));
+
+    let mut seen: HashMap<(u32, u32), u32> = HashMap::new();
+    let mut files_with_numbers = 0;
+    let mut paths: Vec<_> = (1..=rotations)
+        .map(|k| env.var.join(format!("logs/mailman.log.{k}")))
+        .collect();
+    paths.push(env.log_file());
+    for path in paths {
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        let mut any = false;
+        for line in text.lines() {
+            let Some(rest) = line.split("[numbers:").nth(1) else {
+                continue;
+            };
+            let (slice, msg) = rest.split_once("] ").unwrap();
+            if let Some(n) = msg.strip_prefix("n ") {
+                any = true;
+                *seen
+                    .entry((slice.parse().unwrap(), n.parse().unwrap()))
+                    .or_default() += 1;
+            }
+        }
+        files_with_numbers += any as u32;
+    }
+    assert!(
+        files_with_numbers >= 3,
+        "rotations did not overlap the output ({files_with_numbers} files)"
+    );
+    for slice in 0..2 {
+        for n in 0..N {
+            assert_eq!(
+                seen.get(&(slice, n)).copied().unwrap_or(0),
+                1,
+                "slice {slice} line {n}"
+            );
+        }
+    }
+    println!("{rotations} rotations over {files_with_numbers} files");
+}
