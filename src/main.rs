@@ -9,6 +9,7 @@ mod control;
 mod lock;
 mod logging;
 mod master;
+mod notify;
 mod output;
 mod procinfo;
 mod runner;

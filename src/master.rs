@@ -234,6 +234,7 @@ struct Master {
     control: Option<control::Server>,
     clients: Vec<Client>,
     started: Instant,
+    notifier: crate::notify::Notifier,
     log: Option<LogHandle>,
     _lock: MasterLock,
 }
@@ -311,12 +312,18 @@ impl Master {
             control,
             clients: Vec::new(),
             started: Instant::now(),
+            notifier: crate::notify::Notifier::from_env(),
             log: Some(log),
             _lock: lock,
         };
         for idx in 0..master.slices.len() {
             master.launch(idx);
         }
+        master.notifier.send(&format!(
+            "READY=1\nSTATUS={} runners running\nMAINPID={}",
+            master.running(),
+            std::process::id()
+        ));
         Ok(master)
     }
 
@@ -631,6 +638,10 @@ impl Master {
                     "Runner {} reached maximum restart limit of {}, not restarting.",
                     s.runner.name, s.runner.max_restarts
                 );
+                self.notifier.send(&format!(
+                    "STATUS=Runner {} reached maximum restart limit",
+                    s.runner.name
+                ));
                 if self.config.mailman.on_give_up == OnGiveUp::Exit {
                     warn!("on_give_up = \"exit\": stopping the master");
                     self.begin_stop(libc::SIGTERM, EXIT_GAVE_UP);
@@ -686,6 +697,8 @@ impl Master {
             return;
         }
         self.restartable = false;
+        self.notifier
+            .send("STOPPING=1\nSTATUS=Stopping the runners");
         self.mode = Mode::Stopping {
             deadline: Instant::now() + self.config.mailman.stop_timeout.0,
             killed: false,

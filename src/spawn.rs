@@ -61,6 +61,8 @@ pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_remove(READY_FD_ENV)
+        // The master speaks to systemd; runners must not.
+        .env_remove("NOTIFY_SOCKET")
         .env("MAILMAN_UNDER_MASTER_CONTROL", "1")
         .env("MAILMAN_CONFIG_FILE", &ctx.config_arg)
         .env("MAILMAN_VAR_DIR", &ctx.var_dir)

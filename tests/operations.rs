@@ -329,3 +329,38 @@ command = ["sh", "-c", "trap '' HUP; trap 'exit 0' TERM; i=0; while [ $i -lt {N}
     }
     println!("{rotations} rotations over {files_with_numbers} files");
 }
+
+#[test]
+fn systemd_readiness_over_notify_socket() {
+    let env = Env::new(&only(TWO));
+    let path = env.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut child = env
+        .cmd(&["master"])
+        .env("NOTIFY_SOCKET", &path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let master = child.id() as i32;
+    let recv = || {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = recv();
+    // READY=1 comes once the runners are started, not before.
+    assert_eq!(runners_of(master).len(), 3, "{ready}");
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(ready.contains("STATUS=3 runners running"), "{ready}");
+    assert!(ready.contains(&format!("MAINPID={master}")), "{ready}");
+    for pid in runners_of(master) {
+        assert!(!environ(pid).iter().any(|e| e.starts_with("NOTIFY_SOCKET=")));
+    }
+
+    assert_eq!(env.run(&["stop", "--no-wait"]).code, 0);
+    let stopping = recv();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert!(child.wait().unwrap().success());
+}
