@@ -20,6 +20,11 @@ pub struct Cli {
     /// built-in defaults).
     #[arg(short = 'C', long = "config", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set mailman.stop_timeout=10s` or
+    /// `--set runner.in.instances=4`; wins over the file and the environment
+    /// (`MAILMAN__SECTION__KEY=value`). May be repeated.
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
 }

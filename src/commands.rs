@@ -480,6 +480,9 @@ fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
     if args.run_as_user {
         cmd.arg("--run-as-user");
     }
+    for set in &config.sets {
+        cmd.arg("--set").arg(set);
+    }
     cmd.env(READY_FD_ENV, "3")
         .env("MAILMAN_VAR_DIR", &config.mailman.var_dir)
         .stdin(Stdio::null())

@@ -69,6 +69,10 @@ pub struct Config {
     /// The file this came from (absolute), or `None` for the built-in defaults.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The `--set` overrides this was built with (passed on to the master
+    /// `start` runs, and to runners as `MAILMAN__…` variables).
+    #[serde(skip)]
+    pub sets: Vec<String>,
     pub mailman: MailmanSection,
     pub logging: Logging,
     /// Every runner, in config order (built-ins first, then new ones).
@@ -279,15 +283,221 @@ pub fn default_command() -> Vec<String> {
     .collect()
 }
 
+/// One source of settings (the file, the environment, a `--set`), parsed and
+/// checked on its own so that an error names its source; merged in order.
+#[derive(Debug, Default)]
+struct Layer {
+    mailman: RawMailman,
+    logging: RawLogging,
+    runner: IndexMap<String, RawRunner>,
+}
+
+impl Layer {
+    /// Parses one TOML text. `at` turns a byte span of `text` into the
+    /// error to report. Relative `var_dir`s are resolved against `base`.
+    fn parse(
+        text: &str,
+        base: &Path,
+        at: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
+    ) -> Result<Layer, ConfigError> {
+        let raw: RawFile = toml::from_str(text)
+            .map_err(|e| at(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
+        let mut mailman = raw.mailman;
+        if let Some(v) = mailman.var_dir.take() {
+            if v.as_os_str().is_empty() {
+                return Err(at(0..0, "var_dir must not be empty".into()));
+            }
+            mailman.var_dir = Some(base.join(v));
+        }
+        let mut runner = IndexMap::new();
+        for (name, table) in raw.runner {
+            if !valid_name(name.get_ref()) {
+                return Err(at(
+                    name.span(),
+                    format!(
+                        "invalid runner name \"{}\": use letters, digits, '_' and '-'",
+                        name.get_ref()
+                    ),
+                ));
+            }
+            let name = name.into_inner();
+            if let Some(c) = &table.command
+                && (c.get_ref().is_empty() || c.get_ref()[0].is_empty())
+            {
+                return Err(at(
+                    c.span(),
+                    format!("Runner \"{name}\": command must not be empty"),
+                ));
+            }
+            if let Some(i) = &table.instances
+                && !i.get_ref().is_power_of_two()
+            {
+                return Err(at(
+                    i.span(),
+                    format!("Runner \"{name}\", not a power of 2: {}", i.get_ref()),
+                ));
+            }
+            runner.insert(name, table);
+        }
+        Ok(Layer {
+            mailman,
+            logging: raw.logging,
+            runner,
+        })
+    }
+
+    /// One override: `path` (`mailman.stop_timeout`, `runner.in.env.FOO`) set
+    /// to `value` (a TOML value, else a string), reported as `label`.
+    fn one(label: &str, path: &[String], value: &str) -> Result<Layer, ConfigError> {
+        let err = |message: String| ConfigError::File {
+            file: label.to_string(),
+            message,
+        };
+        let shape_ok = match path {
+            [s, _] => s == "mailman" || s == "logging",
+            [s, _, _] => s == "runner",
+            [s, _, e, _] => s == "runner" && e == "env",
+            _ => false,
+        };
+        if !shape_ok || path.iter().any(|p| p.is_empty()) {
+            return Err(err(
+                "not a configuration key: expected mailman.KEY, logging.KEY, runner.NAME.KEY or runner.NAME.env.VAR"
+                    .into(),
+            ));
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        let mut leaf = parsed;
+        for key in path.iter().rev() {
+            let mut t = toml::Table::new();
+            t.insert(key.clone(), leaf);
+            leaf = toml::Value::Table(t);
+        }
+        let text = toml::to_string(&leaf).map_err(|e| err(e.to_string()))?;
+        let cwd = std::env::current_dir().unwrap_or_default();
+        Layer::parse(&text, &cwd, &|_, message| err(message))
+    }
+
+    /// `self` over `base`: what `self` sets wins.
+    fn over(self, mut base: Layer) -> Layer {
+        let (m, b) = (self.mailman, base.mailman);
+        base.mailman = RawMailman {
+            var_dir: m.var_dir.or(b.var_dir),
+            user: m.user.or(b.user),
+            group: m.group.or(b.group),
+            stop_timeout: m.stop_timeout.or(b.stop_timeout),
+            on_give_up: m.on_give_up.or(b.on_give_up),
+        };
+        let (l, b) = (self.logging, base.logging);
+        base.logging = RawLogging {
+            stderr: l.stderr.or(b.stderr),
+            file: l.file.or(b.file),
+            format: l.format.or(b.format),
+            level: l.level.or(b.level),
+        };
+        for (name, table) in self.runner {
+            let merged = match base.runner.get(&name) {
+                Some(under) => table.over(under),
+                None => table,
+            };
+            base.runner.insert(name, merged);
+        }
+        base
+    }
+}
+
+/// The environment's overrides: `MAILMAN_VAR_DIR`, then every
+/// `MAILMAN__SECTION__KEY` (e.g. `MAILMAN__RUNNER__ARCHIVE__START=false`), in
+/// name order.
+fn env_layers() -> Result<Vec<Layer>, ConfigError> {
+    let mut layers = Vec::new();
+    if let Some(dir) = std::env::var_os("MAILMAN_VAR_DIR").filter(|v| !v.is_empty()) {
+        let abs = std::path::absolute(PathBuf::from(&dir)).map_err(|e| ConfigError::File {
+            file: "MAILMAN_VAR_DIR".into(),
+            message: e.to_string(),
+        })?;
+        layers.push(Layer {
+            mailman: RawMailman {
+                var_dir: Some(abs),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+    }
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with("MAILMAN__"))
+        .collect();
+    vars.sort();
+    for (key, value) in vars {
+        let parts: Vec<String> = key["MAILMAN__".len()..]
+            .split("__")
+            .map(str::to_string)
+            .collect();
+        // Keys are lower case; a runner's env variable keeps its case.
+        let path: Vec<String> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if parts.len() == 4 && i == 3 {
+                    p.clone()
+                } else {
+                    p.to_lowercase()
+                }
+            })
+            .collect();
+        layers.push(Layer::one(&format!("{key}={value}"), &path, &value)?);
+    }
+    Ok(layers)
+}
+
+/// `--set SECTION.KEY=VALUE` overrides, in order.
+fn set_layers(sets: &[String]) -> Result<Vec<Layer>, ConfigError> {
+    sets.iter()
+        .map(|set| {
+            let label = format!("--set {set}");
+            let (key, value) = set.split_once('=').ok_or_else(|| ConfigError::File {
+                file: label.clone(),
+                message: "expected SECTION.KEY=VALUE".into(),
+            })?;
+            let path: Vec<String> = key.split('.').map(str::to_string).collect();
+            Layer::one(&label, &path, value)
+        })
+        .collect()
+}
+
+/// The environment variable a runner gets for a `--set` (so that it sees
+/// what its master sees), e.g. `runner.in.env.FOO=1` → `MAILMAN__RUNNER__IN__ENV__FOO`.
+pub fn set_as_env(set: &str) -> Option<(String, String)> {
+    let (key, value) = set.split_once('=')?;
+    let parts: Vec<&str> = key.split('.').collect();
+    let name = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if parts.len() == 4 && i == 3 {
+                p.to_string()
+            } else {
+                p.to_uppercase()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("__");
+    Some((format!("MAILMAN__{name}"), value.to_string()))
+}
+
 impl Config {
     /// Finds and loads the configuration as SPEC 1 orders it: `-C`, then
-    /// `$MAILMAN_CONFIG_FILE`, then the search path, then built-in defaults.
-    pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    /// `$MAILMAN_CONFIG_FILE`, then the search path, then built-in defaults;
+    /// then the environment's overrides, then `sets` (`--set`).
+    pub fn discover(explicit: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError> {
         if let Some(path) = explicit {
-            return Config::load_file(path);
+            return Config::load_file(path, sets);
         }
         if let Some(env) = std::env::var_os("MAILMAN_CONFIG_FILE").filter(|v| !v.is_empty()) {
-            return Config::load_file(Path::new(&env));
+            return Config::load_file(Path::new(&env), sets);
         }
         for candidate in SEARCH_PATH {
             let path = match candidate.strip_prefix("~/") {
@@ -298,15 +508,15 @@ impl Config {
                 None => PathBuf::from(candidate),
             };
             if path.is_file() {
-                return Config::load_file(&path);
+                return Config::load_file(&path, sets);
             }
         }
-        Config::from_text("", None)
+        Config::build("", None, sets)
     }
 
     /// Loads one file. `/dev/null` (what runners get when there is no file)
     /// reads as the built-in defaults.
-    pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load_file(path: &Path, sets: &[String]) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
             file: path.display().to_string(),
             message: format!(
@@ -315,14 +525,20 @@ impl Config {
             ),
         })?;
         if path == Path::new(NO_FILE) {
-            return Config::from_text(&text, None);
+            return Config::build(&text, None, sets);
         }
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        Config::from_text(&text, Some(&abs))
+        Config::build(&text, Some(&abs), sets)
     }
 
-    /// Parses `text` (from `source`, if any) and applies `$MAILMAN_VAR_DIR`.
+    /// `text` (from `source`, if any) with the environment's overrides.
+    #[cfg(test)]
     pub fn from_text(text: &str, source: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::build(text, source, &[])
+    }
+
+    /// Built-in defaults < `text` < environment < `sets`.
+    fn build(text: &str, source: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError> {
         let file = source.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
         let at = |span: std::ops::Range<usize>, message: String| {
             let (line, col) = line_col(text, span.start);
@@ -333,115 +549,80 @@ impl Config {
                 message,
             }
         };
-        let raw: RawFile = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            at(span, e.message().trim_end().to_string())
-        })?;
-
         let base_dir = match source {
             Some(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
             None => std::env::current_dir().unwrap_or_default(),
         };
-        let mut var_dir = match raw.mailman.var_dir {
-            Some(v) if v.as_os_str().is_empty() => {
-                return Err(at(0..0, "var_dir must not be empty".into()));
-            }
-            Some(v) => base_dir.join(v),
-            None => base_dir.join("var"),
-        };
-        if let Some(env) = std::env::var_os("MAILMAN_VAR_DIR").filter(|v| !v.is_empty()) {
-            var_dir = std::path::absolute(PathBuf::from(env)).map_err(|e| ConfigError::File {
-                file: "MAILMAN_VAR_DIR".into(),
-                message: e.to_string(),
-            })?;
+        let mut merged = Layer::parse(text, &base_dir, &at)?;
+        for layer in env_layers()?.into_iter().chain(set_layers(sets)?) {
+            merged = layer.over(merged);
         }
-        let user = raw.mailman.user.unwrap_or_else(|| "mailman".into());
+        let mut config = Config::from_layer(merged, source, &base_dir);
+        config.sets = sets.to_vec();
+        Ok(config)
+    }
+
+    /// Pass two: built-in defaults, `[runner.default]`, `[runner.NAME]`.
+    fn from_layer(layer: Layer, source: Option<&Path>, base_dir: &Path) -> Config {
+        let raw_mailman = layer.mailman;
+        let var_dir = raw_mailman.var_dir.unwrap_or_else(|| base_dir.join("var"));
+        let user = raw_mailman.user.unwrap_or_else(|| "mailman".into());
         let mailman = MailmanSection {
             var_dir: crate::util::normalize(&var_dir),
-            group: raw.mailman.group.unwrap_or_else(|| user.clone()),
+            group: raw_mailman.group.unwrap_or_else(|| user.clone()),
             user,
-            stop_timeout: raw
-                .mailman
+            stop_timeout: raw_mailman
                 .stop_timeout
                 .unwrap_or(Dur(Duration::from_secs(5))),
-            on_give_up: raw.mailman.on_give_up.unwrap_or(OnGiveUp::KeepRunning),
+            on_give_up: raw_mailman.on_give_up.unwrap_or(OnGiveUp::KeepRunning),
         };
         let logging = Logging {
-            stderr: raw.logging.stderr.unwrap_or(true),
-            file: raw.logging.file.unwrap_or(true),
-            format: raw.logging.format.unwrap_or(LogFormat::Text),
-            level: raw.logging.level.unwrap_or(LogLevel::Info),
+            stderr: layer.logging.stderr.unwrap_or(true),
+            file: layer.logging.file.unwrap_or(true),
+            format: layer.logging.format.unwrap_or(LogFormat::Text),
+            level: layer.logging.level.unwrap_or(LogLevel::Info),
         };
-
-        // Pass two: merge built-in defaults, [runner.default], [runner.NAME].
-        let mut tables = raw.runner;
+        let mut tables = layer.runner;
         let default = tables.shift_remove("default").unwrap_or_default();
         let mut order: Vec<(String, bool, RawRunner)> = BUILTIN_RUNNERS
             .iter()
             .map(|(n, start)| (n.to_string(), *start, RawRunner::default()))
             .collect();
         for (name, table) in tables {
-            if !valid_name(name.get_ref()) {
-                return Err(at(
-                    name.span(),
-                    format!(
-                        "invalid runner name \"{}\": use letters, digits, '_' and '-'",
-                        name.get_ref()
-                    ),
-                ));
-            }
-            match order.iter_mut().find(|(n, _, _)| n == name.get_ref()) {
+            match order.iter_mut().find(|(n, _, _)| *n == name) {
                 Some(slot) => slot.2 = table,
-                None => order.push((name.into_inner(), true, table)),
+                None => order.push((name, true, table)),
             }
         }
-        let mut runners = Vec::with_capacity(order.len());
-        for (name, builtin_start, table) in order {
-            let r = table.over(&default);
-            let command = match r.command {
-                Some(c) if c.get_ref().is_empty() || c.get_ref()[0].is_empty() => {
-                    return Err(at(
-                        c.span(),
-                        format!("Runner \"{name}\": command must not be empty"),
-                    ));
+        let runners = order
+            .into_iter()
+            .map(|(name, builtin_start, table)| {
+                let r = table.over(&default);
+                let restart_delay = r.restart_delay.unwrap_or(Dur(Duration::from_millis(100)));
+                RunnerConfig {
+                    command: r.command.map_or_else(default_command, Spanned::into_inner),
+                    instances: r.instances.map_or(1, Spanned::into_inner),
+                    start: r.start.unwrap_or(builtin_start),
+                    max_restarts: r.max_restarts.unwrap_or(10),
+                    sleep_time: r.sleep_time.unwrap_or(Dur(Duration::from_secs(1))),
+                    restart_delay,
+                    restart_delay_max: r
+                        .restart_delay_max
+                        .unwrap_or(Dur(Duration::from_secs(30)))
+                        .max(restart_delay),
+                    stable_after: r.stable_after.unwrap_or(Dur(Duration::from_secs(60))),
+                    env: r.env.unwrap_or_default(),
+                    name,
                 }
-                Some(c) => c.into_inner(),
-                None => default_command(),
-            };
-            let instances = match r.instances {
-                Some(i) if !i.get_ref().is_power_of_two() => {
-                    return Err(at(
-                        i.span(),
-                        format!("Runner \"{name}\", not a power of 2: {}", i.get_ref()),
-                    ));
-                }
-                Some(i) => i.into_inner(),
-                None => 1,
-            };
-            let restart_delay = r.restart_delay.unwrap_or(Dur(Duration::from_millis(100)));
-            let restart_delay_max = r
-                .restart_delay_max
-                .unwrap_or(Dur(Duration::from_secs(30)))
-                .max(restart_delay);
-            runners.push(RunnerConfig {
-                name,
-                command,
-                instances,
-                start: r.start.unwrap_or(builtin_start),
-                max_restarts: r.max_restarts.unwrap_or(10),
-                sleep_time: r.sleep_time.unwrap_or(Dur(Duration::from_secs(1))),
-                restart_delay,
-                restart_delay_max,
-                stable_after: r.stable_after.unwrap_or(Dur(Duration::from_secs(60))),
-                env: r.env.unwrap_or_default(),
-            });
-        }
-        Ok(Config {
+            })
+            .collect();
+        Config {
             source: source.map(Path::to_path_buf),
+            sets: Vec::new(),
             mailman,
             logging,
             runners,
-        })
+        }
     }
 
     pub fn runner(&self, name: &str) -> Option<&RunnerConfig> {
@@ -547,6 +728,45 @@ mod tests {
         assert!(err("[runner.in]\nstart = \"yes\"\n").starts_with("/x/m.toml:2:9: "));
         assert!(err("[mailman\n").starts_with("/x/m.toml:1:"));
         assert!(err("[runner.\"a:b\"]\n").contains("invalid runner name"));
+    }
+
+    #[test]
+    fn sets_become_runner_environment() {
+        assert_eq!(
+            set_as_env("runner.in.env.Foo=a=b"),
+            Some(("MAILMAN__RUNNER__IN__ENV__Foo".into(), "a=b".into()))
+        );
+        assert_eq!(
+            set_as_env("mailman.stop_timeout=2s"),
+            Some(("MAILMAN__MAILMAN__STOP_TIMEOUT".into(), "2s".into()))
+        );
+        let c = Config::build(
+            "[runner.in]\ninstances = 2\n",
+            Some(Path::new("/x/m.toml")),
+            &[
+                "runner.in.instances=4".into(),
+                "runner.new.start=false".into(),
+                "mailman.var_dir=rel".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.runner("in").unwrap().instances, 4);
+        assert!(!c.runner("new").unwrap().start);
+        assert_eq!(
+            c.mailman.var_dir,
+            std::env::current_dir().unwrap().join("rel")
+        );
+        let e = Config::build("", None, &["runner.in.instances=3".into()]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--set runner.in.instances=3: Runner \"in\", not a power of 2: 3"
+        );
+        let e = Config::build("", None, &["runner.in=3".into()]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--set runner.in=3: not a configuration key"),
+            "{e}"
+        );
     }
 
     #[test]

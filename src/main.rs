@@ -46,7 +46,7 @@ fn run() -> i32 {
     };
     // The master's handlers go in first of all (see master::install_signals).
     let mut signals = becomes_master.then(master::install_signals);
-    let config = match Config::discover(cli.config.as_deref()) {
+    let config = match Config::discover(cli.config.as_deref(), &cli.set) {
         Ok(c) => c,
         Err(e) if matches!(cli.command, Command::Master(_)) => {
             return master::fail_early(EXIT_USAGE, &e.to_string());

@@ -298,6 +298,11 @@ impl Master {
             config_arg: config.config_arg(),
             var_dir: layout.var_dir.clone(),
             master_pid: std::process::id() as i32,
+            overrides: config
+                .sets
+                .iter()
+                .filter_map(|s| crate::config::set_as_env(s))
+                .collect(),
         };
         let mut master = Master {
             config,

@@ -23,6 +23,8 @@ pub struct SpawnContext {
     pub config_arg: PathBuf,
     pub var_dir: PathBuf,
     pub master_pid: i32,
+    /// The master's `--set` overrides as `MAILMAN__…` variables.
+    pub overrides: Vec<(String, String)>,
 }
 
 pub struct Spawned {
@@ -67,6 +69,7 @@ pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
         .env("MAILMAN_CONFIG_FILE", &ctx.config_arg)
         .env("MAILMAN_VAR_DIR", &ctx.var_dir)
         .env("MAILMAN_RUNNER", s.spec())
+        .envs(ctx.overrides.iter().map(|(k, v)| (k, v)))
         .envs(&s.runner.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

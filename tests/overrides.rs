@@ -1,0 +1,150 @@
+//! Environment overrides (`MAILMAN__SECTION__KEY=value`, `MAILMAN_VAR_DIR`)
+//! and `--set`: built-in < file < environment < command line; validated like
+//! file values, with errors that name the variable or flag.
+
+mod common;
+
+use common::*;
+
+fn effective(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> Ran {
+    let mut all = args.to_vec();
+    all.push("check-config");
+    let out = env.cmd(&all).envs(vars.iter().copied()).output().unwrap();
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn environment_beats_the_file_and_the_command_line_beats_both() {
+    let env = Env::new("[runner.in]\ninstances = 2\n");
+    let file = effective(&env, &[], &[]);
+    assert!(
+        file.stdout.contains("stop_timeout = \"3s\""),
+        "{}",
+        file.stdout
+    );
+
+    let vars = [
+        ("MAILMAN__MAILMAN__STOP_TIMEOUT", "7s"),
+        ("MAILMAN__RUNNER__ARCHIVE__START", "false"),
+        ("MAILMAN__RUNNER__IN__INSTANCES", "4"),
+        ("MAILMAN__RUNNER__IN__ENV__Greeting", "hello world"),
+        ("MAILMAN__LOGGING__FORMAT", "json"),
+    ];
+    let r = effective(&env, &vars, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("stop_timeout = \"7s\""), "{}", r.stdout);
+    assert!(r.stdout.contains("format = \"json\""), "{}", r.stdout);
+    let archive = r.stdout.split("[runner.archive]").nth(1).unwrap();
+    assert!(
+        archive
+            .split("[runner.")
+            .next()
+            .unwrap()
+            .contains("start = false"),
+        "{archive}"
+    );
+    let section_in = r.stdout.split("[runner.in]").nth(1).unwrap();
+    assert!(section_in.contains("instances = 4"), "{section_in}");
+    assert!(
+        r.stdout.contains("Greeting = \"hello world\""),
+        "{}",
+        r.stdout
+    );
+
+    let r = effective(&env, &vars, &["--set", "mailman.stop_timeout=9s"]);
+    assert!(r.stdout.contains("stop_timeout = \"9s\""), "{}", r.stdout);
+
+    let var = env.dir.path().join("elsewhere");
+    let r = effective(&env, &[("MAILMAN_VAR_DIR", var.to_str().unwrap())], &[]);
+    assert!(
+        r.stdout
+            .contains(&format!("var_dir = \"{}\"", var.display())),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn a_bad_override_names_its_source() {
+    let env = Env::new("");
+    for (vars, args, expected) in [
+        (
+            vec![("MAILMAN__RUNNER__IN__INSTANCES", "3")],
+            vec![],
+            "MAILMAN__RUNNER__IN__INSTANCES=3: Runner \"in\", not a power of 2: 3\n",
+        ),
+        (
+            vec![("MAILMAN__MAILMAN__STOP_TIMEOUT", "soon")],
+            vec![],
+            "MAILMAN__MAILMAN__STOP_TIMEOUT=soon: invalid duration \"soon\"",
+        ),
+        (
+            vec![("MAILMAN__MAILMAN__BOGUS", "1")],
+            vec![],
+            "MAILMAN__MAILMAN__BOGUS=1: unknown field `bogus`",
+        ),
+        (
+            vec![("MAILMAN__NOPE", "1")],
+            vec![],
+            "MAILMAN__NOPE=1: not a configuration key",
+        ),
+        (
+            vec![],
+            vec!["--set", "runner.in.start=maybe"],
+            "--set runner.in.start=maybe: invalid type",
+        ),
+        (
+            vec![],
+            vec!["--set", "mailman.stop_timeout"],
+            "--set mailman.stop_timeout: expected SECTION.KEY=VALUE",
+        ),
+    ] {
+        let r = effective(&env, &vars, &args);
+        assert_eq!(r.code, 2, "{vars:?} {args:?}");
+        assert!(
+            r.stderr.starts_with(expected),
+            "{:?} should start with {expected:?}",
+            r.stderr
+        );
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        // And nothing starts.
+        let mut start = env.cmd(&[&args[..], &["start"]].concat());
+        let out = start.envs(vars.iter().copied()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(!env.var.exists());
+    }
+}
+
+#[test]
+fn runners_see_the_masters_overrides() {
+    // A runner defined only by --set: the built-in runner learns of it from
+    // the MAILMAN__ variables its master passes on (else it would exit 15 as
+    // an unknown runner).
+    let env = Env::new(&only(""));
+    let r = env
+        .cmd(&["--set", "runner.extra.instances=2", "start"])
+        .env("MAILMAN__RUNNER__IN__START", "true")
+        .output()
+        .unwrap();
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let master = env.pid_from_file().unwrap();
+    wait_until("three runners", PATIENCE, || runners_of(master).len() == 3);
+    env.wait_log("[extra:1] extra runner started.");
+    env.wait_log("[in:0] in runner started.");
+    let extra = runners_of(master)
+        .into_iter()
+        .find(|p| cmdline(*p).contains("extra:0:2"))
+        .unwrap();
+    assert!(environ(extra).contains(&"MAILMAN__RUNNER__EXTRA__INSTANCES=2".to_string()));
+    assert!(!env.log().contains("Undefined runner name"));
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
