@@ -48,6 +48,30 @@ pub enum Command {
     Runner(RunnerArgs),
     /// Validate the configuration and print the effective one.
     CheckConfig,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `mailman man > mailman.1`.
+    Man,
+}
+
+/// Writes the completion script for `shell` to stdout.
+pub fn print_completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "mailman",
+        &mut std::io::stdout(),
+    );
+}
+
+/// Writes the man page to stdout.
+pub fn print_man() -> std::io::Result<()> {
+    use clap::CommandFactory;
+    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())
 }
 
 #[derive(Debug, Args)]

@@ -39,6 +39,23 @@ fn run() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
+    // Commands that need no configuration.
+    match &cli.command {
+        Command::Completions { shell } => {
+            cli::print_completions(*shell);
+            return 0;
+        }
+        Command::Man => {
+            return match cli::print_man() {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("cannot write the man page: {e}");
+                    1
+                }
+            };
+        }
+        _ => {}
+    }
     let becomes_master = match &cli.command {
         Command::Master(_) => true,
         Command::Start(args) => args.foreground,
@@ -89,5 +106,6 @@ fn run() -> i32 {
             print!("{}", config.to_toml());
             0
         }
+        Command::Completions { .. } | Command::Man => 0,
     }
 }

@@ -172,3 +172,45 @@ fn run_as_user_switches_before_taking_the_lock() {
     assert_eq!(env.run(&["stop"]).code, 0);
     assert!(!alive(master));
 }
+
+#[test]
+fn completions_and_man_page() {
+    // They need no configuration, not even a readable one.
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["-C", "/nonexistent.toml"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for sub in [
+            "start",
+            "stop",
+            "restart",
+            "reopen",
+            "status",
+            "check-config",
+        ] {
+            assert!(text.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("mailman.bash");
+    fs::write(&script, run(&["completions", "bash"]).stdout).unwrap();
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(syntax.success(), "bash -n rejects the completion script");
+
+    let man = run(&["man"]);
+    assert!(man.status.success());
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.contains(".TH mailman 1"), "{page}");
+    assert!(page.contains("check\\-config"), "{page}");
+}
