@@ -364,3 +364,37 @@ fn systemd_readiness_over_notify_socket() {
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn stop_timeout_and_no_wait() {
+    let env = Env::with_mailman(
+        "stop_timeout = \"3s\"\n",
+        &only(
+            r#"
+[runner.stubborn]
+command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.05; done"]
+"#,
+        ),
+    );
+    let master = env.start(1);
+    // The stubborn runner keeps the master for stop_timeout (3 s): a 0.3 s
+    // wait is not enough, and says so.
+    let r = env.run(&["stop", "--timeout", "0.3"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert_eq!(r.stdout, "Shutting down Mailman's master runner\n");
+    assert_eq!(r.stderr, "GNU Mailman did not stop within 0.3s\n");
+    assert!(alive(master));
+    // It goes on stopping; a second stop just waits for it.
+    let r = env.run(&["stop"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!alive(master));
+
+    let master = env.start(1);
+    let r = env.run(&["stop", "--no-wait"]);
+    assert_eq!(r.code, 0);
+    assert!(
+        alive(master),
+        "--no-wait returns before the stop_timeout has passed"
+    );
+    wait_until("the master to stop", PATIENCE, || !alive(master));
+}

@@ -59,15 +59,20 @@ fn as_pid_1_it_reaps_orphans_and_stops_cleanly() {
     assert!(zombies.len() <= 2, "zombies left under PID 1: {zombies:?}");
     assert!(env.log().contains("(1) Master started"));
 
-    // From outside the namespace, the CLI refuses to signal pid 1 (which is
-    // this machine's init here) and says why.
+    // From outside the namespace the control socket reaches it…
+    let st = env.run(&["status", "--json"]);
+    assert_eq!(st.code, 0, "{}", st.stdout);
+    assert!(st.stdout.contains("\"pid\":1"), "{}", st.stdout);
+    // …and without the socket the CLI refuses to signal pid 1 (this
+    // machine's init, out here) and says why.
+    std::fs::remove_file(env.var.join("master.sock")).unwrap();
     let r = env.run(&["stop"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("another PID namespace"), "{}", r.stderr);
     assert!(alive(master));
 
     // Inside the namespace (as `docker exec mailman stop` is), `stop` signals
-    // PID 1 and returns at once: waiting would only get it killed with the
+    // PID 1 (no socket now) and returns at once: waiting would only get it killed with the
     // namespace. The master then stops with status 0.
     let inside = Command::new("nsenter")
         .args([
