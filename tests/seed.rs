@@ -56,12 +56,23 @@ fn seed_start_and_stop() {
 const THREE_RUNNERS: &str =
     "[runner.in]\nstart = true\ninstances = 2\n[runner.out]\nstart = true\n";
 
+/// Waits until `master` has `count` runners, none of them in `before`.
+fn all_replaced(master: i32, before: &[i32], count: usize) -> Vec<i32> {
+    let mut now = Vec::new();
+    wait_until("every runner replaced", PATIENCE, || {
+        now = runners_of(master);
+        now.len() == count && now.iter().all(|p| !before.contains(p))
+    });
+    now
+}
+
 #[test]
 fn restart_replaces_every_runner() {
     let env = Env::new(&only(THREE_RUNNERS));
     let master = env.start(3);
     let before = runners_of(master);
 
+    // `mailman restart` (through the control socket).
     let r = env.run(&["restart"]);
     assert_eq!(
         (r.code, r.stdout.as_str()),
@@ -69,20 +80,25 @@ fn restart_replaces_every_runner() {
         "{}",
         r.stderr
     );
-
     // All new pids, the same count, the same master.
-    wait_until("three new runners", PATIENCE, || {
-        let now = runners_of(master);
-        now.len() == 3 && now.iter().all(|p| !before.contains(p))
-    });
+    let after = all_replaced(master, &before, 3);
+    assert_eq!(env.pid_from_file(), Some(master));
+    env.wait_log("Master watcher got a restart request.  Restarting.");
+
+    // SIGUSR1 to the master (Mailman's interface: `kill -USR1`, `docker kill -s USR1`).
+    assert!(send(master, libc::SIGUSR1));
+    all_replaced(master, &after, 3);
+    env.wait_log("Master watcher caught SIGUSR1.  Restarting.");
     assert_eq!(env.pid_from_file(), Some(master));
     assert!(alive(master));
-    env.wait_log("Master watcher caught SIGUSR1.  Restarting.");
+
+    wait_until("six requested exits logged", PATIENCE, || {
+        env.log().matches("why: EXIT 10").count() == 6
+    });
     let log = env.log();
-    assert_eq!(log.matches("why: EXIT 10").count(), 3, "{log}");
     assert_eq!(
         log.matches("runner caught SIGUSR1.  Stopping.").count(),
-        3,
+        6,
         "{log}"
     );
     assert!(!log.contains("maximum restart limit"));
@@ -96,9 +112,9 @@ fn reopen_writes_a_new_log_file_and_keeps_runners() {
     env.wait_log("out runner started.");
     let before = runners_of(master);
 
-    // logrotate: rename, then reopen.
-    let rotated = env.var.join("logs/mailman.log.1");
-    fs::rename(env.log_file(), &rotated).unwrap();
+    // logrotate: rename, then `mailman reopen` (through the control socket).
+    let first = env.var.join("logs/mailman.log.1");
+    fs::rename(env.log_file(), &first).unwrap();
     let r = env.run(&["reopen"]);
     assert_eq!(
         (r.code, r.stdout.as_str()),
@@ -106,20 +122,35 @@ fn reopen_writes_a_new_log_file_and_keeps_runners() {
         "{}",
         r.stderr
     );
-
     // The master creates the file again and writes there; the runners got
     // SIGHUP and are the same processes.
-    env.wait_log("Master watcher caught SIGHUP.  Re-opening log files.");
+    env.wait_log("Master watcher got a reopen request.  Re-opening log files.");
     wait_until("every runner to log the reopen", PATIENCE, || {
         env.log()
             .matches("runner caught SIGHUP.  Reopening logs.")
             .count()
             == 3
     });
+
+    // Again with SIGHUP to the master (`kill -HUP`, `docker kill -s HUP`).
+    let second = env.var.join("logs/mailman.log.2");
+    fs::rename(env.log_file(), &second).unwrap();
+    assert!(send(master, libc::SIGHUP));
+    env.wait_log("Master watcher caught SIGHUP.  Re-opening log files.");
+    wait_until("every runner to log the second reopen", PATIENCE, || {
+        env.log()
+            .matches("runner caught SIGHUP.  Reopening logs.")
+            .count()
+            == 3
+    });
+
     assert_eq!(runners_of(master), before);
-    let old = fs::read_to_string(&rotated).unwrap();
+    let old = fs::read_to_string(&first).unwrap();
     assert!(old.contains("Master started"));
     assert!(!old.contains("Re-opening log files"), "{old}");
+    let middle = fs::read_to_string(&second).unwrap();
+    assert!(middle.contains("got a reopen request"), "{middle}");
+    assert!(!middle.contains("caught SIGHUP.  Re-opening"), "{middle}");
     assert_eq!(env.run(&["stop"]).code, 0);
     assert!(env.log().contains("Master stopped"));
 }
