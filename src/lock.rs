@@ -146,11 +146,69 @@ impl LockInfo {
     }
 }
 
+/// The first line of the lock file, in flufl.lock's format
+/// (`LOCKFILE|HOST|PID|RANDOM`), which Mailman's own `mailman status` and
+/// `mailman start` read: they then see our master as running (or, after a
+/// crash, stale). HOST is what Python's `socket.getfqdn()` would say.
+fn flufl_line(lock_file: &Path) -> String {
+    format!(
+        "{}|{}|{}|{}",
+        lock_file.display(),
+        fqdn(),
+        std::process::id(),
+        crate::util::jitter(u64::MAX)
+    )
+}
+
+/// Python's `socket.getfqdn()`, as far as `/etc/hosts` answers it (a static
+/// binary does no DNS): the host name's address, the first `/etc/hosts`
+/// line for that address, its first name with a dot, else its first name.
+pub fn fqdn() -> String {
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let hosts = fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let entries: Vec<Vec<&str>> = hosts
+        .lines()
+        .map(|l| {
+            l.split('#')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        })
+        .filter(|f| f.len() >= 2)
+        .collect();
+    let Some(addr) = entries
+        .iter()
+        .find(|f| f[1..].contains(&host.as_str()))
+        .map(|f| f[0])
+    else {
+        return host;
+    };
+    let Some(names) = entries.iter().find(|f| f[0] == addr).map(|f| &f[1..]) else {
+        return host;
+    };
+    names
+        .iter()
+        .find(|n| n.contains('.'))
+        .unwrap_or(&names[0])
+        .to_string()
+}
+
 /// The master's hold on the lock; released when dropped (or when the
 /// process dies, however it dies).
 #[derive(Debug)]
 pub struct MasterLock {
-    _file: File,
+    file: File,
+}
+
+impl MasterLock {
+    /// Empties the lock file before a clean exit, so that Mailman's tools
+    /// read "not running" rather than a stale pid. The lock is still held.
+    pub fn clear(&self) {
+        let _ = self.file.set_len(0);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,11 +249,11 @@ pub fn acquire(layout: &Layout) -> Result<MasterLock, AcquireError> {
             Err(TryLockError::Error(e)) => return Err(io_err(e)),
         }
     }
-    let info = LockInfo::of_self().render();
+    let info = format!("{}\n{}", flufl_line(&path), LockInfo::of_self().render());
     file.set_len(0)
         .and_then(|()| file.write_all(info.as_bytes()))
         .map_err(io_err)?;
-    Ok(MasterLock { _file: file })
+    Ok(MasterLock { file })
 }
 
 /// What a control command learns from the lock.
@@ -350,6 +408,24 @@ mod tests {
         assert!(err.contains("writable by every user"), "{err}");
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
         Layout::new(dir.path()).prepare().unwrap();
+    }
+
+    #[test]
+    fn lock_file_reads_as_flufl_and_as_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.prepare().unwrap();
+        let held = acquire(&layout).unwrap();
+        let text = fs::read_to_string(layout.lock_file()).unwrap();
+        // flufl.lock splits the whole (stripped) content on '|' into 4.
+        let fields: Vec<&str> = text.trim().split('|').collect();
+        assert_eq!(fields.len(), 4, "{text}");
+        assert_eq!(fields[0], layout.lock_file().display().to_string());
+        assert_eq!(fields[2], std::process::id().to_string());
+        assert_eq!(LockInfo::parse(&text), LockInfo::of_self());
+        held.clear();
+        assert_eq!(fs::read_to_string(layout.lock_file()).unwrap(), "");
+        assert!(matches!(probe(&layout), Probe::Held(_)));
     }
 
     #[test]

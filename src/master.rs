@@ -236,7 +236,7 @@ struct Master {
     started: Instant,
     notifier: crate::notify::Notifier,
     log: Option<LogHandle>,
-    _lock: MasterLock,
+    lock: MasterLock,
 }
 
 impl Master {
@@ -319,7 +319,7 @@ impl Master {
             started: Instant::now(),
             notifier: crate::notify::Notifier::from_env(),
             log: Some(log),
-            _lock: lock,
+            lock,
         };
         for idx in 0..master.slices.len() {
             master.launch(idx);
@@ -822,6 +822,7 @@ impl Master {
             o.drain(true);
         }
         lock::remove_pid_file(&self.layout);
+        self.lock.clear();
         if let Some(server) = self.control.take() {
             server.remove();
         }
