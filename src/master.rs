@@ -294,6 +294,8 @@ impl Master {
         }
 
         let ctx = SpawnContext {
+            // Resolved once, now: by path, so that after a package upgrade
+            // replaces the file, runners start the new binary.
             bin: std::env::current_exe().unwrap_or_else(|_| "mailman".into()),
             config_arg: config.config_arg(),
             var_dir: layout.var_dir.clone(),

@@ -292,3 +292,49 @@ command = ["sh", "-c", "(sleep 1000 &); trap 'exit 0' TERM; while true; do sleep
     assert!(!alive(orphan), "the orphan survived the stop");
     assert!(!alive(master));
 }
+
+#[test]
+fn runners_restart_after_the_binary_is_replaced() {
+    // A package upgrade replaces the executable while the master runs:
+    // runner (re)starts use the new file at the same path.
+    let env = Env::new(&only("[runner.in]\nstart = true\n"));
+    let bin = env.dir.path().join("mailman");
+    std::fs::copy(BIN, &bin).unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["-C", env.config.to_str().unwrap(), "start"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let master = env.pid_from_file().unwrap();
+    wait_until("the runner", PATIENCE, || runners_of(master).len() == 1);
+    // Replace it as package managers do: a new file renamed over the old.
+    let fresh = env.dir.path().join("mailman.new");
+    std::fs::copy(BIN, &fresh).unwrap();
+    std::fs::rename(&fresh, &bin).unwrap();
+    let old = runners_of(master)[0];
+    send(old, 9);
+    wait_until("a new runner", PATIENCE, || {
+        let now = runners_of(master);
+        now.len() == 1 && now[0] != old && alive(now[0])
+    });
+    env.wait_log("[in:0] in runner started.");
+    env.wait_log(&format!(
+        "(pid: {old}, why: SIGNAL 9, class: in, slice: 1/1) [restarting]"
+    ));
+    assert!(!env.log().contains("Cannot start runner"), "{}", env.log());
+    // The master still runs the old (now deleted) file; the new runner runs
+    // the new one.
+    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe(master).to_string_lossy().ends_with(" (deleted)"),
+        "{:?}",
+        exe(master)
+    );
+    let new = runners_of(master)[0];
+    assert_eq!(exe(new), bin, "the new runner runs the new binary");
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
