@@ -25,6 +25,9 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use crate::config::{LogFormat, LogLevel, Logging};
 use crate::util::{io_text, log_time, rfc3339};
 
+/// Lines queued for the writer thread before the master waits for it.
+const QUEUE_LINES: usize = 4096;
+
 /// A log file that can be reopened by path.
 pub struct ReopenFile {
     path: PathBuf,
@@ -111,8 +114,11 @@ pub fn init(cfg: &Logging, file: Option<&Path>, stderr: bool) -> anyhow::Result<
         stderr,
     };
     // Not lossy: a full queue makes the master wait rather than drop lines.
+    // The default queue (128,000 lines) is allocated and touched up front:
+    // 4 MB of the master's memory for a backlog the writer thread never has.
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(QUEUE_LINES)
         .thread_name("mailman-log")
         .finish(tee);
     let level = match cfg.level {
