@@ -255,6 +255,7 @@ impl Master {
         }
         let slices =
             select_slices(&config, &opts.only).map_err(|e| StartError::new(EXIT_USAGE, e))?;
+        let nofile = spawn::raise_nofile();
         let root = nix::unistd::geteuid().is_root();
         if opts.run_as_user && root {
             crate::user::switch_to(&config.mailman.user, &config.mailman.group)
@@ -305,6 +306,7 @@ impl Master {
                 .iter()
                 .filter_map(|s| crate::config::set_as_env(s))
                 .collect(),
+            nofile,
         };
         let mut master = Master {
             config,

@@ -25,6 +25,32 @@ pub struct SpawnContext {
     pub master_pid: i32,
     /// The master's `--set` overrides as `MAILMAN__…` variables.
     pub overrides: Vec<(String, String)>,
+    /// The open-file limit the master started with, given back to runners
+    /// (the master raised its own: see [`raise_nofile`]).
+    pub nofile: Option<libc::rlimit>,
+}
+
+/// Raises this process's soft open-file limit to its hard limit (each
+/// runner costs the master two pipes; 1024 would cap it near 500 runners).
+/// Returns the limit as it was, for runners to get back: programs that close
+/// every fd up to the limit must not see a huge one.
+pub fn raise_nofile() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        let original = lim;
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        Some(original)
+    }
 }
 
 pub struct Spawned {
@@ -75,9 +101,10 @@ pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let master = ctx.master_pid;
+    let nofile = ctx.nofile;
     // SAFETY: child_setup makes only async-signal-safe system calls.
     unsafe {
-        cmd.pre_exec(move || child_setup(master));
+        cmd.pre_exec(move || child_setup(master, nofile));
     }
     let mut child = cmd.spawn()?;
     let pid = child.id() as i32;
@@ -94,9 +121,12 @@ pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
 }
 
 /// Runs in the child between fork and exec: async-signal-safe calls only.
-fn child_setup(master: i32) -> io::Result<()> {
+fn child_setup(master: i32, nofile: Option<libc::rlimit>) -> io::Result<()> {
     // SAFETY: plain system calls on this process; no allocation, no locks.
     unsafe {
+        if let Some(lim) = nofile {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
         // Own process group, so that a stop reaches the runner's children.
         if libc::setpgid(0, 0) != 0 {
             return Err(io::Error::last_os_error());

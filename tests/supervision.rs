@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -337,4 +338,46 @@ fn runners_restart_after_the_binary_is_replaced() {
     let new = runners_of(master)[0];
     assert_eq!(exe(new), bin, "the new runner runs the new binary");
     assert_eq!(env.run(&["stop"]).code, 0);
+}
+
+#[test]
+fn many_runners_past_a_low_open_file_limit() {
+    // 256 runners need 512 pipes in the master: more than a soft limit of
+    // 256. The master raises its own limit and gives runners the original.
+    let env = Env::new(&only(
+        "[runner.many]\ninstances = 256\ncommand = [\"sleep\", \"1000\"]\n",
+    ));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 256 && exec {BIN} -C {} start",
+            env.config.display()
+        ))
+        .env_remove("MAILMAN_CONFIG_FILE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let master = env.pid_from_file().unwrap();
+    wait_until("256 runners", PATIENCE, || runners_of(master).len() == 256);
+    assert!(!env.log().contains("Cannot start runner"));
+    let soft = |pid: i32| -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/limits"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .map(|l| l.split_whitespace().nth(3).unwrap_or("").to_string())
+            .unwrap()
+    };
+    assert_ne!(soft(master), "256", "the master raised its limit");
+    assert_eq!(
+        soft(runners_of(master)[0]),
+        "256",
+        "runners get the original"
+    );
+    assert_eq!(env.run(&["stop"]).code, 0);
+    assert!(runners_of(master).is_empty());
 }
