@@ -66,25 +66,51 @@ impl ReopenFile {
 }
 
 /// The writer the appender's worker thread owns: the file and/or stderr.
+/// Lines are gathered and written together when the worker has drained its
+/// queue (it calls `flush` then) or a batch is full: one write(2) for many
+/// lines, each batch of whole lines (O_APPEND keeps them whole).
 struct Tee {
     file: Option<Arc<ReopenFile>>,
     stderr: bool,
+    batch: Vec<u8>,
+}
+
+/// Bytes gathered before they are written even with more lines queued.
+const BATCH: usize = 64 * 1024;
+
+impl Tee {
+    fn write_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        if let Some(f) = &self.file {
+            let mut file = f.file.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = file.write_all(&self.batch);
+        }
+        if self.stderr {
+            let _ = io::stderr().write_all(&self.batch);
+        }
+        self.batch.clear();
+    }
 }
 
 impl Write for Tee {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if let Some(f) = &self.file {
-            let mut file = f.file.lock().unwrap_or_else(|p| p.into_inner());
-            // O_APPEND: one write call per line keeps lines whole.
-            let _ = file.write_all(buf);
-        }
-        if self.stderr {
-            let _ = io::stderr().write_all(buf);
+        self.batch.extend_from_slice(buf);
+        if self.batch.len() >= BATCH {
+            self.write_batch();
         }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
+        self.write_batch();
         Ok(())
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        self.write_batch();
     }
 }
 
@@ -112,6 +138,7 @@ pub fn init(cfg: &Logging, file: Option<&Path>, stderr: bool) -> anyhow::Result<
     let tee = Tee {
         file: file.clone(),
         stderr,
+        batch: Vec::with_capacity(BATCH),
     };
     // Not lossy: a full queue makes the master wait rather than drop lines.
     // The default queue (128,000 lines) is allocated and touched up front:
