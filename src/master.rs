@@ -868,16 +868,10 @@ fn wait_for_visitors(limit: Duration) {
             let Ok(dir) = std::fs::read_dir("/proc") else {
                 return 0;
             };
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
                 .filter(|pid| *pid != 1)
-                .filter(|pid| {
-                    let stat =
-                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
-                    let mut f = after.split_whitespace();
-                    let state = f.next().unwrap_or("Z");
-                    state != "Z" && f.next() == Some("0")
-                })
+                .filter_map(crate::procinfo::Stat::read)
+                .filter(|s| !s.exited() && s.ppid() == Some(0))
                 .count()
         };
         let deadline = Instant::now() + limit;

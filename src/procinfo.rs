@@ -32,11 +32,7 @@ impl Identity {
         if pid <= 0 {
             return None;
         }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name may hold spaces and parentheses: fields resume
-        // after the last ')'. Field 3 is the state; field 22 the start time.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let start_time = rest.split_whitespace().nth(19)?.parse().ok()?;
+        let start_time = Stat::read(pid)?.start_time()?;
         let link = |what: &str| std::fs::read_link(format!("/proc/{pid}/{what}")).ok();
         let exe = link("exe").map(|p| {
             let s = p.to_string_lossy();
@@ -92,22 +88,47 @@ impl Identity {
     }
 }
 
+/// `/proc/PID/stat`, from field 3 (the state) on: the command name before
+/// it may hold spaces and parentheses, so fields resume after the last ')'.
+#[cfg(target_os = "linux")]
+pub struct Stat(Vec<String>);
+
+#[cfg(target_os = "linux")]
+impl Stat {
+    pub fn read(pid: i32) -> Option<Stat> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &text[text.rfind(')')? + 1..];
+        Some(Stat(rest.split_whitespace().map(str::to_string).collect()))
+    }
+
+    /// Field `n` as proc(5) numbers them (3 and up), as a number.
+    pub fn number(&self, n: usize) -> Option<u64> {
+        self.0.get(n.checked_sub(3)?)?.parse().ok()
+    }
+
+    /// Exited (a zombie, or dead): gone for our purposes.
+    pub fn exited(&self) -> bool {
+        self.0.first().is_none_or(|s| s == "Z" || s == "X")
+    }
+
+    pub fn ppid(&self) -> Option<u64> {
+        self.number(4)
+    }
+
+    /// Clock ticks since boot.
+    pub fn start_time(&self) -> Option<u64> {
+        self.number(22)
+    }
+}
+
 /// Whether the process `recorded` describes is still running: the same pid
 /// with the same start time, and not a zombie (a process that has exited but
 /// not yet been reaped by its parent is gone for our purposes).
 pub fn still_running(recorded: &Identity) -> bool {
     #[cfg(target_os = "linux")]
     {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", recorded.pid)) else {
-            return false;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            return false;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("Z");
-        let start = fields.nth(18).and_then(|s| s.parse::<u64>().ok());
-        !(state == "Z" || state == "X") && start == Some(recorded.start_time)
+        Stat::read(recorded.pid)
+            .is_some_and(|s| !s.exited() && s.start_time() == Some(recorded.start_time))
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -125,10 +146,9 @@ pub struct Usage {
 #[cfg(target_os = "linux")]
 pub fn usage(pid: i32) -> Option<Usage> {
     use nix::unistd::{SysconfVar, sysconf};
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    // After the command: state is field 3; utime 14, stime 15, rss 24.
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    let stat = Stat::read(pid)?;
+    // utime 14, stime 15, rss 24.
+    let field = |n: usize| stat.number(n);
     let ticks = sysconf(SysconfVar::CLK_TCK).ok()??.max(1) as f64;
     let page = sysconf(SysconfVar::PAGE_SIZE).ok()??.max(1) as u64;
     Some(Usage {
