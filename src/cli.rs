@@ -46,6 +46,11 @@ pub enum Command {
     Master(MasterArgs),
     /// Run the built-in runner (started by the master).
     Runner(RunnerArgs),
+    /// Add entries to a queue, from files or standard input; prints each
+    /// entry's name.
+    Inject(InjectArgs),
+    /// Show how many entries wait in each queue, and how many are in hand.
+    Queues(QueuesArgs),
     /// Validate the configuration and print the effective one.
     CheckConfig,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -151,6 +156,23 @@ pub struct RunnerArgs {
     /// The runner to be: NAME:SLICE:RANGE (or NAME).
     #[arg(short = 'r', long = "runner", value_name = "NAME:SLICE:RANGE")]
     pub runner: String,
+}
+
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// The queue (a runner's name, e.g. `in`).
+    #[arg(value_name = "QUEUE")]
+    pub queue: String,
+    /// The files to enqueue, one entry each (`-` or none: standard input).
+    #[arg(value_name = "FILE")]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueuesArgs {
+    /// Print the depths as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Names the binary answers to as a subcommand (multi-call).

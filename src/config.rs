@@ -2,12 +2,11 @@
 //! [`Config`] the rest of the program is handed.
 //!
 //! The file is TOML (SPEC 5). Parsing is two passes: serde reads the raw tables
-//! (every key optional, unknown keys rejected), then [`Config::from_raw`] merges
+//! (every key optional, unknown keys rejected), then [`Config::from_layer`] merges
 //! built-in defaults, `[runner.default]` and each `[runner.NAME]`. Every error
 //! is one line `FILE:LINE:COL: message`.
 //!
-//! Not here: the environment overrides of the operations issue beyond
-//! `MAILMAN_VAR_DIR`, and anything that touches the var dir.
+//! Not here: anything that touches the var dir.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -36,6 +35,34 @@ pub const BUILTIN_RUNNERS: &[(&str, bool)] = &[
     ("virgin", true),
     ("digest", true),
 ];
+
+/// Mailman's runners that have no queue (LMTP, REST and the task runner):
+/// the built-in runner stands in for them by idling.
+pub const NON_QUEUE_RUNNERS: &[&str] = &["lmtp", "rest", "task"];
+
+/// The queues entries are moved to on a handler's failure, on a retry
+/// request, and after too many crash recoveries (SPEC 6).
+pub const SHUNT_QUEUE: &str = "shunt";
+pub const RETRY_QUEUE: &str = "retry";
+pub const BAD_QUEUE: &str = "bad";
+
+/// Built-in `next` queues: Mailman's own flow (in → pipeline → out, virgin →
+/// pipeline, and retry back to out).
+fn builtin_next(name: &str) -> Option<&'static str> {
+    match name {
+        "in" | "virgin" => Some("pipeline"),
+        "pipeline" | "retry" => Some("out"),
+        _ => None,
+    }
+}
+
+/// Built-in `sleep_time`s: Mailman's retry runner waits 15 minutes.
+fn builtin_sleep_time(name: &str) -> Duration {
+    match name {
+        "retry" => Duration::from_secs(15 * 60),
+        _ => Duration::from_secs(1),
+    }
+}
 
 /// Files tried, in order, when neither `-C` nor `$MAILMAN_CONFIG_FILE` names one.
 const SEARCH_PATH: &[&str] = &[
@@ -134,7 +161,26 @@ pub struct RunnerConfig {
     pub restart_delay: Dur,
     pub restart_delay_max: Dur,
     pub stable_after: Dur,
+    /// The command each queue entry is handed to (entry on stdin); empty:
+    /// none (SPEC 6; see the README for what a runner does without one).
+    pub handler: Vec<String>,
+    /// The queue entries go to once handled; `None`: they are removed.
+    #[serde(serialize_with = "serialize_next")]
+    pub next: Option<String>,
     pub env: IndexMap<String, String>,
+}
+
+impl RunnerConfig {
+    /// Whether the built-in runner works a queue for this runner.
+    pub fn has_queue(&self) -> bool {
+        !NON_QUEUE_RUNNERS.contains(&self.name.as_str())
+    }
+}
+
+/// `None` is written `""`, which reads back as "no next queue" (not as the
+/// built-in default).
+fn serialize_next<S: Serializer>(next: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(next.as_deref().unwrap_or(""))
 }
 
 fn serialize_runners<S: Serializer>(runners: &[RunnerConfig], s: S) -> Result<S::Ok, S::Error> {
@@ -241,6 +287,8 @@ struct RawRunner {
     restart_delay: Option<Dur>,
     restart_delay_max: Option<Dur>,
     stable_after: Option<Dur>,
+    handler: Option<Spanned<Vec<String>>>,
+    next: Option<Spanned<String>>,
     env: Option<IndexMap<String, String>>,
 }
 
@@ -256,6 +304,8 @@ impl RawRunner {
             restart_delay: self.restart_delay.or(base.restart_delay),
             restart_delay_max: self.restart_delay_max.or(base.restart_delay_max),
             stable_after: self.stable_after.or(base.stable_after),
+            handler: self.handler.or_else(|| base.handler.clone()),
+            next: self.next.or_else(|| base.next.clone()),
             env: match (&base.env, self.env) {
                 (Some(b), Some(mut own)) => {
                     for (k, v) in b {
@@ -327,6 +377,23 @@ impl Layer {
                 return Err(at(
                     c.span(),
                     format!("Runner \"{name}\": command must not be empty"),
+                ));
+            }
+            if let Some(h) = &table.handler
+                && h.get_ref().first().is_some_and(String::is_empty)
+            {
+                return Err(at(
+                    h.span(),
+                    format!("Runner \"{name}\": handler must not start with an empty program"),
+                ));
+            }
+            if let Some(n) = &table.next
+                && !n.get_ref().is_empty()
+                && !valid_name(n.get_ref())
+            {
+                return Err(at(
+                    n.span(),
+                    format!("Runner \"{name}\": invalid next queue \"{}\"", n.get_ref()),
                 ));
             }
             if let Some(i) = &table.instances
@@ -559,6 +626,10 @@ impl Config {
         }
         let mut config = Config::from_layer(merged, source, &base_dir);
         config.sets = sets.to_vec();
+        config.check_queues().map_err(|message| ConfigError::File {
+            file: file.clone(),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -604,13 +675,19 @@ impl Config {
                     instances: r.instances.map_or(1, Spanned::into_inner),
                     start: r.start.unwrap_or(builtin_start),
                     max_restarts: r.max_restarts.unwrap_or(10),
-                    sleep_time: r.sleep_time.unwrap_or(Dur(Duration::from_secs(1))),
+                    sleep_time: r.sleep_time.unwrap_or(Dur(builtin_sleep_time(&name))),
                     restart_delay,
                     restart_delay_max: r
                         .restart_delay_max
                         .unwrap_or(Dur(Duration::from_secs(30)))
                         .max(restart_delay),
                     stable_after: r.stable_after.unwrap_or(Dur(Duration::from_secs(60))),
+                    handler: r.handler.map(Spanned::into_inner).unwrap_or_default(),
+                    next: match r.next.map(Spanned::into_inner) {
+                        Some(n) if n.is_empty() => None,
+                        Some(n) => Some(n),
+                        None => builtin_next(&name).map(str::to_string),
+                    },
                     env: r.env.unwrap_or_default(),
                     name,
                 }
@@ -623,6 +700,23 @@ impl Config {
             logging,
             runners,
         }
+    }
+
+    /// Every `next` names another runner that has a queue.
+    fn check_queues(&self) -> Result<(), String> {
+        for r in &self.runners {
+            let Some(next) = &r.next else { continue };
+            if *next == r.name {
+                return Err(format!("Runner \"{}\": next must be another queue", r.name));
+            }
+            if !self.runner(next).is_some_and(RunnerConfig::has_queue) {
+                return Err(format!(
+                    "Runner \"{}\": next queue \"{next}\" is not a queue runner",
+                    r.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn runner(&self, name: &str) -> Option<&RunnerConfig> {

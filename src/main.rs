@@ -12,6 +12,8 @@ mod master;
 mod notify;
 mod output;
 mod procinfo;
+mod queue;
+mod queue_commands;
 mod runner;
 mod signals;
 mod slice;
@@ -102,6 +104,8 @@ fn run() -> i32 {
             master::main(config, opts, signals)
         }
         Command::Runner(args) => runner::main(&config, &args.runner),
+        Command::Inject(args) => queue_commands::inject(&config, &args.queue, &args.files),
+        Command::Queues(args) => queue_commands::queues(&config, args.json),
         Command::CheckConfig => {
             print!("{}", config.to_toml());
             0

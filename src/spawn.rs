@@ -59,6 +59,13 @@ pub struct Spawned {
     pub stderr: OwnedFd,
 }
 
+/// `arg` with each `{key}` of `values` replaced.
+pub fn fill(arg: &str, values: &[(&str, &str)]) -> String {
+    values.iter().fold(arg.to_string(), |acc, (key, value)| {
+        acc.replace(&format!("{{{key}}}"), value)
+    })
+}
+
 /// The runner's argv: `command` with `{bin}`, `{config}`, `{var_dir}`,
 /// `{name}`, `{slice}` and `{range}` replaced.
 pub fn expand(ctx: &SpawnContext, s: &Slice) -> Vec<String> {
@@ -66,17 +73,18 @@ pub fn expand(ctx: &SpawnContext, s: &Slice) -> Vec<String> {
     let config = ctx.config_arg.to_string_lossy();
     let var_dir = ctx.var_dir.to_string_lossy();
     let (slice, range) = (s.slice.to_string(), s.range.to_string());
+    let values = [
+        ("bin", &*bin),
+        ("config", &*config),
+        ("var_dir", &*var_dir),
+        ("name", s.runner.name.as_str()),
+        ("slice", slice.as_str()),
+        ("range", range.as_str()),
+    ];
     s.runner
         .command
         .iter()
-        .map(|arg| {
-            arg.replace("{bin}", &bin)
-                .replace("{config}", &config)
-                .replace("{var_dir}", &var_dir)
-                .replace("{name}", &s.runner.name)
-                .replace("{slice}", &slice)
-                .replace("{range}", &range)
-        })
+        .map(|arg| fill(arg, &values))
         .collect()
 }
 
@@ -121,13 +129,16 @@ pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
 }
 
 /// Runs in the child between fork and exec: async-signal-safe calls only.
-fn child_setup(master: i32, nofile: Option<libc::rlimit>) -> io::Result<()> {
+/// `master` is the parent the child must not outlive (for a queue entry's
+/// handler, its runner).
+pub fn child_setup(master: i32, nofile: Option<libc::rlimit>) -> io::Result<()> {
     // SAFETY: plain system calls on this process; no allocation, no locks.
     unsafe {
         if let Some(lim) = nofile {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
-        // Own process group, so that a stop reaches the runner's children.
+        // Own process group, so that a stop reaches the runner's children
+        // (and, for a handler, so that its runner's stop does not).
         if libc::setpgid(0, 0) != 0 {
             return Err(io::Error::last_os_error());
         }

@@ -1,0 +1,103 @@
+//! The queue commands: `inject` (enqueue from files or stdin) and `queues`
+//! (how many entries wait in each queue).
+//!
+//! Not here: the queue format itself (`queue`).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::master::{EXIT_ERROR, EXIT_USAGE};
+use crate::queue;
+use crate::util::io_text;
+
+/// `mailman inject QUEUE [FILE]...`: one entry per file (`-` or none: stdin),
+/// each name printed as it is written. Stops at the first error.
+pub fn inject(config: &Config, queue_name: &str, files: &[String]) -> i32 {
+    match config.runner(queue_name) {
+        Some(r) if r.has_queue() => {}
+        Some(_) => {
+            eprintln!("No such queue: {queue_name} (the {queue_name} runner has no queue)");
+            return EXIT_USAGE;
+        }
+        None => {
+            eprintln!("No such queue: {queue_name}");
+            return EXIT_USAGE;
+        }
+    }
+    let dir = queue::root(&config.mailman.var_dir).join(queue_name);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!(
+            "cannot create queue directory {}: {}",
+            dir.display(),
+            io_text(&e)
+        );
+        return EXIT_ERROR;
+    }
+    let stdin_only = [String::from("-")];
+    let files = if files.is_empty() {
+        &stdin_only[..]
+    } else {
+        files
+    };
+    for file in files {
+        match inject_one(&dir, file) {
+            Ok(name) => println!("{name}"),
+            Err(e) => {
+                eprintln!("{e:#}");
+                return EXIT_ERROR;
+            }
+        }
+    }
+    0
+}
+
+fn inject_one(dir: &Path, file: &str) -> anyhow::Result<String> {
+    if file == "-" {
+        return queue::enqueue(dir, &mut io::stdin().lock(), "standard input");
+    }
+    // Opened before anything is written, so an unreadable file leaves no trace.
+    let mut source: Box<dyn Read> = match File::open(file) {
+        Ok(f) => Box::new(f),
+        Err(e) => anyhow::bail!("cannot read {file}: {}", io_text(&e)),
+    };
+    queue::enqueue(dir, &mut source, file)
+}
+
+/// `mailman queues [--json]`: each queue's waiting and in-hand entries.
+pub fn queues(config: &Config, as_json: bool) -> i32 {
+    let root = queue::root(&config.mailman.var_dir);
+    let mut rows = Vec::new();
+    for r in config.runners.iter().filter(|r| r.has_queue()) {
+        match queue::depth(&root.join(&r.name)) {
+            Ok(d) => rows.push((r.name.as_str(), d)),
+            Err(e) => {
+                eprintln!(
+                    "cannot read {}: {}",
+                    root.join(&r.name).display(),
+                    io_text(&e)
+                );
+                return EXIT_ERROR;
+            }
+        }
+    }
+    if as_json {
+        let queues: Vec<_> = rows
+            .iter()
+            .map(|(name, d)| json!({"name": name, "waiting": d.waiting, "in_hand": d.in_hand}))
+            .collect();
+        println!(
+            "{}",
+            json!({"queue_dir": root.display().to_string(), "queues": queues})
+        );
+    } else {
+        println!("{:<12} {:>8} {:>8}", "QUEUE", "WAITING", "IN HAND");
+        for (name, d) in rows {
+            println!("{name:<12} {:>8} {:>8}", d.waiting, d.in_hand);
+        }
+    }
+    0
+}
