@@ -30,6 +30,7 @@ BIN = TARGET / "x86_64-unknown-linux-gnu" / "release" / "mailman"
 MM_VENV = TARGET / "mailman-core-3.3.10"
 SV_VENV = TARGET / "bench-venv"
 TRIVIAL = '["sleep", "100000"]'
+DEFAULT_COMMAND = '["{bin}", "runner", "-C", "{config}", "--runner", "{name}:{slice}:{range}"]'
 DEFAULT_12 = ["archive", "bounces", "command", "in", "lmtp", "out", "pipeline", "rest",
               "retry", "task", "virgin", "digest"]
 BUILTIN_OFF = ["bad", "nntp", "shunt"]
@@ -138,7 +139,7 @@ def free_port():
 class Ours:
     name = "ours"
 
-    def __init__(self, tmp, runners=None, extra=""):
+    def __init__(self, tmp, runners=None, extra="", own=()):
         self.var = tmp / "var"
         self.cfg = tmp / "mailman.toml"
         lines = [f'[mailman]\nvar_dir = "{self.var}"\n', "[logging]\nstderr = false\n",
@@ -148,7 +149,8 @@ class Ours:
             lines += [f"[runner.{b}]\nstart = false\n" for b in BUILTIN_OFF]
         else:
             self.n = runners
-            lines += [f"[runner.{b}]\nstart = false\n" for b in DEFAULT_12 + BUILTIN_OFF]
+            lines += [f"[runner.{b}]\nstart = false\n" for b in DEFAULT_12 + BUILTIN_OFF
+                      if b not in own]
             lines += [f"[runner.b{i}]\n" for i in range(runners)]
         self.cfg.write_text("".join(lines) + extra)
         self.cli = [str(BIN), "-C", str(self.cfg)]
@@ -311,6 +313,52 @@ def capture_run(lines):
         return lines * 100 / 1e6 / secs, lines - got
 
 
+def queue_run(stages, n, handler):
+    """Entries per second from a pre-filled first queue through `stages`
+    (each one runner; each hands entries to `handler`, if any, then to the
+    next stage; the last removes them), timed from `start` until every
+    queue is empty. Without a handler, entries only move, and the last
+    stage keeps them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = []
+        for i, stage in enumerate(stages):
+            nxt = stages[i + 1] if i + 1 < len(stages) else ""
+            extra.append(f'[runner.{stage}]\nstart = true\ncommand = {DEFAULT_COMMAND}\n'
+                         f'sleep_time = "10ms"\nnext = "{nxt}"\n')
+            if handler:
+                extra.append(f'handler = ["{handler}"]\n')
+        m = Ours(Path(tmp), runners=0, extra="".join(extra), own=stages)
+        entry = Path(tmp) / "entry"
+        entry.write_text("From: a@example.com\nTo: b@example.com\nSubject: x\n\n" + "y" * 2000)
+        subprocess.run(m.cli + ["inject", stages[0]] + [str(entry)] * n,
+                       check=True, stdout=subprocess.DEVNULL)
+        # Without a handler the last stage keeps its entries: done when
+        # they have all reached it.
+        dirs = [m.var / "queue" / s for s in (stages if handler else stages[:-1])]
+
+        def empty():
+            for d in dirs:
+                with os.scandir(d) as it:
+                    if any(e.name.endswith((".msg", ".bak")) for e in it):
+                        return False
+            return True
+        t = time.perf_counter()
+        m.start().wait()
+        poll(empty, limit=600, step=0.01)
+        secs = time.perf_counter() - t
+        m.stop().wait()
+        poll(lambda: not (m.var / "master.pid").exists())
+        return n / secs
+
+
+def spawn_floor(n):
+    """What fork + exec of /bin/true costs here: a shell loop, per second."""
+    t = time.perf_counter()
+    subprocess.run(["sh", "-c", f"i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"],
+                   check=True)
+    return n / (time.perf_counter() - t)
+
+
 def summary(values):
     return statistics.median(values), min(values), max(values)
 
@@ -355,15 +403,39 @@ def main():
     print(f"ours, log capture: {capture[0]:.0f} MB/s, {lost} lines lost", flush=True)
     if lost:
         sys.exit("lines were lost")
+    n = 500 if args.smoke else 5000
+    queues = {}
+    for label, stages, handler in QUEUE_CASES:
+        queues[label] = summary([queue_run(stages, n, handler) for _ in range(runs)])
+        print(f"ours, {label}: {queues[label][0]:.0f} entries/s", flush=True)
+    queues["floor: a shell loop running /bin/true"] = summary(
+        [spawn_floor(n) for _ in range(runs)])
+    print(f"floor, shell loop of /bin/true: {queues['floor: a shell loop running /bin/true'][0]:.0f}/s",
+          flush=True)
     if args.smoke:
         print("smoke run complete")
         return
     if len(results) < 3:
         sys.exit("the report needs both peers")
-    write_report(results, scale, capture, runs)
+    write_report(results, scale, capture, queues, runs)
 
 
-def write_report(results, scale, capture, runs):
+QUEUE_TARGETS = {  # entries/s, ours, on a 2-core machine
+    "one runner, handler /bin/true": "≥ 1000 (the spawn floor is ~1200)",
+    "in → pipeline → out, handler /bin/true at each": "≥ 500",
+    "in → pipeline → out, no handlers (moves only, until all wait in out)": "≥ 10000",
+}
+
+# Queue throughput cases: (label, stages, handler).
+QUEUE_CASES = [
+    ("one runner, handler /bin/true", ["work"], "/bin/true"),
+    ("in → pipeline → out, handler /bin/true at each", ["in", "pipeline", "out"], "/bin/true"),
+    ("in → pipeline → out, no handlers (moves only, until all wait in out)",
+     ["in", "pipeline", "out"], ""),
+]
+
+
+def write_report(results, scale, capture, queues, runs):
     ours, mm = results["ours"], results["GNU Mailman 3.3.10"]
     rows = [("start: command → 12 runners forked", "start_ms", "ms"),
             ("stop: command → master and runners gone", "stop_ms", "ms"),
@@ -398,6 +470,9 @@ def write_report(results, scale, capture, runs):
                    f"{'≤ 500 ms' if n == 1000 else ''} |")
     out.append(f"| log capture (100-byte lines, no line lost) | {capture[0]:.0f} MB/s "
                f"[{capture[1]:.0f}..{capture[2]:.0f}] | ≥ 100 MB/s |")
+    for label, q in queues.items():
+        out.append(f"| queue: {label} (5,000 entries) | {q[0]:.0f} /s "
+                   f"[{q[1]:.0f}..{q[2]:.0f}] | {QUEUE_TARGETS.get(label, '')} |")
     (TARGET / "bench-report.md").write_text("\n".join(out) + "\n")
     print("\n".join(out))
 

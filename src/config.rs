@@ -875,6 +875,59 @@ mod tests {
     }
 
     #[test]
+    fn queue_keys() {
+        let c = Config::from_text("", Some(Path::new("/x/m.toml"))).unwrap();
+        let next = |n: &str| c.runner(n).unwrap().next.clone();
+        assert_eq!(next("in").as_deref(), Some("pipeline"));
+        assert_eq!(next("virgin").as_deref(), Some("pipeline"));
+        assert_eq!(next("pipeline").as_deref(), Some("out"));
+        assert_eq!(next("retry").as_deref(), Some("out"));
+        assert_eq!(next("out"), None);
+        assert_eq!(
+            c.runner("retry").unwrap().sleep_time.0,
+            Duration::from_secs(900)
+        );
+        assert!(c.runner("out").unwrap().handler.is_empty());
+        assert!(!c.runner("rest").unwrap().has_queue());
+
+        let c = Config::from_text(
+            "[runner.in]\nnext = \"\"\nhandler = [\"/bin/cat\", \"{entry}\"]\n",
+            Some(Path::new("/x/m.toml")),
+        )
+        .unwrap();
+        let r = c.runner("in").unwrap();
+        assert_eq!(r.next, None, "\"\" turns the built-in next off");
+        assert_eq!(r.handler, ["/bin/cat", "{entry}"]);
+        let again = Config::from_text(&c.to_toml(), Some(Path::new("/x/m.toml"))).unwrap();
+        assert_eq!(again.runner("in").unwrap().next, None);
+        assert_eq!(
+            again.runner("pipeline").unwrap().next.as_deref(),
+            Some("out")
+        );
+
+        assert_eq!(
+            err("[runner.in]\nnext = \"nope\"\n"),
+            "/x/m.toml: Runner \"in\": next queue \"nope\" is not a queue runner"
+        );
+        assert_eq!(
+            err("[runner.in]\nnext = \"rest\"\n"),
+            "/x/m.toml: Runner \"in\": next queue \"rest\" is not a queue runner"
+        );
+        assert_eq!(
+            err("[runner.in]\nnext = \"in\"\n"),
+            "/x/m.toml: Runner \"in\": next must be another queue"
+        );
+        assert_eq!(
+            err("[runner.in]\nnext = \"a/b\"\n"),
+            "/x/m.toml:2:8: Runner \"in\": invalid next queue \"a/b\""
+        );
+        assert_eq!(
+            err("[runner.in]\nhandler = [\"\"]\n"),
+            "/x/m.toml:2:11: Runner \"in\": handler must not start with an empty program"
+        );
+    }
+
+    #[test]
     fn effective_config_round_trips() {
         let c = Config::from_text("[runner.in]\ninstances = 4\n", Some(Path::new("/x/m.toml")))
             .unwrap();
