@@ -40,6 +40,9 @@ const BAK: &str = "bak";
 /// What `bad/` keeps (Mailman's "preserved" extension): never processed.
 const PSV: &str = "psv";
 const REC: &str = "rec";
+/// Mailman Core's own entries (pickles), counted by `mailman queues` when
+/// this binary supervises Mailman's Python runners.
+const PCK: &str = "pck";
 
 /// `$var_dir/queue`.
 pub fn root(var_dir: &Path) -> PathBuf {
@@ -98,7 +101,7 @@ pub fn owner(hash: &[u8; 20], range: u32) -> u32 {
 /// How many entries a queue holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Depth {
-    /// Waiting (`.msg`; in `bad/`, the preserved `.psv`).
+    /// Waiting (`.msg`; in `bad/`, the preserved `.psv`; Mailman Core's `.pck`).
     pub waiting: usize,
     /// Claimed by a runner and not yet finished (`.bak`).
     pub in_hand: usize,
@@ -115,7 +118,10 @@ pub fn depth(dir: &Path) -> io::Result<Depth> {
     for item in list {
         let name = item?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if Entry::parse(name, MSG).is_some() || Entry::parse(name, PSV).is_some() {
+        if [MSG, PSV, PCK]
+            .iter()
+            .any(|ext| Entry::parse(name, ext).is_some())
+        {
             d.waiting += 1;
         } else if Entry::parse(name, BAK).is_some() {
             d.in_hand += 1;
@@ -447,5 +453,41 @@ mod tests {
         sb.claim(&e).unwrap();
         sb.finish(&e, Some("out")).unwrap();
         assert!(root.join("out").join(&name).exists());
+        // Mailman Core's pickles count as waiting too; strangers do not.
+        let base = format!("1795564229.8089131+{}", "0f".repeat(20));
+        fs::write(root.join("out").join(format!("{base}.pck")), "").unwrap();
+        fs::write(root.join("out").join("notes.txt"), "").unwrap();
+        assert_eq!(
+            depth(&root.join("out")).unwrap(),
+            Depth {
+                waiting: 2,
+                in_hand: 0
+            }
+        );
+    }
+
+    #[test]
+    fn moves_across_file_systems() {
+        use std::os::unix::fs::MetadataExt;
+        // /dev/shm (tmpfs) and the temp dir are two file systems here; where
+        // they are not, rename covers the move and this checks that.
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        let disk = tempfile::tempdir().unwrap();
+        let crosses =
+            fs::metadata(shm.path()).unwrap().dev() != fs::metadata(disk.path()).unwrap().dev();
+        let src = shm.path().join("a.bak");
+        fs::write(&src, "entry").unwrap();
+        let dst = disk.path().join("a.msg");
+        move_file(&src, &dst).unwrap();
+        assert_eq!(fs::read_to_string(&dst).unwrap(), "entry");
+        assert!(!src.exists());
+        assert_eq!(
+            fs::read_dir(disk.path()).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+        println!("crossed file systems: {crosses}");
     }
 }

@@ -220,6 +220,27 @@ fn status_restart_and_reopen_inside_the_container() {
             .logs()
             .contains("Master watcher caught SIGHUP.  Re-opening log files.")
     });
+
+    // Queue work as the image's user, on the built-in defaults: an entry
+    // travels in → pipeline → out and waits there (the image has no shell
+    // and no handler). /etc/passwd is the one file a scratch image has.
+    let inj = docker(&["exec", "mailman", "mailman", "inject", "in", "/etc/passwd"]);
+    assert_eq!(inj.code, 0, "{}", inj.stderr);
+    let entry = inj.stdout.trim().to_string();
+    assert!(entry.ends_with(".msg"), "{entry}");
+    wait_until("the entry to wait in out", PATIENCE, || {
+        let q = docker(&["exec", "mailman", "mailman", "queues", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&q.stdout).unwrap_or_default();
+        v["queues"].as_array().is_some_and(|qs| {
+            qs.iter()
+                .any(|q| q["name"] == "out" && q["waiting"] == 1 && q["in_hand"] == 0)
+        })
+    });
+    wait_until("the out runner to say the entry waits", PATIENCE, || {
+        stage.logs().contains(
+            "out runner has no handler and no next queue: 1 entries wait in /var/lib/mailman/queue/out",
+        )
+    });
     assert_eq!(stage.state(), "running 0 0");
 }
 
