@@ -421,7 +421,7 @@ def main():
 
 
 QUEUE_TARGETS = {  # entries/s, ours, on a 2-core machine
-    "one runner, handler /bin/true": "≥ 1000 (the spawn floor is ~1200)",
+    "one runner, handler /bin/true": "≥ 1000",
     "in → pipeline → out, handler /bin/true at each": "≥ 500",
     "in → pipeline → out, no handlers (moves only, until all wait in out)": "≥ 10000",
 }
