@@ -4,7 +4,7 @@
 //! Not here: the queue format itself (`queue`).
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use serde_json::json;
@@ -45,7 +45,18 @@ pub fn inject(config: &Config, queue_name: &str, files: &[String]) -> i32 {
     };
     for file in files {
         match inject_one(&dir, file) {
-            Ok(name) => println!("{name}"),
+            Ok(name) => {
+                // Each name as soon as its entry is in; a closed stdout
+                // is reported, not a panic (the entry stays in the queue).
+                let mut out = io::stdout().lock();
+                if let Err(e) = writeln!(out, "{name}").and_then(|()| out.flush()) {
+                    eprintln!(
+                        "entry {name} is queued, but its name cannot be printed: {}",
+                        io_text(&e)
+                    );
+                    return EXIT_ERROR;
+                }
+            }
             Err(e) => {
                 eprintln!("{e:#}");
                 return EXIT_ERROR;
@@ -84,20 +95,26 @@ pub fn queues(config: &Config, as_json: bool) -> i32 {
             }
         }
     }
+    let mut text = String::new();
     if as_json {
         let queues: Vec<_> = rows
             .iter()
             .map(|(name, d)| json!({"name": name, "waiting": d.waiting, "in_hand": d.in_hand}))
             .collect();
-        println!(
-            "{}",
-            json!({"queue_dir": root.display().to_string(), "queues": queues})
-        );
+        text = json!({"queue_dir": root.display().to_string(), "queues": queues}).to_string();
+        text.push('\n');
     } else {
-        println!("{:<12} {:>8} {:>8}", "QUEUE", "WAITING", "IN HAND");
+        text.push_str(&format!(
+            "{:<12} {:>8} {:>8}\n",
+            "QUEUE", "WAITING", "IN HAND"
+        ));
         for (name, d) in rows {
-            println!("{name:<12} {:>8} {:>8}", d.waiting, d.in_hand);
+            text.push_str(&format!("{name:<12} {:>8} {:>8}\n", d.waiting, d.in_hand));
         }
+    }
+    if let Err(e) = io::stdout().lock().write_all(text.as_bytes()) {
+        eprintln!("cannot print the queues: {}", io_text(&e));
+        return EXIT_ERROR;
     }
     0
 }
