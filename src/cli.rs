@@ -165,7 +165,7 @@ pub struct InjectArgs {
     pub queue: String,
     /// The files to enqueue, one entry each (`-` or none: standard input).
     #[arg(value_name = "FILE")]
-    pub files: Vec<String>,
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

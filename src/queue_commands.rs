@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
@@ -16,7 +16,7 @@ use crate::util::io_text;
 
 /// `mailman inject QUEUE [FILE]...`: one entry per file (`-` or none: stdin),
 /// each name printed as it is written. Stops at the first error.
-pub fn inject(config: &Config, queue_name: &str, files: &[String]) -> i32 {
+pub fn inject(config: &Config, queue_name: &str, files: &[PathBuf]) -> i32 {
     match config.runner(queue_name) {
         Some(r) if r.has_queue() => {}
         Some(_) => {
@@ -37,7 +37,7 @@ pub fn inject(config: &Config, queue_name: &str, files: &[String]) -> i32 {
         );
         return EXIT_ERROR;
     }
-    let stdin_only = [String::from("-")];
+    let stdin_only = [PathBuf::from("-")];
     let files = if files.is_empty() {
         &stdin_only[..]
     } else {
@@ -66,16 +66,16 @@ pub fn inject(config: &Config, queue_name: &str, files: &[String]) -> i32 {
     0
 }
 
-fn inject_one(dir: &Path, file: &str) -> anyhow::Result<String> {
-    if file == "-" {
+fn inject_one(dir: &Path, file: &Path) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
         return queue::enqueue(dir, &mut io::stdin().lock(), "standard input");
     }
     // Opened before anything is written, so an unreadable file leaves no trace.
     let mut source: Box<dyn Read> = match File::open(file) {
         Ok(f) => Box::new(f),
-        Err(e) => anyhow::bail!("cannot read {file}: {}", io_text(&e)),
+        Err(e) => anyhow::bail!("cannot read {}: {}", file.display(), io_text(&e)),
     };
-    queue::enqueue(dir, &mut source, file)
+    queue::enqueue(dir, &mut source, &file.display().to_string())
 }
 
 /// `mailman queues [--json]`: each queue's waiting and in-hand entries.
