@@ -87,6 +87,12 @@ fn kill_9_of_the_master_leaves_nothing_behind() {
         Duration::from_secs(5),
         || runners.iter().all(|p| !alive(*p)),
     );
+    // The parent-death signal fires when the thread that forked the runners
+    // exits; the master's other thread (the log writer) can hold the lock's
+    // file a moment longer while the kernel tears the process down.
+    wait_until("the lock to be free", Duration::from_secs(5), || {
+        env.run(&["status"]).code != 0
+    });
     let st = env.run(&["status"]);
     assert_eq!(st.code, 1, "{}", st.stdout);
     assert_eq!(
