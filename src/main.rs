@@ -63,8 +63,11 @@ fn run() -> i32 {
         Command::Start(args) => args.foreground,
         _ => false,
     };
-    // The master's handlers go in first of all (see master::install_signals).
+    // The master's handlers go in first of all (see master::install_signals),
+    // and so do a runner's.
     let mut signals = becomes_master.then(master::install_signals);
+    let mut runner_signals =
+        matches!(cli.command, Command::Runner(_)).then(runner::install_signals);
     let config = match Config::discover(cli.config.as_deref(), &cli.set) {
         Ok(c) => c,
         Err(e) if matches!(cli.command, Command::Master(_)) => {
@@ -103,7 +106,12 @@ fn run() -> i32 {
             let signals = signals.take().unwrap_or_else(master::install_signals);
             master::main(config, opts, signals)
         }
-        Command::Runner(args) => runner::main(&config, &args.runner),
+        Command::Runner(args) => {
+            let sigs = runner_signals
+                .take()
+                .unwrap_or_else(runner::install_signals);
+            runner::main(&config, &args.runner, sigs)
+        }
         Command::Inject(args) => queue_commands::inject(&config, &args.queue, &args.files),
         Command::Queues(args) => queue_commands::queues(&config, args.json),
         Command::CheckConfig => {

@@ -152,18 +152,29 @@ pub fn enqueue(dir: &Path, source: &mut dyn Read, source_label: &str) -> anyhow:
     file.sync_all()
         .map_err(failed(format!("cannot write {}", tmp.display())))?;
     drop(file);
-    // Mailman's hash food: the content and the time; the pid and a counter
-    // keep two identical entries written in one microsecond apart.
+    // Mailman's hash food: the content and the time; the nanoseconds, pid,
+    // a counter and a per-process random number keep two identical entries
+    // apart (written in one microsecond, even from two PID namespaces).
     let time = format!("{}.{:06}", now.as_secs(), now.subsec_micros());
     sha.update(time.as_bytes());
+    sha.update(&now.subsec_nanos().to_be_bytes());
     sha.update(&pid.to_be_bytes());
     sha.update(&nonce.to_be_bytes());
+    sha.update(&random().to_be_bytes());
     let name = format!("{time}+{}.{MSG}", sha.digest());
     fs::rename(&tmp, dir.join(&name))
         .map_err(failed(format!("cannot write to queue {}", dir.display())))?;
     guard.0 = None;
     sync_dir(dir);
     Ok(name)
+}
+
+/// A random number, from the random keys std gives each `RandomState`.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 fn copy_hashing(

@@ -41,7 +41,23 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-pub fn main(config: &Config, spec: &str) -> i32 {
+/// The runner's signal handlers, installed before anything else (before the
+/// configuration is read): until then SIGHUP, a logrotate's reopen, would
+/// end a runner that is just starting.
+pub fn install_signals() -> std::io::Result<SignalPipe> {
+    // SIGQUIT too: the master passes its stop signal on as it is. SIGCHLD
+    // wakes the wait for a handler.
+    SignalPipe::install(&[
+        libc::SIGHUP,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGCHLD,
+    ])
+}
+
+pub fn main(config: &Config, spec: &str, sigs: std::io::Result<SignalPipe>) -> i32 {
     let spec = match RunnerSpec::parse(spec) {
         Ok(s) => s,
         Err(e) => {
@@ -54,16 +70,7 @@ pub fn main(config: &Config, spec: &str) -> i32 {
         return EXIT_NO_RESTART;
     };
     let (slice, range) = spec.slice.unwrap_or((0, 1));
-    // SIGQUIT too: the master passes its stop signal on as it is. SIGCHLD
-    // wakes the wait for a handler.
-    let sigs = match SignalPipe::install(&[
-        libc::SIGHUP,
-        libc::SIGTERM,
-        libc::SIGINT,
-        libc::SIGQUIT,
-        libc::SIGUSR1,
-        libc::SIGCHLD,
-    ]) {
+    let sigs = match sigs {
         Ok(s) => s,
         Err(e) => {
             say(&format!(

@@ -468,38 +468,63 @@ fn inject_errors_leave_nothing_behind() {
     assert_eq!(fs::read_to_string(q.join(&name)).unwrap(), "ok");
 }
 
-/// A stop while a handler runs: the entry is finished first, then the
-/// runner exits 15.
+/// SIGUSR1, SIGINT (sent to the runner) and a stop (SIGTERM from the
+/// master) while a handler runs: the entry is finished first, then the
+/// runner exits with the signal's number (10 and 2 are restarted, 15 not).
 #[test]
-fn stop_finishes_the_entry_in_hand() {
+fn stop_signals_finish_the_entry_in_hand() {
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("record");
     let started = dir.path().join("started");
     let env = Env::new(&only(&format!(
-        "[runner.work]\nsleep_time = \"50ms\"\nhandler = [\"/bin/sh\", \"-c\", \
-         \"touch {}; sleep 1; echo done >> {}\"]\n",
+        "[runner.work]\nsleep_time = \"50ms\"\nrestart_delay = \"10ms\"\n\
+         handler = [\"/bin/sh\", \"-c\", \"touch {}; sleep 1; echo done >> {}\"]\n",
         started.display(),
         record.display()
     )));
-    env.start(1);
+    let master = env.start(1);
     let good = dir.path().join("good");
     fs::write(&good, "ok").unwrap();
-    let name = inject(&env, "work", &[&good]).remove(0);
-    wait_until("the handler to start", PATIENCE, || started.exists());
-    let r = env.run(&["stop"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(lines(&record), vec!["done"]);
-    assert!(
-        names(&queue_dir(&env, "work")).is_empty(),
-        "{name} finished"
-    );
-    let log = env.log();
-    let caught = log
-        .find("work runner caught SIGTERM.  Stopping.")
-        .expect("caught");
-    let exiting = log.find("work runner exiting.").expect("exiting");
-    assert!(caught < exiting);
-    assert!(log.contains("why: EXIT 15, class: work"), "{log}");
+    for (round, (sig, name, why)) in [
+        (Some(10), "SIGUSR1", "EXIT 10"),
+        (Some(2), "SIGINT", "EXIT 2"),
+        (None, "SIGTERM", "EXIT 15"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let _ = fs::remove_file(&started);
+        let entry = inject(&env, "work", &[&good]).remove(0);
+        wait_until("the handler to start", PATIENCE, || started.exists());
+        match sig {
+            Some(sig) => {
+                let runner = runners_of(master)[0];
+                assert!(send(runner, sig));
+                wait_until("the runner to be replaced", PATIENCE, || {
+                    runners_of(master).first().is_some_and(|p| *p != runner)
+                });
+            }
+            None => assert_eq!(env.run(&["stop"]).code, 0),
+        }
+        assert_eq!(
+            lines(&record).len(),
+            round + 1,
+            "{name}: the entry was finished"
+        );
+        assert!(
+            names(&queue_dir(&env, "work")).is_empty(),
+            "{name}: {entry} is gone"
+        );
+        let log = env.log();
+        let caught = log
+            .find(&format!("work runner caught {name}.  Stopping."))
+            .expect("caught");
+        let exiting = log[caught..].find("work runner exiting.").expect("exiting");
+        assert!(
+            log[caught + exiting..].contains(&format!("why: {why}, class: work")),
+            "{log}"
+        );
+    }
 }
 
 /// With the built-in defaults, an entry flows in → pipeline → out (no

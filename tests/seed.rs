@@ -109,7 +109,11 @@ fn restart_replaces_every_runner() {
 fn reopen_writes_a_new_log_file_and_keeps_runners() {
     let env = Env::new(&only(THREE_RUNNERS));
     let master = env.start(3);
-    env.wait_log("out runner started.");
+    // All three have their SIGHUP handler (a SIGHUP before it would end
+    // a runner: that is the signal's default action).
+    wait_until("every runner to start", PATIENCE, || {
+        env.log().matches("runner started.").count() == 3
+    });
     let before = runners_of(master);
 
     // logrotate: rename, then `mailman reopen` (through the control socket).
