@@ -821,6 +821,27 @@ impl Master {
         for &pgid in &self.groups {
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
+        // Orphans adopted as subreaper (a handler's background child, a
+        // runner's helper whose runner died): nothing that ran under this
+        // master outlives it. Never its own process group.
+        let own = nix::unistd::getpgrp().as_raw();
+        let left: Vec<(i32, i32)> = crate::procinfo::live_children()
+            .into_iter()
+            .filter(|(pid, _)| !self.slices.iter().any(|s| s.pid() == Some(*pid)))
+            .collect();
+        if !left.is_empty() {
+            let pids: Vec<String> = left.iter().map(|(p, _)| p.to_string()).collect();
+            warn!(
+                "Killing processes left behind by runners: {}",
+                pids.join(", ")
+            );
+        }
+        for (pid, pgid) in left {
+            if pgid != own {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         self.reap();
         for o in &mut self.outputs {
             o.drain(true);

@@ -121,6 +121,29 @@ impl Stat {
     }
 }
 
+/// This process's live children, with their process groups: at the end of
+/// the master, the orphans it adopted as subreaper (a runner's or handler's
+/// children whose parent died). Not on other systems (no subreaper there).
+pub fn live_children() -> Vec<(i32, i32)> {
+    #[cfg(target_os = "linux")]
+    {
+        let me = u64::from(std::process::id());
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| {
+                let st = Stat::read(pid)?;
+                (!st.exited() && st.ppid() == Some(me)).then_some((pid, st.number(5)? as i32))
+            })
+            .collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Vec::new()
+    }
+}
+
 /// Whether the process `recorded` describes is still running: the same pid
 /// with the same start time, and not a zombie (a process that has exited but
 /// not yet been reaped by its parent is gone for our purposes).

@@ -561,3 +561,36 @@ fn default_flow_ends_waiting_in_out() {
     );
     assert_eq!(env.run(&["stop"]).code, 0);
 }
+
+/// A handler's background child outlives the handler (the master adopts it
+/// as subreaper), but not the master: a stop kills it and says so.
+#[test]
+fn a_stop_leaves_no_handler_orphans_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let bg = dir.path().join("bg");
+    let env = Env::new(&only(&format!(
+        "[runner.work]\nsleep_time = \"50ms\"\n\
+         handler = [\"/bin/sh\", \"-c\", \"sleep 300 </dev/null >/dev/null 2>&1 & echo $! > {}\"]\n",
+        bg.display()
+    )));
+    let master = env.start(1);
+    let good = dir.path().join("good");
+    fs::write(&good, "ok").unwrap();
+    inject(&env, "work", &[&good]);
+    wait_until("the handler's background child", PATIENCE, || {
+        fs::read_to_string(&bg).is_ok_and(|t| t.ends_with('\n'))
+    });
+    let orphan: i32 = fs::read_to_string(&bg).unwrap().trim().parse().unwrap();
+    wait_until("the master to adopt it", PATIENCE, || {
+        stat(orphan).is_some_and(|(_, ppid, _)| ppid == master)
+    });
+    assert_eq!(env.run(&["stop"]).code, 0);
+    wait_until("the orphan to be gone", PATIENCE, || !alive(orphan));
+    assert!(
+        env.log().contains(&format!(
+            "Killing processes left behind by runners: {orphan}"
+        )),
+        "{}",
+        env.log()
+    );
+}
