@@ -41,6 +41,8 @@ fn a_master_in_another_pid_namespace_is_driven_through_the_socket() {
             || last.starts_with("GNU Mailman is running")
     });
     assert_eq!(last, format!("GNU Mailman is running (master pid: {w})\n"));
+    // The pid file follows the lock by a moment.
+    wait_until("the pid file", PATIENCE, || env.pid_from_file().is_some());
     assert_eq!(
         env.pid_from_file(),
         Some(w),
