@@ -373,9 +373,37 @@ impl Switchboard {
         for e in self.list("rec.tmp").unwrap_or_default() {
             let _ = fs::remove_file(self.path(&e, "rec.tmp"));
         }
+        if self.slice == 0 {
+            self.sweep_stale_temporaries();
+        }
         Ok(done)
     }
+
+    /// Removes what an `inject` or a cross-file-system move killed
+    /// mid-write left: temporary files (`*.tmp`, never an entry) older than
+    /// [`STALE_TEMPORARY`]. One slice does it; a younger one may still be
+    /// being written.
+    fn sweep_stale_temporaries(&self) {
+        let Ok(list) = fs::read_dir(self.dir()) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for item in list.flatten() {
+            let name = item.file_name();
+            let stale = name.to_str().is_some_and(|n| n.ends_with(".tmp"))
+                && item
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > STALE_TEMPORARY);
+            if stale {
+                let _ = fs::remove_file(item.path());
+            }
+        }
+    }
 }
+
+/// How old a temporary file in a queue must be to count as abandoned.
+pub const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Renames `src` to `dst`; across file systems, copies (fsynced, under a
 /// temporary name) and then removes `src`.
@@ -475,6 +503,36 @@ mod tests {
                 in_hand: 0
             }
         );
+    }
+
+    #[test]
+    fn stale_temporaries_are_swept_by_slice_0() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("queue");
+        let sb = Switchboard::open(&root, "in", 0, 2, &[]).unwrap();
+        let dir = sb.dir();
+        let old = dir.join(".123.456.0.tmp");
+        let young = dir.join(".123.789.1.tmp");
+        let other = dir.join("notes.txt");
+        for p in [&old, &young, &other] {
+            fs::write(p, "x").unwrap();
+        }
+        let long_ago = SystemTime::now() - STALE_TEMPORARY * 2;
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        // Slice 1 leaves them; slice 0 removes only the old temporary.
+        Switchboard::open(&root, "in", 1, 2, &[])
+            .unwrap()
+            .recover()
+            .unwrap();
+        assert!(old.exists());
+        sb.recover().unwrap();
+        assert!(!old.exists());
+        assert!(young.exists() && other.exists());
     }
 
     #[test]
