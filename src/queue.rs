@@ -21,7 +21,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::BAD_QUEUE;
 use crate::util::io_text;
@@ -34,6 +34,9 @@ fn failed(what: String) -> impl FnOnce(io::Error) -> anyhow::Error {
 /// An entry found in hand at start-up this many times goes to `bad/`
 /// (Mailman's `MAX_BAK_COUNT`).
 pub const MAX_RECOVERIES: u32 = 3;
+
+/// How old a temporary file in a queue must be to count as abandoned.
+pub const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
 
 const MSG: &str = "msg";
 const BAK: &str = "bak";
@@ -401,9 +404,6 @@ impl Switchboard {
         }
     }
 }
-
-/// How old a temporary file in a queue must be to count as abandoned.
-pub const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Renames `src` to `dst`; across file systems, copies (fsynced, under a
 /// temporary name) and then removes `src`.
