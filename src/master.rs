@@ -886,13 +886,8 @@ fn wait_for_visitors(limit: Duration) {
     #[cfg(target_os = "linux")]
     {
         let visitors = || -> usize {
-            let Ok(dir) = std::fs::read_dir("/proc") else {
-                return 0;
-            };
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|pid| *pid != 1)
-                .filter_map(crate::procinfo::Stat::read)
-                .filter(|s| !s.exited() && s.ppid() == Some(0))
+            crate::procinfo::processes()
+                .filter(|(pid, s)| *pid != 1 && !s.exited() && s.ppid() == Some(0))
                 .count()
         };
         let deadline = Instant::now() + limit;

@@ -121,6 +121,16 @@ impl Stat {
     }
 }
 
+/// Every process in `/proc` (this PID namespace), with its stat line.
+#[cfg(target_os = "linux")]
+pub fn processes() -> impl Iterator<Item = (i32, Stat)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, Stat::read(pid)?)))
+}
+
 /// This process's live children, with their process groups: at the end of
 /// the master, the orphans it adopted as subreaper (a runner's or handler's
 /// children whose parent died). Not on other systems (no subreaper there).
@@ -128,14 +138,9 @@ pub fn live_children() -> Vec<(i32, i32)> {
     #[cfg(target_os = "linux")]
     {
         let me = u64::from(std::process::id());
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter_map(|pid| {
-                let st = Stat::read(pid)?;
-                (!st.exited() && st.ppid() == Some(me)).then_some((pid, st.number(5)? as i32))
-            })
+        processes()
+            .filter(|(_, st)| !st.exited() && st.ppid() == Some(me))
+            .filter_map(|(pid, st)| Some((pid, st.number(5)? as i32)))
             .collect()
     }
     #[cfg(not(target_os = "linux"))]

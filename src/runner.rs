@@ -80,9 +80,20 @@ pub fn main(config: &Config, spec: &str, sigs: std::io::Result<SignalPipe>) -> i
             return 1;
         }
     };
+    // Every placeholder but `{entry}` is the same for each entry.
+    let bin = std::env::current_exe().unwrap_or_default();
+    let values = spawn::placeholders(
+        &bin,
+        &config.config_arg(),
+        &config.mailman.var_dir,
+        &runner.name,
+        slice,
+        range,
+    );
     let mut worker = Worker {
         config,
         runner,
+        handler: spawn::fill(&runner.handler, &values),
         slice,
         range,
         sigs,
@@ -110,6 +121,8 @@ enum Outcome {
 struct Worker<'a> {
     config: &'a Config,
     runner: &'a RunnerConfig,
+    /// The runner's `handler`, placeholders filled but `{entry}`.
+    handler: Vec<String>,
     slice: u32,
     range: u32,
     sigs: SignalPipe,
@@ -275,7 +288,12 @@ impl Worker<'_> {
     /// signals meanwhile (a stop waits for the entry to be finished).
     fn handle(&mut self, board: &Switchboard, e: &Entry) -> Outcome {
         let file = board.in_hand(e);
-        let argv = self.handler_argv(&file);
+        let entry = file.to_string_lossy();
+        let argv: Vec<String> = self
+            .handler
+            .iter()
+            .map(|a| a.replace("{entry}", &entry))
+            .collect();
         let Some((program, args)) = argv.split_first() else {
             return Outcome::Shunt("no handler".into());
         };
@@ -317,32 +335,6 @@ impl Worker<'_> {
             },
             Err(err) => Outcome::Shunt(format!("cannot wait for handler: {}", io_text(&err))),
         }
-    }
-
-    /// The handler's argv, placeholders filled in (`{entry}` is the path of
-    /// the claimed entry).
-    fn handler_argv(&self, entry: &std::path::Path) -> Vec<String> {
-        let bin = std::env::current_exe().unwrap_or_default();
-        let bin = bin.to_string_lossy();
-        let config = self.config.config_arg();
-        let config = config.to_string_lossy();
-        let var_dir = self.config.mailman.var_dir.to_string_lossy();
-        let (slice, range) = (self.slice.to_string(), self.range.to_string());
-        let entry = entry.to_string_lossy();
-        let values = [
-            ("bin", &*bin),
-            ("config", &*config),
-            ("var_dir", &*var_dir),
-            ("name", self.runner.name.as_str()),
-            ("slice", slice.as_str()),
-            ("range", range.as_str()),
-            ("entry", &*entry),
-        ];
-        self.runner
-            .handler
-            .iter()
-            .map(|a| spawn::fill(a, &values))
-            .collect()
     }
 
     fn wait_for(&mut self, child: &mut Child) -> io::Result<ExitStatus> {

@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::slice::Slice;
@@ -59,33 +59,50 @@ pub struct Spawned {
     pub stderr: OwnedFd,
 }
 
-/// `arg` with each `{key}` of `values` replaced.
-pub fn fill(arg: &str, values: &[(&str, &str)]) -> String {
-    values.iter().fold(arg.to_string(), |acc, (key, value)| {
-        acc.replace(&format!("{{{key}}}"), value)
-    })
+/// The placeholders a runner's `command` and `handler` may use, with their
+/// values.
+pub fn placeholders(
+    bin: &Path,
+    config: &Path,
+    var_dir: &Path,
+    name: &str,
+    slice: u32,
+    range: u32,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("bin", bin.to_string_lossy().into_owned()),
+        ("config", config.to_string_lossy().into_owned()),
+        ("var_dir", var_dir.to_string_lossy().into_owned()),
+        ("name", name.to_string()),
+        ("slice", slice.to_string()),
+        ("range", range.to_string()),
+    ]
+}
+
+/// `template` with each `{key}` of `values` replaced.
+pub fn fill(template: &[String], values: &[(&str, String)]) -> Vec<String> {
+    template
+        .iter()
+        .map(|arg| {
+            values.iter().fold(arg.clone(), |acc, (key, value)| {
+                acc.replace(&format!("{{{key}}}"), value)
+            })
+        })
+        .collect()
 }
 
 /// The runner's argv: `command` with `{bin}`, `{config}`, `{var_dir}`,
 /// `{name}`, `{slice}` and `{range}` replaced.
 pub fn expand(ctx: &SpawnContext, s: &Slice) -> Vec<String> {
-    let bin = ctx.bin.to_string_lossy();
-    let config = ctx.config_arg.to_string_lossy();
-    let var_dir = ctx.var_dir.to_string_lossy();
-    let (slice, range) = (s.slice.to_string(), s.range.to_string());
-    let values = [
-        ("bin", &*bin),
-        ("config", &*config),
-        ("var_dir", &*var_dir),
-        ("name", s.runner.name.as_str()),
-        ("slice", slice.as_str()),
-        ("range", range.as_str()),
-    ];
-    s.runner
-        .command
-        .iter()
-        .map(|arg| fill(arg, &values))
-        .collect()
+    let values = placeholders(
+        &ctx.bin,
+        &ctx.config_arg,
+        &ctx.var_dir,
+        &s.runner.name,
+        s.slice,
+        s.range,
+    );
+    fill(&s.runner.command, &values)
 }
 
 /// Forks and execs the runner. Errors include a command that cannot be run.
