@@ -6,19 +6,9 @@ mod cli;
 mod commands;
 mod config;
 mod control;
-mod lock;
-mod logging;
 mod master;
-mod notify;
-mod output;
-mod procinfo;
+mod os;
 mod queue;
-mod queue_commands;
-mod runner;
-mod signals;
-mod slice;
-mod spawn;
-mod user;
 mod util;
 
 use clap::Parser;
@@ -67,7 +57,7 @@ fn run() -> i32 {
     // and so do a runner's.
     let mut signals = becomes_master.then(master::install_signals);
     let mut runner_signals =
-        matches!(cli.command, Command::Runner(_)).then(runner::install_signals);
+        matches!(cli.command, Command::Runner(_)).then(queue::runner::install_signals);
     let config = match Config::discover(cli.config.as_deref(), &cli.set) {
         Ok(c) => c,
         Err(e) if matches!(cli.command, Command::Master(_)) => {
@@ -109,11 +99,11 @@ fn run() -> i32 {
         Command::Runner(args) => {
             let sigs = runner_signals
                 .take()
-                .unwrap_or_else(runner::install_signals);
-            runner::main(&config, &args.runner, sigs)
+                .unwrap_or_else(queue::runner::install_signals);
+            queue::runner::main(&config, &args.runner, sigs)
         }
-        Command::Inject(args) => queue_commands::inject(&config, &args.queue, &args.files),
-        Command::Queues(args) => queue_commands::queues(&config, args.json),
+        Command::Inject(args) => commands::queues::inject(&config, &args.queue, &args.files),
+        Command::Queues(args) => commands::queues::queues(&config, args.json),
         Command::CheckConfig => {
             print!("{}", config.to_toml());
             0

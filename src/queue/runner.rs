@@ -26,9 +26,9 @@ use nix::unistd::Pid;
 
 use crate::config::{BAD_QUEUE, Config, RETRY_QUEUE, RunnerConfig, SHUNT_QUEUE};
 use crate::master::RunnerSpec;
+use crate::master::spawn;
+use crate::os::signals::{self, SignalPipe};
 use crate::queue::{self, Entry, MAX_RECOVERIES, Recovered, Switchboard};
-use crate::signals::{self, SignalPipe};
-use crate::spawn;
 use crate::util::io_text;
 
 /// Mailman's "do not restart me" exit status.

@@ -4,6 +4,8 @@
 //!
 //! Not here: the master itself (`master`).
 
+pub mod queues;
+
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -21,10 +23,10 @@ use serde_json::json;
 use crate::cli::{QuietArgs, RestartArgs, StartArgs, StopArgs};
 use crate::config::Config;
 use crate::control::{self, Answer, Request};
-use crate::lock::{self, Layout, LockInfo, PidFile, Probe};
+use crate::master::spawn::READY_FD_ENV;
 use crate::master::{self, EXIT_ERROR, EXIT_USAGE};
-use crate::procinfo::{Identity, own_pidns, still_running};
-use crate::spawn::READY_FD_ENV;
+use crate::os::lock::{self, Layout, LockInfo, PidFile, Probe};
+use crate::os::procinfo::{Identity, own_pidns, still_running};
 
 pub const NOT_RUNNING: &str = "GNU Mailman is not running";
 pub const ALREADY_RUNNING: &str = "GNU Mailman is already running";
@@ -431,7 +433,7 @@ fn wait_gone(
 pub fn start(
     config: Config,
     args: &StartArgs,
-    signals: Option<std::io::Result<crate::signals::SignalPipe>>,
+    signals: Option<std::io::Result<crate::os::signals::SignalPipe>>,
 ) -> i32 {
     let layout = Layout::new(&config.mailman.var_dir);
     if let Probe::Held(_) = lock::probe(&layout) {

@@ -17,6 +17,8 @@
 //!
 //! Not here: running handlers, signals (that is `runner`).
 
+pub mod runner;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};

@@ -17,6 +17,11 @@
 //!
 //! Not here: the restart rule itself (`slice`), process set-up (`spawn`).
 
+pub mod log;
+pub mod output;
+pub mod slice;
+pub mod spawn;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::FromRawFd;
@@ -29,14 +34,14 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
+use self::log::LogHandle;
+use self::output::Output;
+use self::slice::{Decision, Slice, State, Why};
+use self::spawn::{READY_FD_ENV, SpawnContext};
 use crate::config::{Config, OnGiveUp};
 use crate::control::{self, Client, LastExit, Request, Response, SliceStatus, StatusReport};
-use crate::lock::{self, AcquireError, Layout, MasterLock};
-use crate::logging::{self, LogHandle};
-use crate::output::Output;
-use crate::signals::{self, SignalPipe};
-use crate::slice::{self, Decision, Slice, State, Why};
-use crate::spawn::{self, READY_FD_ENV, SpawnContext};
+use crate::os::lock::{self, AcquireError, Layout, MasterLock};
+use crate::os::signals::{self, SignalPipe};
 
 /// Exit status after a requested stop.
 pub const EXIT_OK: i32 = 0;
@@ -234,7 +239,7 @@ struct Master {
     control: Option<control::Server>,
     clients: Vec<Client>,
     started: Instant,
-    notifier: crate::notify::Notifier,
+    notifier: crate::os::notify::Notifier,
     log: Option<LogHandle>,
     lock: MasterLock,
 }
@@ -258,7 +263,7 @@ impl Master {
         let nofile = spawn::raise_nofile();
         let root = nix::unistd::geteuid().is_root();
         if opts.run_as_user && root {
-            crate::user::switch_to(&config.mailman.user, &config.mailman.group)
+            crate::os::user::switch_to(&config.mailman.user, &config.mailman.group)
                 .map_err(|e| StartError::new(EXIT_ERROR, e))?;
         }
         let layout = Layout::new(&config.mailman.var_dir);
@@ -268,7 +273,7 @@ impl Master {
 
         let log_file = (config.logging.file || daemonised).then(|| layout.log_file());
         let to_stderr = !daemonised && (config.logging.stderr || opts.verbose);
-        let log = logging::init(&config.logging, log_file.as_deref(), to_stderr)
+        let log = log::init(&config.logging, log_file.as_deref(), to_stderr)
             .map_err(|e| StartError::new(EXIT_ERROR, e))?;
 
         let lock = lock::acquire(&layout).map_err(|e| match e {
@@ -321,7 +326,7 @@ impl Master {
             control,
             clients: Vec::new(),
             started: Instant::now(),
-            notifier: crate::notify::Notifier::from_env(),
+            notifier: crate::os::notify::Notifier::from_env(),
             log: Some(log),
             lock,
         };
@@ -514,7 +519,7 @@ impl Master {
                     State::Failed => ("failed", None, None, None),
                     State::Stopped => ("stopped", None, None, None),
                 };
-                let usage = pid.and_then(crate::procinfo::usage);
+                let usage = pid.and_then(crate::os::procinfo::usage);
                 SliceStatus {
                     name: s.runner.name.clone(),
                     slice: s.slice,
@@ -825,7 +830,7 @@ impl Master {
         // runner's helper whose runner died): nothing that ran under this
         // master outlives it. Never its own process group.
         let own = nix::unistd::getpgrp().as_raw();
-        let left: Vec<(i32, i32)> = crate::procinfo::live_children()
+        let left: Vec<(i32, i32)> = crate::os::procinfo::live_children()
             .into_iter()
             .filter(|(pid, _)| !self.slices.iter().any(|s| s.pid() == Some(*pid)))
             .collect();
@@ -886,7 +891,7 @@ fn wait_for_visitors(limit: Duration) {
     #[cfg(target_os = "linux")]
     {
         let visitors = || -> usize {
-            crate::procinfo::processes()
+            crate::os::procinfo::processes()
                 .filter(|(pid, s)| *pid != 1 && !s.exited() && s.ppid() == Some(0))
                 .count()
         };

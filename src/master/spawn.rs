@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::slice::Slice;
+use crate::master::slice::Slice;
 
 /// The environment variable that hands the master its readiness pipe; never
 /// passed on to runners.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::procinfo::Identity;
+use crate::os::procinfo::Identity;
 use crate::util::io_text;
 
 /// Where everything lives under the var dir.
