@@ -1,11 +1,26 @@
 //! `mailman`: GNU Mailman 3's master watcher and its control commands in one
-//! static binary. This file only dispatches; see `cli` for the commands and
-//! `master` for the master watcher.
+//! static binary. This file only dispatches. The tree is the architecture:
+//!
+//! | subsystem   | for |
+//! |-------------|-----|
+//! | `cli`       | the command line (clap definitions; parsing only) |
+//! | `config/`   | the one validated `Config`: TOML, environment and `--set` layers |
+//! | `master/`   | the master watcher: start-up, the event loop, slices, spawning, output, log |
+//! | `control/`  | the control socket: protocol, client, server |
+//! | `commands/` | what each CLI command does |
+//! | `queue/`    | queue directories and the built-in runner |
+//! | `os/`       | lock and pid file, process identity, signals, sd_notify, user switching |
+//! | `exit`, `util` | exit statuses; small helpers |
+//!
+//! Dependencies point one way: `commands` and `master` use `control`,
+//! `config`, `os`; `queue` uses `config` and `os`; `config` and `os` use
+//! nothing of ours but `util`.
 
 mod cli;
 mod commands;
 mod config;
 mod control;
+mod exit;
 mod master;
 mod os;
 mod queue;
@@ -15,7 +30,8 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 use config::Config;
-use master::{EXIT_USAGE, RunnerSpec};
+use config::RunnerSpec;
+use exit::EXIT_USAGE;
 
 fn main() {
     let code = run();

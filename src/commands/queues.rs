@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::master::{EXIT_ERROR, EXIT_USAGE};
+use crate::exit::{EXIT_ERROR, EXIT_USAGE};
 use crate::queue;
 use crate::util::io_text;
 

@@ -1,5 +1,5 @@
 //! One runner slice (`NAME:SLICE:RANGE`) as the master sees it: an explicit
-//! state, its restart count and back-off, and the restart rule of SPEC 3.3 as
+//! state, its restart count and back-off, and the restart rule (docs/master.md, "Restart rules") as
 //! one pure function, [`Slice::on_exit`].
 //!
 //! Not here: processes, signals, logging (that is `master`).
@@ -108,7 +108,7 @@ impl Slice {
         }
     }
 
-    /// Applies SPEC 3.3 to an exit after `uptime`. `restartable` is false
+    /// Applies the restart rule to an exit after `uptime`. `restartable` is false
     /// once the master is stopping or runs with `--no-restart`. `jitter` maps
     /// a base delay to the one used (randomised in the master, identity in
     /// tests). Updates the count and the last exit, not the state.

@@ -1,16 +1,18 @@
 //! Starting one runner process: its command line from the `command`
-//! template, its environment, and the set-up between fork and exec (own
-//! process group, clean signal mask, parent-death signal).
+//! template, its environment, its output pipes.
 //!
-//! Not here: deciding when to start (that is `master`).
+//! Not here: deciding when to start (`runners`), the set-up between fork and
+//! exec (`os::process`), the placeholders (`config::placeholders`).
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::master::slice::Slice;
+use super::slice::Slice;
+use crate::config::placeholders::{fill, placeholders};
+use crate::os::process::child_setup;
 
 /// The environment variable that hands the master its readiness pipe; never
 /// passed on to runners.
@@ -26,69 +28,14 @@ pub struct SpawnContext {
     /// The master's `--set` overrides as `MAILMAN__…` variables.
     pub overrides: Vec<(String, String)>,
     /// The open-file limit the master started with, given back to runners
-    /// (the master raised its own: see [`raise_nofile`]).
+    /// (the master raised its own: see [`crate::os::process::raise_nofile`]).
     pub nofile: Option<libc::rlimit>,
-}
-
-/// Raises this process's soft open-file limit to its hard limit (each
-/// runner costs the master two pipes; 1024 would cap it near 500 runners).
-/// Returns the limit as it was, for runners to get back: programs that close
-/// every fd up to the limit must not see a huge one.
-pub fn raise_nofile() -> Option<libc::rlimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls with a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return None;
-        }
-        let original = lim;
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-        Some(original)
-    }
 }
 
 pub struct Spawned {
     pub pid: i32,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
-}
-
-/// The placeholders a runner's `command` and `handler` may use, with their
-/// values.
-pub fn placeholders(
-    bin: &Path,
-    config: &Path,
-    var_dir: &Path,
-    name: &str,
-    slice: u32,
-    range: u32,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("bin", bin.to_string_lossy().into_owned()),
-        ("config", config.to_string_lossy().into_owned()),
-        ("var_dir", var_dir.to_string_lossy().into_owned()),
-        ("name", name.to_string()),
-        ("slice", slice.to_string()),
-        ("range", range.to_string()),
-    ]
-}
-
-/// `template` with each `{key}` of `values` replaced.
-pub fn fill(template: &[String], values: &[(&str, String)]) -> Vec<String> {
-    template
-        .iter()
-        .map(|arg| {
-            values.iter().fold(arg.clone(), |acc, (key, value)| {
-                acc.replace(&format!("{{{key}}}"), value)
-            })
-        })
-        .collect()
 }
 
 /// The runner's argv: `command` with `{bin}`, `{config}`, `{var_dir}`,
@@ -143,39 +90,4 @@ pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
         stdout: out.into(),
         stderr: err.into(),
     })
-}
-
-/// Runs in the child between fork and exec: async-signal-safe calls only.
-/// `master` is the parent the child must not outlive (for a queue entry's
-/// handler, its runner).
-pub fn child_setup(master: i32, nofile: Option<libc::rlimit>) -> io::Result<()> {
-    // SAFETY: plain system calls on this process; no allocation, no locks.
-    unsafe {
-        if let Some(lim) = nofile {
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-        // Own process group, so that a stop reaches the runner's children
-        // (and, for a handler, so that its runner's stop does not).
-        if libc::setpgid(0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Signals blocked or ignored in the master must not be in the runner.
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        #[cfg(target_os = "linux")]
-        {
-            // No runner outlives the master, even a kill -9 of it. Set after
-            // any uid change (which clears it), then check the master did
-            // not die before it took effect.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if libc::getppid() != master {
-                libc::_exit(1);
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = master;
-    }
-    Ok(())
 }

@@ -1,4 +1,4 @@
-//! The var dir's layout, the master lock and the pid file (SPEC 3.1).
+//! The master lock and the pid file (docs/master.md, "Lock and pid file").
 //!
 //! The lock is an `flock` on `locks/master.lck`: the kernel drops it when the
 //! master dies, so it can never go stale. Its content (pid, host, start time,
@@ -9,74 +9,15 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub use super::layout::Layout;
 use crate::os::procinfo::Identity;
 use crate::util::io_text;
-
-/// Where everything lives under the var dir.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub var_dir: PathBuf,
-}
-
-impl Layout {
-    pub fn new(var_dir: &Path) -> Layout {
-        Layout {
-            var_dir: var_dir.to_path_buf(),
-        }
-    }
-    pub fn locks_dir(&self) -> PathBuf {
-        self.var_dir.join("locks")
-    }
-    pub fn lock_file(&self) -> PathBuf {
-        self.locks_dir().join("master.lck")
-    }
-    pub fn pid_file(&self) -> PathBuf {
-        self.var_dir.join("master.pid")
-    }
-    pub fn logs_dir(&self) -> PathBuf {
-        self.var_dir.join("logs")
-    }
-    pub fn log_file(&self) -> PathBuf {
-        self.logs_dir().join("mailman.log")
-    }
-
-    /// Creates the var dir and its `locks/` and `logs/` (mode 0755), and
-    /// refuses any of them that others may write to without the sticky bit.
-    pub fn prepare(&self) -> Result<()> {
-        for dir in [self.var_dir.clone(), self.locks_dir(), self.logs_dir()] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&dir)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {}", dir.display(), io_text(&e)))?;
-            let meta = fs::metadata(&dir)
-                .map_err(|e| anyhow::anyhow!("cannot use {}: {}", dir.display(), io_text(&e)))?;
-            if !meta.is_dir() {
-                bail!("cannot use {}: not a directory", dir.display());
-            }
-            let mode = meta.permissions().mode();
-            if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-                bail!(
-                    "refusing to use {}: it is writable by every user (mode {:o}); chmod o-w it",
-                    dir.display(),
-                    mode & 0o7777
-                );
-            }
-            // An unwritable directory is found now, with its name, rather
-            // than later in a less helpful place.
-            if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
-                bail!("cannot write to {}: permission denied", dir.display());
-            }
-        }
-        Ok(())
-    }
-}
 
 /// What the lock file says about the master holding it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -398,16 +339,6 @@ mod tests {
         fs::remove_file(layout.pid_file()).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", layout.pid_file()).unwrap();
         assert!(read_pid_file(&layout).is_err());
-    }
-
-    #[test]
-    fn world_writable_var_dir_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        let err = Layout::new(dir.path()).prepare().unwrap_err().to_string();
-        assert!(err.contains("writable by every user"), "{err}");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
-        Layout::new(dir.path()).prepare().unwrap();
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The built-in runner (`mailman runner --runner NAME:SLICE:RANGE`): behaves
-//! toward the master like a Mailman runner (SPEC 6): start and stop messages,
+//! toward the master like a Mailman runner (docs/queues.md): start and stop messages,
 //! SIGHUP keeps it running, SIGTERM/SIGINT/SIGUSR1 end it, once the entry in
 //! hand is finished, with the signal's number as exit status; an unknown name
 //! exits 15.
@@ -24,9 +24,10 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::Pid;
 
+use crate::config::RunnerSpec;
+use crate::config::placeholders;
 use crate::config::{BAD_QUEUE, Config, RETRY_QUEUE, RunnerConfig, SHUNT_QUEUE};
-use crate::master::RunnerSpec;
-use crate::master::spawn;
+use crate::os::process;
 use crate::os::signals::{self, SignalPipe};
 use crate::queue::{self, Entry, MAX_RECOVERIES, Recovered, Switchboard};
 use crate::util::io_text;
@@ -82,7 +83,7 @@ pub fn main(config: &Config, spec: &str, sigs: std::io::Result<SignalPipe>) -> i
     };
     // Every placeholder but `{entry}` is the same for each entry.
     let bin = std::env::current_exe().unwrap_or_default();
-    let values = spawn::placeholders(
+    let values = placeholders::placeholders(
         &bin,
         &config.config_arg(),
         &config.mailman.var_dir,
@@ -93,7 +94,7 @@ pub fn main(config: &Config, spec: &str, sigs: std::io::Result<SignalPipe>) -> i
     let mut worker = Worker {
         config,
         runner,
-        handler: spawn::fill(&runner.handler, &values),
+        handler: placeholders::fill(&runner.handler, &values),
         slice,
         range,
         sigs,
@@ -312,7 +313,7 @@ impl Worker<'_> {
         let me = std::process::id() as i32;
         // SAFETY: child_setup makes only async-signal-safe system calls.
         unsafe {
-            cmd.pre_exec(move || spawn::child_setup(me, None));
+            cmd.pre_exec(move || process::child_setup(me, None));
         }
         let mut child = match cmd.spawn() {
             Ok(c) => c,

@@ -1,0 +1,146 @@
+//! What every key is when nobody sets it: Mailman 3.3.10's runners and
+//! their flow, our own defaults, and the second pass that lays built-in
+//! defaults, `[runner.default]` and each `[runner.NAME]` over each other.
+//!
+//! Not here: reading text (`layer`), checking values (`validate`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::layer::{Layer, RawRunner};
+use super::{Config, Dur, LogFormat, LogLevel, Logging, MailmanSection, OnGiveUp, RunnerConfig};
+
+/// Mailman 3.3.10's runners in its own config order, with whether they start
+/// by default.
+pub(super) const BUILTIN_RUNNERS: &[(&str, bool)] = &[
+    ("archive", true),
+    ("bad", false),
+    ("bounces", true),
+    ("command", true),
+    ("in", true),
+    ("lmtp", true),
+    ("nntp", false),
+    ("out", true),
+    ("pipeline", true),
+    ("rest", true),
+    ("retry", true),
+    ("shunt", false),
+    ("task", true),
+    ("virgin", true),
+    ("digest", true),
+];
+
+/// Mailman's runners that have no queue (LMTP, REST and the task runner):
+/// the built-in runner stands in for them by idling.
+pub const NON_QUEUE_RUNNERS: &[&str] = &["lmtp", "rest", "task"];
+
+/// The queues entries are moved to on a handler's failure, on a retry
+/// request, and after too many crash recoveries (docs/queues.md).
+pub const SHUNT_QUEUE: &str = "shunt";
+pub const RETRY_QUEUE: &str = "retry";
+pub const BAD_QUEUE: &str = "bad";
+
+/// Built-in `next` queues: Mailman's own flow (in → pipeline → out, virgin →
+/// pipeline, and retry back to out).
+pub(super) fn builtin_next(name: &str) -> Option<&'static str> {
+    match name {
+        "in" | "virgin" => Some("pipeline"),
+        "pipeline" | "retry" => Some("out"),
+        _ => None,
+    }
+}
+
+/// Built-in `sleep_time`s: Mailman's retry runner waits 15 minutes.
+pub(super) fn builtin_sleep_time(name: &str) -> Duration {
+    match name {
+        "retry" => Duration::from_secs(15 * 60),
+        _ => Duration::from_secs(1),
+    }
+}
+
+pub(super) fn default_command() -> Vec<String> {
+    [
+        "{bin}",
+        "runner",
+        "-C",
+        "{config}",
+        "--runner",
+        "{name}:{slice}:{range}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl Config {
+    /// Pass two: built-in defaults, `[runner.default]`, `[runner.NAME]`.
+    pub(super) fn from_layer(layer: Layer, source: Option<&Path>, base_dir: &Path) -> Config {
+        let raw_mailman = layer.mailman;
+        let var_dir = raw_mailman.var_dir.unwrap_or_else(|| base_dir.join("var"));
+        let user = raw_mailman.user.unwrap_or_else(|| "mailman".into());
+        let mailman = MailmanSection {
+            var_dir: crate::util::normalize(&var_dir),
+            group: raw_mailman.group.unwrap_or_else(|| user.clone()),
+            user,
+            stop_timeout: raw_mailman
+                .stop_timeout
+                .unwrap_or(Dur(Duration::from_secs(5))),
+            on_give_up: raw_mailman.on_give_up.unwrap_or(OnGiveUp::KeepRunning),
+        };
+        let logging = Logging {
+            stderr: layer.logging.stderr.unwrap_or(true),
+            file: layer.logging.file.unwrap_or(true),
+            format: layer.logging.format.unwrap_or(LogFormat::Text),
+            level: layer.logging.level.unwrap_or(LogLevel::Info),
+        };
+        let mut tables = layer.runner;
+        let default = tables.shift_remove("default").unwrap_or_default();
+        let mut order: Vec<(String, bool, RawRunner)> = BUILTIN_RUNNERS
+            .iter()
+            .map(|(n, start)| (n.to_string(), *start, RawRunner::default()))
+            .collect();
+        for (name, table) in tables {
+            match order.iter_mut().find(|(n, _, _)| *n == name) {
+                Some(slot) => slot.2 = table,
+                None => order.push((name, true, table)),
+            }
+        }
+        let runners = order
+            .into_iter()
+            .map(|(name, builtin_start, table)| {
+                let r = table.over(&default);
+                let restart_delay = r.restart_delay.unwrap_or(Dur(Duration::from_millis(100)));
+                RunnerConfig {
+                    command: r.command.map_or_else(default_command, Spanned::into_inner),
+                    instances: r.instances.map_or(1, Spanned::into_inner),
+                    start: r.start.unwrap_or(builtin_start),
+                    max_restarts: r.max_restarts.unwrap_or(10),
+                    sleep_time: r.sleep_time.unwrap_or(Dur(builtin_sleep_time(&name))),
+                    restart_delay,
+                    restart_delay_max: r
+                        .restart_delay_max
+                        .unwrap_or(Dur(Duration::from_secs(30)))
+                        .max(restart_delay),
+                    stable_after: r.stable_after.unwrap_or(Dur(Duration::from_secs(60))),
+                    handler: r.handler.map(Spanned::into_inner).unwrap_or_default(),
+                    next: match r.next.map(Spanned::into_inner) {
+                        Some(n) if n.is_empty() => None,
+                        Some(n) => Some(n),
+                        None => builtin_next(&name).map(str::to_string),
+                    },
+                    env: r.env.unwrap_or_default(),
+                    name,
+                }
+            })
+            .collect();
+        Config {
+            source: source.map(Path::to_path_buf),
+            sets: Vec::new(),
+            mailman,
+            logging,
+            runners,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! One source of settings as read: serde's raw tables (every key optional,
+//! unknown keys rejected), and [`Layer`], one file or override parsed on its
+//! own so that an error names its source, then laid over the others.
+//!
+//! Not here: what a missing key means (`defaults`), what a key may hold
+//! (`validate`).
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{ConfigError, Dur, LogFormat, LogLevel, OnGiveUp, validate};
+
+// ---- raw file tables: every key optional, unknown keys rejected ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    #[serde(default)]
+    pub(super) mailman: RawMailman,
+    #[serde(default)]
+    pub(super) logging: RawLogging,
+    #[serde(default)]
+    pub(super) runner: IndexMap<Spanned<String>, RawRunner>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMailman {
+    pub(super) var_dir: Option<PathBuf>,
+    pub(super) user: Option<String>,
+    pub(super) group: Option<String>,
+    pub(super) stop_timeout: Option<Dur>,
+    pub(super) on_give_up: Option<OnGiveUp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLogging {
+    pub(super) stderr: Option<bool>,
+    pub(super) file: Option<bool>,
+    pub(super) format: Option<LogFormat>,
+    pub(super) level: Option<LogLevel>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRunner {
+    pub(super) command: Option<Spanned<Vec<String>>>,
+    pub(super) instances: Option<Spanned<u32>>,
+    pub(super) start: Option<bool>,
+    pub(super) max_restarts: Option<u32>,
+    pub(super) sleep_time: Option<Dur>,
+    pub(super) restart_delay: Option<Dur>,
+    pub(super) restart_delay_max: Option<Dur>,
+    pub(super) stable_after: Option<Dur>,
+    pub(super) handler: Option<Spanned<Vec<String>>>,
+    pub(super) next: Option<Spanned<String>>,
+    pub(super) env: Option<IndexMap<String, String>>,
+}
+
+impl RawRunner {
+    /// `self` with every key it lacks taken from `base`.
+    pub(super) fn over(self, base: &RawRunner) -> RawRunner {
+        RawRunner {
+            command: self.command.or_else(|| base.command.clone()),
+            instances: self.instances.or_else(|| base.instances.clone()),
+            start: self.start.or(base.start),
+            max_restarts: self.max_restarts.or(base.max_restarts),
+            sleep_time: self.sleep_time.or(base.sleep_time),
+            restart_delay: self.restart_delay.or(base.restart_delay),
+            restart_delay_max: self.restart_delay_max.or(base.restart_delay_max),
+            stable_after: self.stable_after.or(base.stable_after),
+            handler: self.handler.or_else(|| base.handler.clone()),
+            next: self.next.or_else(|| base.next.clone()),
+            env: match (&base.env, self.env) {
+                (Some(b), Some(mut own)) => {
+                    for (k, v) in b {
+                        own.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                    Some(own)
+                }
+                (b, own) => own.or_else(|| b.clone()),
+            },
+        }
+    }
+}
+
+/// One source of settings (the file, the environment, a `--set`), parsed and
+/// checked on its own so that an error names its source; merged in order.
+#[derive(Debug, Default)]
+pub(super) struct Layer {
+    pub(super) mailman: RawMailman,
+    pub(super) logging: RawLogging,
+    pub(super) runner: IndexMap<String, RawRunner>,
+}
+
+impl Layer {
+    /// Parses one TOML text. `at` turns a byte span of `text` into the
+    /// error to report. Relative `var_dir`s are resolved against `base`.
+    pub(super) fn parse(
+        text: &str,
+        base: &Path,
+        at: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
+    ) -> Result<Layer, ConfigError> {
+        let raw: RawFile = toml::from_str(text)
+            .map_err(|e| at(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
+        let mut mailman = raw.mailman;
+        if let Some(v) = mailman.var_dir.take() {
+            validate::var_dir(&v).map_err(|message| at(0..0, message))?;
+            mailman.var_dir = Some(base.join(v));
+        }
+        let mut runner = IndexMap::new();
+        for (name, table) in raw.runner {
+            validate::runner_table(&name, &table).map_err(|(span, message)| at(span, message))?;
+            runner.insert(name.into_inner(), table);
+        }
+        Ok(Layer {
+            mailman,
+            logging: raw.logging,
+            runner,
+        })
+    }
+
+    /// `self` over `base`: what `self` sets wins.
+    pub(super) fn over(self, mut base: Layer) -> Layer {
+        let (m, b) = (self.mailman, base.mailman);
+        base.mailman = RawMailman {
+            var_dir: m.var_dir.or(b.var_dir),
+            user: m.user.or(b.user),
+            group: m.group.or(b.group),
+            stop_timeout: m.stop_timeout.or(b.stop_timeout),
+            on_give_up: m.on_give_up.or(b.on_give_up),
+        };
+        let (l, b) = (self.logging, base.logging);
+        base.logging = RawLogging {
+            stderr: l.stderr.or(b.stderr),
+            file: l.file.or(b.file),
+            format: l.format.or(b.format),
+            level: l.level.or(b.level),
+        };
+        for (name, table) in self.runner {
+            let merged = match base.runner.get(&name) {
+                Some(under) => table.over(under),
+                None => table,
+            };
+            base.runner.insert(name, merged);
+        }
+        base
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}

@@ -1,0 +1,97 @@
+//! What each key may hold, checked in one place: runner and queue names,
+//! commands, handlers, `instances`, and the queue graph (`next`). Types
+//! (booleans, enums, durations) are checked by serde as the text is read.
+
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::layer::RawRunner;
+use super::{Config, RunnerConfig};
+
+/// An error at a place in the text: the span and the message.
+pub(super) type Spot = (Range<usize>, String);
+
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// `var_dir` as written.
+pub(super) fn var_dir(v: &std::path::Path) -> Result<(), String> {
+    if v.as_os_str().is_empty() {
+        return Err("var_dir must not be empty".into());
+    }
+    Ok(())
+}
+
+/// One `[runner.NAME]` table (or its override): the name, and each key that
+/// serde cannot check by type.
+pub(super) fn runner_table(name: &Spanned<String>, table: &RawRunner) -> Result<(), Spot> {
+    if !valid_name(name.get_ref()) {
+        return Err((
+            name.span(),
+            format!(
+                "invalid runner name \"{}\": use letters, digits, '_' and '-'",
+                name.get_ref()
+            ),
+        ));
+    }
+    let name = name.get_ref();
+    if let Some(c) = &table.command
+        && (c.get_ref().is_empty() || c.get_ref()[0].is_empty())
+    {
+        return Err((
+            c.span(),
+            format!("Runner \"{name}\": command must not be empty"),
+        ));
+    }
+    if let Some(h) = &table.handler
+        && h.get_ref().first().is_some_and(String::is_empty)
+    {
+        return Err((
+            h.span(),
+            format!("Runner \"{name}\": handler must not start with an empty program"),
+        ));
+    }
+    if let Some(n) = &table.next
+        && !n.get_ref().is_empty()
+        && !valid_name(n.get_ref())
+    {
+        return Err((
+            n.span(),
+            format!("Runner \"{name}\": invalid next queue \"{}\"", n.get_ref()),
+        ));
+    }
+    if let Some(i) = &table.instances
+        && !i.get_ref().is_power_of_two()
+    {
+        return Err((
+            i.span(),
+            format!("Runner \"{name}\", not a power of 2: {}", i.get_ref()),
+        ));
+    }
+    Ok(())
+}
+
+/// The whole configuration, once merged: what no single layer can tell.
+impl Config {
+    /// Every `next` names another runner that has a queue.
+    pub(super) fn check_queues(&self) -> Result<(), String> {
+        for r in &self.runners {
+            let Some(next) = &r.next else { continue };
+            if *next == r.name {
+                return Err(format!("Runner \"{}\": next must be another queue", r.name));
+            }
+            if !self.runner(next).is_some_and(RunnerConfig::has_queue) {
+                return Err(format!(
+                    "Runner \"{}\": next queue \"{next}\" is not a queue runner",
+                    r.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}

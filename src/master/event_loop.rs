@@ -1,0 +1,199 @@
+//! One turn of the event loop: sleep in `poll` until something happens,
+//! then handle it. Nothing here blocks: signals arrive through a
+//! self-pipe, runner output and control clients are non-blocking.
+//!
+//! Not here: what an event does to a runner (`runners`), what a request
+//! does (`requests`).
+
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tracing::{error, info};
+
+use super::slice::{State, Why};
+use super::{EXIT_OK, Master, Mode};
+use crate::control::Request;
+use crate::os::signals;
+
+/// What `poll` found ready.
+#[derive(Debug, Default)]
+struct Ready {
+    listener: bool,
+    clients: Vec<usize>,
+    outputs: Vec<usize>,
+}
+
+impl Master {
+    /// The event loop. Returns the exit status once every runner is gone
+    /// after a stop.
+    pub(super) fn run(&mut self) -> i32 {
+        loop {
+            if let Mode::Stopping { code, .. } = self.mode
+                && self.running() == 0
+            {
+                return code;
+            }
+            let ready = self.wait();
+            for sig in self.signals.take() {
+                match sig {
+                    libc::SIGCHLD => self.reap(),
+                    libc::SIGHUP => self.reopen("caught SIGHUP"),
+                    libc::SIGUSR1 => {
+                        self.restart(None, None);
+                        info!("Master watcher caught SIGUSR1.  Restarting.");
+                    }
+                    _ => {
+                        info!("Master watcher caught {}.  Exiting.", signals::name(sig));
+                        self.begin_stop(sig, EXIT_OK);
+                    }
+                }
+            }
+            self.pump(&ready.outputs);
+            self.serve(ready.listener, &ready.clients);
+            self.on_timer(Instant::now());
+        }
+    }
+
+    /// Sleeps until a signal, a control connection or request, runner
+    /// output, or the next timer. Says what is ready.
+    fn wait(&mut self) -> Ready {
+        let timeout = match self.next_deadline() {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let ms = at.saturating_duration_since(Instant::now()).as_millis();
+                // Round up so that we do not wake just before the deadline.
+                PollTimeout::try_from((ms + 1).min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        // Layout: [signals, listener?, clients…, outputs…].
+        let mut fds = Vec::with_capacity(2 + self.clients.len() + self.outputs.len());
+        fds.push(PollFd::new(self.signals.fd(), PollFlags::POLLIN));
+        let listening = self
+            .control
+            .as_ref()
+            .map(|c| fds.push(PollFd::new(c.fd(), PollFlags::POLLIN)))
+            .is_some();
+        let first_client = fds.len();
+        for c in &self.clients {
+            fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
+        }
+        let first_output = fds.len();
+        for o in &self.outputs {
+            fds.push(PollFd::new(o.fd(), PollFlags::POLLIN));
+        }
+        let mut ready = Ready::default();
+        match poll(&mut fds, timeout) {
+            Ok(_) => {
+                let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                ready.listener = listening && hit(&fds[1]);
+                ready.clients = (first_client..first_output)
+                    .filter(|&i| hit(&fds[i]))
+                    .map(|i| i - first_client)
+                    .collect();
+                ready.outputs = (first_output..fds.len())
+                    .filter(|&i| hit(&fds[i]))
+                    .map(|i| i - first_output)
+                    .collect();
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                error!("poll failed: {}", e.desc());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        ready
+    }
+
+    /// Control socket: new connections, then requests from ready clients.
+    fn serve(&mut self, listener: bool, ready: &[usize]) {
+        let mut gone = Vec::new();
+        for &i in ready {
+            match self.clients[i].read_request() {
+                Ok(Some(request)) => {
+                    let response = self.on_request(&request);
+                    let client = &mut self.clients[i];
+                    client.reply(&response);
+                    client.waits_for_stop = request == Request::Stop && response.ok;
+                }
+                Ok(None) => {}
+                Err(_) => gone.push(i),
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.clients.swap_remove(i);
+        }
+        if listener && let Some(server) = &self.control {
+            server.accept(&mut self.clients);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match self.mode {
+            Mode::Stopping { deadline, .. } => Some(deadline),
+            Mode::Running => self
+                .slices
+                .iter()
+                .filter_map(|s| match s.state {
+                    State::BackingOff { until } => Some(until),
+                    _ => None,
+                })
+                .min(),
+        }
+    }
+
+    fn pump(&mut self, readable: &[usize]) {
+        // Indices are into `outputs` as polled; removal waits until the end.
+        let mut closed = Vec::new();
+        for &i in readable {
+            if !self.outputs[i].pump() {
+                closed.push(i);
+            }
+        }
+        for i in closed.into_iter().rev() {
+            self.outputs.swap_remove(i);
+        }
+    }
+
+    /// SIGCHLD: reap every exited child (runners and adopted orphans alike)
+    /// until none is left; one signal may stand for many exits.
+    pub(super) fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    self.on_runner_exit(pid.as_raw(), Why::Exit(code))
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.on_runner_exit(pid.as_raw(), Why::Signal(sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    error!("waitpid failed: {}", e.desc());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A timer is due: back-offs that are over start their runner again;
+    /// while stopping, the deadline escalates the stop.
+    fn on_timer(&mut self, now: Instant) {
+        match self.mode {
+            Mode::Running => {
+                for idx in 0..self.slices.len() {
+                    if let State::BackingOff { until } = self.slices[idx].state
+                        && until <= now
+                    {
+                        self.launch(idx);
+                    }
+                }
+            }
+            Mode::Stopping { deadline, .. } if now >= deadline => self.on_stop_deadline(now),
+            Mode::Stopping { .. } => {}
+        }
+    }
+}

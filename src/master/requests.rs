@@ -1,0 +1,124 @@
+//! What a control request does: the same as the matching signal, plus what
+//! signals cannot say (one runner, a status report).
+//!
+//! Not here: the socket and the wire format (`control`).
+
+use std::time::Instant;
+
+use tracing::info;
+
+use super::slice::{State, Why};
+use super::{EXIT_OK, Master, Mode};
+use crate::control::{self, LastExit, Request, Response, SliceStatus, StatusReport};
+
+impl Master {
+    /// What a control request does: the same as the matching signal, plus
+    /// what signals cannot say (one runner, a status report).
+    pub(super) fn on_request(&mut self, request: &Request) -> Response {
+        match request {
+            Request::Status => Response {
+                status: Some(self.report()),
+                ..Response::ok()
+            },
+            Request::Stop => {
+                if self.mode == Mode::Running {
+                    info!("Master watcher got a stop request.  Exiting.");
+                    self.begin_stop(libc::SIGTERM, EXIT_OK);
+                }
+                Response::ok()
+            }
+            Request::Reopen => {
+                self.reopen("got a reopen request");
+                Response::ok()
+            }
+            Request::Restart { runner, slice } => {
+                if self.mode != Mode::Running {
+                    return Response::error("the master is stopping");
+                }
+                if let Some(name) = runner {
+                    if !self.slices.iter().any(|s| &s.runner.name == name) {
+                        return Response::error(format!(
+                            "no runner named \"{name}\" runs under this master"
+                        ));
+                    }
+                    if let Some(n) = slice
+                        && !self
+                            .slices
+                            .iter()
+                            .any(|s| &s.runner.name == name && s.slice == *n)
+                    {
+                        return Response::error(format!("runner \"{name}\" has no slice {n}"));
+                    }
+                }
+                self.restart(runner.as_deref(), *slice);
+                match runner {
+                    Some(name) => info!(
+                        "Master watcher got a restart request for {name}{}.",
+                        slice.map_or(String::new(), |n| format!(":{n}"))
+                    ),
+                    None => info!("Master watcher got a restart request.  Restarting."),
+                }
+                Response::ok()
+            }
+        }
+    }
+
+    /// The slice table as `status --json` shows it.
+    pub(super) fn report(&self) -> StatusReport {
+        let now = Instant::now();
+        let runners = self
+            .slices
+            .iter()
+            .map(|s| {
+                let (state, pid, uptime, retry) = match s.state {
+                    State::Running { pid, since } => (
+                        "running",
+                        Some(pid),
+                        Some(now.saturating_duration_since(since).as_secs_f64()),
+                        None,
+                    ),
+                    State::BackingOff { until } => (
+                        "backing-off",
+                        None,
+                        None,
+                        Some(until.saturating_duration_since(now).as_secs_f64()),
+                    ),
+                    State::Failed => ("failed", None, None, None),
+                    State::Stopped => ("stopped", None, None, None),
+                };
+                let usage = pid.and_then(crate::os::procinfo::usage);
+                SliceStatus {
+                    name: s.runner.name.clone(),
+                    slice: s.slice,
+                    range: s.range,
+                    state: state.into(),
+                    pid,
+                    restarts: s.restarts,
+                    total_restarts: s.total_restarts,
+                    last_exit: s.last_exit.map(|w| match w {
+                        Why::Exit(n) => LastExit::Exit(n),
+                        Why::Signal(n) => LastExit::Signal(n),
+                    }),
+                    uptime_secs: uptime,
+                    restart_in_secs: retry,
+                    rss_bytes: usage.map(|u| u.rss_bytes),
+                    cpu_secs: usage.map(|u| u.cpu_secs),
+                }
+            })
+            .collect();
+        StatusReport {
+            master: control::MasterStatus {
+                pid: std::process::id() as i32,
+                version: env!("CARGO_PKG_VERSION").into(),
+                uptime_secs: now.saturating_duration_since(self.started).as_secs_f64(),
+                state: if self.mode == Mode::Running {
+                    "running"
+                } else {
+                    "stopping"
+                }
+                .into(),
+            },
+            runners,
+        }
+    }
+}

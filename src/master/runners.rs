@@ -1,0 +1,158 @@
+//! The runners' side of the master: what happens when a runner exits (the
+//! restart rule applied and logged), starting one, and the restart and
+//! reopen requests that reach every runner.
+//!
+//! Not here: the rule itself (`slice`, pure), the process set-up (`spawn`).
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tracing::{debug, error, info, warn};
+
+use super::output::Output;
+use super::slice::{self, Decision, Slice, State, Why};
+use super::{EXIT_GAVE_UP, Master, Mode, spawn};
+use crate::config::OnGiveUp;
+
+impl Master {
+    pub(super) fn on_runner_exit(&mut self, pid: i32, why: Why) {
+        let now = Instant::now();
+        let Some(idx) = self.slices.iter().position(|s| s.pid() == Some(pid)) else {
+            debug!("reaped pid {pid} ({why}), not a runner");
+            return;
+        };
+        // Its last words first, then the exit line.
+        for o in self.outputs.iter_mut().filter(|o| o.pid == pid) {
+            o.drain(false);
+        }
+        let since = match self.slices[idx].state {
+            State::Running { since, .. } => since,
+            _ => now,
+        };
+        self.decide(idx, pid, why, now.saturating_duration_since(since));
+    }
+
+    /// Applies the restart rule to an exit (or a failed start) and logs it
+    /// as Mailman does.
+    pub(super) fn decide(&mut self, idx: usize, pid: i32, why: Why, uptime: Duration) {
+        let restartable = self.restartable && self.mode == Mode::Running;
+        let s = &mut self.slices[idx];
+        let decision = s.on_exit(why, uptime, restartable, slice::jitter);
+        info!(
+            "Master detected subprocess exit (pid: {pid}, why: {why}, class: {}, slice: {}/{}){}",
+            s.runner.name,
+            s.slice + 1,
+            s.range,
+            if decision.restarts() {
+                " [restarting]"
+            } else {
+                ""
+            }
+        );
+        match decision {
+            Decision::RestartNow => self.launch(idx),
+            Decision::RestartAfter(delay) => {
+                debug!("restarting {} in {} ms", s.spec(), delay.as_millis());
+                s.state = State::BackingOff {
+                    until: Instant::now() + delay,
+                };
+            }
+            Decision::Leave => s.state = State::Stopped,
+            Decision::GiveUp => {
+                s.state = State::Failed;
+                info!(
+                    "Runner {} reached maximum restart limit of {}, not restarting.",
+                    s.runner.name, s.runner.max_restarts
+                );
+                self.notifier.send(&format!(
+                    "STATUS=Runner {} reached maximum restart limit",
+                    s.runner.name
+                ));
+                if self.config.mailman.on_give_up == OnGiveUp::Exit {
+                    warn!("on_give_up = \"exit\": stopping the master");
+                    self.begin_stop(libc::SIGTERM, EXIT_GAVE_UP);
+                }
+            }
+        }
+    }
+
+    /// Starts slice `idx` now. A runner that cannot even be started counts
+    /// as one that exited with 127 at once.
+    pub(super) fn launch(&mut self, idx: usize) {
+        match spawn::spawn(&self.ctx, &self.slices[idx]) {
+            Ok(sp) => {
+                let s = &mut self.slices[idx];
+                debug!("[{}] {}", sp.pid, s.spec());
+                s.state = State::Running {
+                    pid: sp.pid,
+                    since: Instant::now(),
+                };
+                if !self.groups.contains(&sp.pid) {
+                    self.groups.push(sp.pid);
+                }
+                for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
+                    match Output::new(fd, &s.runner.name, s.slice, sp.pid, stream) {
+                        Ok(o) => self.outputs.push(o),
+                        Err(e) => warn!("cannot capture {stream} of {}: {e}", s.spec()),
+                    }
+                }
+            }
+            Err(e) => {
+                let s = &self.slices[idx];
+                error!(
+                    "Cannot start runner {}: {}: {}",
+                    s.spec(),
+                    s.runner.command.first().map_or("", String::as_str),
+                    crate::util::io_text(&e)
+                );
+                self.slices[idx].state = State::Stopped;
+                self.decide(idx, 0, Why::Exit(127), Duration::ZERO);
+            }
+        }
+    }
+
+    pub(super) fn running(&self) -> usize {
+        self.slices.iter().filter(|s| s.pid().is_some()).count()
+    }
+
+    /// SIGHUP (or a reopen request): reopen our log, pass SIGHUP on to every
+    /// runner.
+    pub(super) fn reopen(&mut self, how: &str) {
+        if let Some(log) = &self.log
+            && let Err(e) = log.reopen()
+        {
+            error!("cannot reopen {}: {}", self.layout.log_file().display(), e);
+        }
+        for pid in self.slices.iter().filter_map(Slice::pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGHUP);
+        }
+        info!("Master watcher {how}.  Re-opening log files.");
+    }
+
+    /// SIGUSR1 (or a restart request, maybe for one runner or slice): each
+    /// running runner gets SIGUSR1 and is restarted as it exits; runners
+    /// waiting, given up or stopped start again at once with their count
+    /// reset.
+    pub(super) fn restart(&mut self, runner: Option<&str>, slice: Option<u32>) {
+        if self.mode != Mode::Running {
+            return;
+        }
+        for idx in 0..self.slices.len() {
+            let s = &self.slices[idx];
+            if runner.is_some_and(|n| n != s.runner.name) || slice.is_some_and(|n| n != s.slice) {
+                continue;
+            }
+            match self.slices[idx].state {
+                State::Running { pid, .. } => {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGUSR1);
+                }
+                _ if self.restartable => {
+                    self.slices[idx].restarts = 0;
+                    self.launch(idx);
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Stopping: the stop signal to every runner's process group, SIGKILL after
+//! `stop_timeout`, then the final sweep, the pid file, the lock and the log
+//! (docs/master.md, "Stopping").
+//!
+//! Not here: deciding to stop (a signal in `event_loop`, a request in
+//! `requests`, a give-up in `runners`).
+
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tracing::{debug, error, info, warn};
+
+use super::slice::State;
+use super::{Master, Mode};
+use crate::os::lock;
+use crate::os::signals;
+
+/// How long SIGKILLed runners get to disappear before the master gives up
+/// waiting for them (a process in uninterruptible sleep cannot be killed).
+const KILL_GRACE: Duration = Duration::from_secs(3);
+
+impl Master {
+    /// SIGTERM/SIGINT/SIGQUIT (or a give-up): signal every runner's process
+    /// group, then wait for them until `stop_timeout`.
+    pub(super) fn begin_stop(&mut self, sig: i32, code: i32) {
+        if let Mode::Stopping { .. } = self.mode {
+            debug!("already stopping; {} ignored", signals::name(sig));
+            return;
+        }
+        self.restartable = false;
+        self.notifier
+            .send("STOPPING=1\nSTATUS=Stopping the runners");
+        self.mode = Mode::Stopping {
+            deadline: Instant::now() + self.config.mailman.stop_timeout.0,
+            killed: false,
+            code,
+        };
+        let signal = Signal::try_from(sig).unwrap_or(Signal::SIGTERM);
+        for s in &mut self.slices {
+            match s.state {
+                State::Running { pid, .. } => signal_group(pid, signal),
+                State::BackingOff { .. } => s.state = State::Stopped,
+                _ => {}
+            }
+        }
+    }
+
+    /// The stop deadline passed: SIGKILL to every runner still there, then,
+    /// after [`KILL_GRACE`], give up on those a SIGKILL did not end.
+    pub(super) fn on_stop_deadline(&mut self, now: Instant) {
+        let Mode::Stopping { killed, code, .. } = self.mode else {
+            return;
+        };
+        if killed {
+            let left: Vec<String> = self
+                .slices
+                .iter()
+                .filter_map(|s| s.pid().map(|p| format!("{} (pid {p})", s.spec())))
+                .collect();
+            error!(
+                "runners still alive after SIGKILL, giving up on them: {}",
+                left.join(", ")
+            );
+            for s in &mut self.slices {
+                s.state = State::Stopped;
+            }
+            return;
+        }
+        for s in &self.slices {
+            if let Some(pid) = s.pid() {
+                warn!(
+                    "Runner {} (pid {pid}) did not stop within {}; sending SIGKILL",
+                    s.spec(),
+                    self.config.mailman.stop_timeout
+                );
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
+        self.mode = Mode::Stopping {
+            deadline: now + KILL_GRACE,
+            killed: true,
+            code,
+        };
+    }
+
+    /// After the loop: sweep what is left, remove the pid file, release the
+    /// lock, flush the log (docs/master.md, "Stopping").
+    pub(super) fn finish(mut self, code: i32) -> i32 {
+        // A runner's children that outlived it in its process group.
+        for &pgid in &self.groups {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        // Orphans adopted as subreaper (a handler's background child, a
+        // runner's helper whose runner died): nothing that ran under this
+        // master outlives it. Never its own process group.
+        let own = nix::unistd::getpgrp().as_raw();
+        let left: Vec<(i32, i32)> = crate::os::procinfo::live_children()
+            .into_iter()
+            .filter(|(pid, _)| !self.slices.iter().any(|s| s.pid() == Some(*pid)))
+            .collect();
+        if !left.is_empty() {
+            let pids: Vec<String> = left.iter().map(|(p, _)| p.to_string()).collect();
+            warn!(
+                "Killing processes left behind by runners: {}",
+                pids.join(", ")
+            );
+        }
+        for (pid, pgid) in left {
+            if pgid != own {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        self.reap();
+        for o in &mut self.outputs {
+            o.drain(true);
+        }
+        lock::remove_pid_file(&self.layout);
+        self.lock.clear();
+        if let Some(server) = self.control.take() {
+            server.remove();
+        }
+        info!("Master stopped");
+        // `stop` clients waiting on us learn that the runners are gone.
+        self.clients.clear();
+        if std::process::id() == 1 {
+            // Processes that entered the namespace from outside (`docker
+            // exec mailman stop`) are not ours to kill: let them finish
+            // first, or the command that stopped us dies with status 137.
+            wait_for_visitors(VISITOR_GRACE);
+            // Then nothing may outlive us in this namespace. Reap with a
+            // bound: a process stuck in the kernel cannot be killed.
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            let deadline = Instant::now() + KILL_GRACE;
+            while Instant::now() < deadline {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Err(Errno::ECHILD) => break,
+                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+                    _ => {}
+                }
+            }
+        }
+        drop(self.log.take());
+        code
+    }
+}
+
+/// How long PID 1 waits for visitors (see [`wait_for_visitors`]) at exit.
+const VISITOR_GRACE: Duration = Duration::from_secs(1);
+
+/// As PID 1: waits up to `limit` for the processes that entered this PID
+/// namespace from outside (their parent is outside, so their ppid reads 0)
+/// to exit.
+fn wait_for_visitors(limit: Duration) {
+    #[cfg(target_os = "linux")]
+    {
+        let visitors = || -> usize {
+            crate::os::procinfo::processes()
+                .filter(|(pid, s)| *pid != 1 && !s.exited() && s.ppid() == Some(0))
+                .count()
+        };
+        let deadline = Instant::now() + limit;
+        while visitors() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = limit;
+}
+
+/// Signals a runner's process group, or the runner alone if its group is
+/// gone (a runner may have left it).
+pub(super) fn signal_group(pid: i32, sig: Signal) {
+    if killpg(Pid::from_raw(pid), sig).is_err() {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}

@@ -1,0 +1,202 @@
+//! Start-up, in order: subreaper, user, var dir, log, lock, pid file,
+//! control socket, runners (docs/master.md, "Start-up and readiness"); and
+//! the pipe through which `mailman start` learns how it went.
+//!
+//! Not here: what a runner's process looks like (`spawn`).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+use super::log;
+use super::slice::Slice;
+use super::spawn::{READY_FD_ENV, SpawnContext};
+use super::{EXIT_ERROR, EXIT_USAGE, Master, Mode, Options, StartError};
+use crate::config::{Config, RunnerSpec};
+use crate::control;
+use crate::os::lock::{self, AcquireError, Layout};
+use crate::os::process;
+use crate::os::signals::SignalPipe;
+
+/// The write end of the pipe `mailman start` waits on, if it started us.
+pub(super) struct StartPipe(Option<File>);
+
+impl StartPipe {
+    pub(super) fn from_env() -> StartPipe {
+        let fd = std::env::var(READY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok())
+            .filter(|fd| *fd > 2);
+        let Some(fd) = fd else {
+            return StartPipe(None);
+        };
+        // Only an fd that is really open, and never passed on to a runner.
+        // SAFETY: fcntl on an integer fd has no memory effects.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return StartPipe(None);
+        }
+        // SAFETY: `start` handed us this fd for our sole use.
+        StartPipe(Some(unsafe { File::from_raw_fd(fd) }))
+    }
+    pub(super) fn daemonised(&self) -> bool {
+        self.0.is_some()
+    }
+    pub(super) fn ok(&mut self) {
+        if let Some(mut f) = self.0.take() {
+            let _ = f.write_all(b"ready\n");
+        }
+    }
+    pub(super) fn fail(&mut self, e: &StartError) {
+        match self.0.take() {
+            Some(mut f) => {
+                let _ = writeln!(f, "error {} {}", e.code, e.message);
+            }
+            None => eprintln!("{}", e.message),
+        }
+    }
+}
+
+impl Master {
+    /// Start-up in order (docs/master.md): subreaper, user, var dir, log, lock, pid file,
+    /// runners. Returns once every runner has been started.
+    pub(super) fn start(
+        config: Config,
+        opts: Options,
+        signals: SignalPipe,
+        daemonised: bool,
+    ) -> Result<Master, StartError> {
+        #[cfg(target_os = "linux")]
+        if std::process::id() != 1 {
+            // Orphaned grandchildren come to us, and we reap them.
+            let _ = nix::sys::prctl::set_child_subreaper(true);
+        }
+        let slices =
+            select_slices(&config, &opts.only).map_err(|e| StartError::new(EXIT_USAGE, e))?;
+        let nofile = process::raise_nofile();
+        let root = nix::unistd::geteuid().is_root();
+        if opts.run_as_user && root {
+            crate::os::user::switch_to(&config.mailman.user, &config.mailman.group)
+                .map_err(|e| StartError::new(EXIT_ERROR, e))?;
+        }
+        let layout = Layout::new(&config.mailman.var_dir);
+        layout
+            .prepare()
+            .map_err(|e| StartError::new(EXIT_ERROR, e))?;
+
+        let log_file = (config.logging.file || daemonised).then(|| layout.log_file());
+        let to_stderr = !daemonised && (config.logging.stderr || opts.verbose);
+        let log = log::init(&config.logging, log_file.as_deref(), to_stderr)
+            .map_err(|e| StartError::new(EXIT_ERROR, e))?;
+
+        let lock = lock::acquire(&layout).map_err(|e| match e {
+            AcquireError::Held => StartError::new(EXIT_USAGE, e),
+            AcquireError::Io { .. } => StartError::new(EXIT_ERROR, e),
+        })?;
+        lock::write_pid_file(&layout).map_err(|e| StartError::new(EXIT_ERROR, e))?;
+        let control = match control::Server::bind(&layout.var_dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("{e}; control commands will use signals");
+                None
+            }
+        };
+        // As Mailman: the master and its runners work in the var dir (and
+        // do not pin the caller's directory).
+        let _ = std::env::set_current_dir(&layout.var_dir);
+        info!("Master started");
+        if root && !opts.run_as_user {
+            warn!(
+                "running as root; use --run-as-user to run as \"{}\"",
+                config.mailman.user
+            );
+        }
+
+        let ctx = SpawnContext {
+            // Resolved once, now: by path, so that after a package upgrade
+            // replaces the file, runners start the new binary.
+            bin: std::env::current_exe().unwrap_or_else(|_| "mailman".into()),
+            config_arg: config.config_arg(),
+            var_dir: layout.var_dir.clone(),
+            master_pid: std::process::id() as i32,
+            overrides: config
+                .sets
+                .iter()
+                .filter_map(|s| crate::config::set_as_env(s))
+                .collect(),
+            nofile,
+        };
+        let mut master = Master {
+            config,
+            layout,
+            ctx,
+            slices,
+            outputs: Vec::new(),
+            signals,
+            mode: Mode::Running,
+            restartable: !opts.no_restart,
+            groups: Vec::new(),
+            control,
+            clients: Vec::new(),
+            started: Instant::now(),
+            notifier: crate::os::notify::Notifier::from_env(),
+            log: Some(log),
+            lock,
+        };
+        for idx in 0..master.slices.len() {
+            master.launch(idx);
+        }
+        master.notifier.send(&format!(
+            "READY=1\nSTATUS={} runners running\nMAINPID={}",
+            master.running(),
+            std::process::id()
+        ));
+        Ok(master)
+    }
+}
+
+/// The slices to supervise: every started runner's instances, or those `-r`
+/// names.
+fn select_slices(config: &Config, only: &[RunnerSpec]) -> Result<Vec<Slice>, String> {
+    let mut slices = Vec::new();
+    if only.is_empty() {
+        for r in config.runners.iter().filter(|r| r.start) {
+            for s in 0..r.instances {
+                slices.push(Slice::new(r.clone(), s, r.instances));
+            }
+        }
+        return Ok(slices);
+    }
+    for spec in only {
+        let r = config
+            .runner(&spec.name)
+            .ok_or_else(|| format!("Undefined runner name: {}", spec.name))?;
+        match spec.slice {
+            Some((s, range)) => slices.push(Slice::new(r.clone(), s, range)),
+            None => {
+                for s in 0..r.instances {
+                    slices.push(Slice::new(r.clone(), s, r.instances));
+                }
+            }
+        }
+    }
+    Ok(slices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RunnerSpec;
+
+    #[test]
+    fn selection_follows_start_and_instances() {
+        let c = Config::from_text("[runner.in]\ninstances = 2\n", None).unwrap();
+        let all = select_slices(&c, &[]).unwrap();
+        assert_eq!(all.len(), 13);
+        let only = select_slices(&c, &[RunnerSpec::parse("bad").unwrap()]).unwrap();
+        assert_eq!(only[0].spec(), "bad:0:1");
+        assert!(select_slices(&c, &[RunnerSpec::parse("nosuch").unwrap()]).is_err());
+    }
+}

@@ -1,0 +1,66 @@
+//! A child's set-up between fork and exec, shared by the master's runners
+//! and the built-in runner's handlers: own process group, a clean signal
+//! mask, the parent-death signal, the original open-file limit; and raising
+//! the master's own limit.
+//!
+//! Not here: what to run (`master::spawn`, `queue::runner`).
+
+use std::io;
+
+/// Raises this process's soft open-file limit to its hard limit (each
+/// runner costs the master two pipes; 1024 would cap it near 500 runners).
+/// Returns the limit as it was, for runners to get back: programs that close
+/// every fd up to the limit must not see a huge one.
+pub fn raise_nofile() -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        let original = lim;
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        Some(original)
+    }
+}
+
+/// Runs in the child between fork and exec: async-signal-safe calls only.
+/// `master` is the parent the child must not outlive (for a queue entry's
+/// handler, its runner).
+pub fn child_setup(master: i32, nofile: Option<libc::rlimit>) -> io::Result<()> {
+    // SAFETY: plain system calls on this process; no allocation, no locks.
+    unsafe {
+        if let Some(lim) = nofile {
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        // Own process group, so that a stop reaches the runner's children
+        // (and, for a handler, so that its runner's stop does not).
+        if libc::setpgid(0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Signals blocked or ignored in the master must not be in the runner.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        #[cfg(target_os = "linux")]
+        {
+            // No runner outlives the master, even a kill -9 of it. Set after
+            // any uid change (which clears it), then check the master did
+            // not die before it took effect.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != master {
+                libc::_exit(1);
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = master;
+    }
+    Ok(())
+}
