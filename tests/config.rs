@@ -1,10 +1,126 @@
-//! Environment overrides (`MAILMAN__SECTION__KEY=value`, `MAILMAN_VAR_DIR`)
-//! and `--set`: built-in < file < environment < command line; validated like
-//! file values, with errors that name the variable or flag.
+//! The configuration seen from the command line: every error is one
+//! `FILE:LINE:COL: message` line with exit 2 and nothing started;
+//! `check-config` prints the effective configuration; environment overrides
+//! (`MAILMAN__SECTION__KEY=value`, `MAILMAN_VAR_DIR`) and `--set` stack as
+//! built-in < file < environment < command line, validated like file values,
+//! with errors that name the variable or flag.
 
 mod common;
 
 use common::*;
+
+fn config_error(body: &str, line: usize, col: usize, message: &str) {
+    let env = Env::new(body);
+    let file = env.config.display().to_string();
+    // The [mailman]/[logging] header Env writes is 7 lines long.
+    let expected = format!("{file}:{}:{col}: {message}", line + 7);
+    for cmd in [
+        &["start"][..],
+        &["start", "--foreground"],
+        &["master"],
+        &["check-config"],
+        &["status"],
+    ] {
+        let r = env.run(cmd);
+        assert_eq!(r.code, 2, "{cmd:?} on {body:?}: {}", r.stderr);
+        assert_eq!(r.stdout, "", "{cmd:?}: nothing on stdout");
+        assert_eq!(
+            r.stderr.lines().count(),
+            1,
+            "{cmd:?}: one line: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.starts_with(&expected),
+            "{cmd:?}: {:?} should start with {expected:?}",
+            r.stderr
+        );
+    }
+    assert!(!env.var.exists(), "nothing was started or created");
+}
+
+#[test]
+fn syntax_error() {
+    config_error("[runner.in\n", 1, 11, "");
+}
+
+#[test]
+fn unknown_key() {
+    config_error("[runner.in]\nstrat = true\n", 2, 1, "unknown field `strat`");
+}
+
+#[test]
+fn wrong_type() {
+    config_error(
+        "[runner.in]\nstart = \"yes\"\n",
+        2,
+        9,
+        "invalid type: string \"yes\", expected a boolean",
+    );
+}
+
+#[test]
+fn bad_duration() {
+    config_error(
+        "[runner.default]\nrestart_delay = \"soon\"\n",
+        2,
+        17,
+        "invalid duration \"soon\"",
+    );
+}
+
+#[test]
+fn instances_not_a_power_of_two() {
+    config_error(
+        "[runner.in]\ninstances = 3\n",
+        2,
+        13,
+        "Runner \"in\", not a power of 2: 3",
+    );
+}
+
+#[test]
+fn empty_command() {
+    config_error(
+        "[runner.out]\ncommand = []\n",
+        2,
+        11,
+        "Runner \"out\": command must not be empty",
+    );
+}
+
+#[test]
+fn unknown_section() {
+    config_error(
+        "[mailmen]\nvar_dir = \"x\"\n",
+        1,
+        2,
+        "unknown field `mailmen`",
+    );
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let env = Env::new("[runner.in]\ninstances = 4\n");
+    let r = env.run(&["check-config"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("[runner.in]\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("instances = 4"), "{}", r.stdout);
+    assert!(r.stdout.contains("stop_timeout = \"3s\""), "{}", r.stdout);
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let r = std::process::Command::new(BIN)
+        .args(["-C", "/nonexistent/mailman.toml", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stderr),
+        "/nonexistent/mailman.toml: cannot read the configuration: No such file or directory\n"
+    );
+}
 
 fn effective(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> Ran {
     let mut all = args.to_vec();

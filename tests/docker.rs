@@ -1,4 +1,4 @@
-//! The container image and compose.yaml on the real Docker engine (SPEC 4).
+//! The container image and compose.yaml on the real Docker engine (docs/containers.md).
 //! Skipped, with one printed line, only where `docker info` fails.
 //!
 //! The container is named `mailman` (so that `docker exec mailman stop` is

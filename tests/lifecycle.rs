@@ -1,9 +1,13 @@
 //! The master's life seen from the control commands: status codes, a second
-//! start, a `kill -9` of the master, and a pid file naming another process.
+//! start, a `kill -9` of the master, a pid file naming another process, and
+//! a var dir that cannot be used (unwritable, world-writable, a symlinked
+//! pid file).
 
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use common::*;
@@ -203,4 +207,59 @@ fn a_lock_naming_an_impostor_is_refused() {
     assert!(alive(master));
     send(master, 15);
     wait_until("the master to stop", PATIENCE, || !alive(master));
+}
+
+#[test]
+fn an_unwritable_var_dir_is_one_clear_line() {
+    let env = Env::new(&only(""));
+    // The config is readable by `nobody`; the var dir's parent is root's.
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let r = env.cmd(&["start"]).uid(65534).gid(65534).output().unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("cannot create {}: Permission denied\n", env.var.display())
+    );
+    assert!(!env.var.exists());
+
+    // The same in the foreground.
+    let r = env.cmd(&["master"]).uid(65534).gid(65534).output().unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&r.stderr),
+        format!("cannot create {}: Permission denied\n", env.var.display())
+    );
+}
+
+#[test]
+fn a_world_writable_var_dir_is_refused() {
+    let env = Env::new(&only(""));
+    fs::create_dir_all(&env.var).unwrap();
+    fs::set_permissions(&env.var, fs::Permissions::from_mode(0o777)).unwrap();
+    let r = env.run(&["start"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("writable by every user"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1);
+    assert!(!env.pid_file().exists());
+}
+
+#[test]
+fn a_symlinked_pid_file_is_not_followed() {
+    let env = Env::new(&only(""));
+    fs::create_dir_all(&env.var).unwrap();
+    let target = env.dir.path().join("victim");
+    fs::write(&target, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&target, env.pid_file()).unwrap();
+    let master = env.start(0);
+    assert!(master > 0);
+    // The symlink was replaced by a file; the target is untouched.
+    assert!(
+        !fs::symlink_metadata(env.pid_file())
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+    assert_eq!(env.run(&["stop"]).code, 0);
 }

@@ -1,4 +1,4 @@
-//! Queue work of the built-in runner (SPEC 6): slices own entries by hash,
+//! Queue work of the built-in runner (docs/queues.md): slices own entries by hash,
 //! handlers decide where an entry goes, a crash loses nothing, and `inject`
 //! leaves nothing half-written. Real runners, real handlers (`sh`), real
 //! kill -9s, real full and read-only file systems.
