@@ -1,5 +1,11 @@
-//! The operating system's side: the var dir's lock and pid file, who a pid
-//! is, signals as events, systemd notification, user switching.
+//! The operating system's side, as small tools with no policy: where the var
+//! dir's files live and how they are created (`layout`), the master lock and
+//! pid file (`lock`), who a pid is (`procinfo`), a child's set-up between fork
+//! and exec (`process`), signals as events (`signals`), systemd notification
+//! (`notify`), user switching (`user`).
+//!
+//! Not here: deciding what to signal or when (`master`, `commands`); these
+//! modules know nothing of runners or the configuration.
 
 pub mod layout;
 pub mod lock;
