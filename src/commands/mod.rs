@@ -120,7 +120,7 @@ enum Asked {
 /// Asks the master that holds the lock. Never asks when the lock is free: a
 /// socket file left by a dead master is not trusted.
 fn ask(config: &Config, request: &Request) -> Asked {
-    match control::ask(&config.mailman.var_dir, request, ASK_TIMEOUT) {
+    match control::ask(&config.layout().socket(), request, ASK_TIMEOUT) {
         Ok(Answer::NoSocket) => Asked::NoSocket,
         Ok(Answer::Reply(r, stream)) if r.ok => Asked::Done(stream),
         Ok(Answer::Reply(r, _)) => {

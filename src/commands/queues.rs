@@ -28,7 +28,7 @@ pub fn inject(config: &Config, queue_name: &str, files: &[PathBuf]) -> i32 {
             return EXIT_USAGE;
         }
     }
-    let dir = queue::root(&config.mailman.var_dir).join(queue_name);
+    let dir = config.layout().queue_dir().join(queue_name);
     if let Err(e) = std::fs::create_dir_all(&dir) {
         eprintln!(
             "cannot create queue directory {}: {}",
@@ -80,7 +80,7 @@ fn inject_one(dir: &Path, file: &Path) -> anyhow::Result<String> {
 
 /// `mailman queues [--json]`: each queue's waiting and in-hand entries.
 pub fn queues(config: &Config, as_json: bool) -> i32 {
-    let root = queue::root(&config.mailman.var_dir);
+    let root = config.layout().queue_dir();
     let mut rows = Vec::new();
     for r in config.runners.iter().filter(|r| r.has_queue()) {
         match queue::depth(&root.join(&r.name)) {

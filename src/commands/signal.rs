@@ -7,12 +7,12 @@ use nix::unistd::Pid;
 use super::{Asked, NOT_RUNNING, Target, ask, find_master, probe_settled};
 use crate::cli::{QuietArgs, RestartArgs};
 use crate::config::Config;
-use crate::control::{self, Request};
-use crate::os::lock::{Layout, Probe};
+use crate::control::Request;
+use crate::os::lock::Probe;
 
 /// `restart [RUNNER[:SLICE]]`: over the socket, else SIGUSR1 (all only).
 pub fn restart(config: &Config, args: &RestartArgs) -> i32 {
-    let layout = Layout::new(&config.mailman.var_dir);
+    let layout = config.layout();
     let (runner, slice) = match args.runner.as_deref().map(parse_target) {
         None => (None, None),
         Some(Ok(t)) => t,
@@ -48,7 +48,7 @@ pub fn restart(config: &Config, args: &RestartArgs) -> i32 {
         Asked::NoSocket if runner.is_some() => {
             eprintln!(
                 "cannot restart one runner: the master has no control socket ({})",
-                control::socket_path(&layout.var_dir).display()
+                layout.socket().display()
             );
             1
         }
@@ -73,7 +73,7 @@ fn parse_target(text: &str) -> Result<(Option<String>, Option<u32>), String> {
 /// `reopen`: over the socket, else SIGHUP.
 pub fn reopen(config: &Config, args: &QuietArgs) -> i32 {
     let line = "Reopening the Mailman runners";
-    let layout = Layout::new(&config.mailman.var_dir);
+    let layout = config.layout();
     if !matches!(probe_settled(&layout), Probe::Held(_)) {
         return signal_master(config, args.quiet, Signal::SIGHUP, line);
     }
@@ -94,7 +94,7 @@ pub fn reopen(config: &Config, args: &QuietArgs) -> i32 {
 
 /// The signal path of `restart` and `reopen`, after an identity check.
 fn signal_master(config: &Config, quiet: bool, sig: Signal, line: &str) -> i32 {
-    let layout = Layout::new(&config.mailman.var_dir);
+    let layout = config.layout();
     match find_master(&layout) {
         Target::NotRunning => {
             eprintln!("{NOT_RUNNING}");

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::exit::{EXIT_ERROR, EXIT_USAGE};
 use crate::master;
 use crate::master::spawn::READY_FD_ENV;
-use crate::os::lock::{self, Layout, Probe};
+use crate::os::lock::{self, Probe};
 
 /// How long `start` waits for the master to say it is up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -27,7 +27,7 @@ pub fn start(
     args: &StartArgs,
     signals: Option<std::io::Result<crate::os::signals::SignalPipe>>,
 ) -> i32 {
-    let layout = Layout::new(&config.mailman.var_dir);
+    let layout = config.layout();
     if let Probe::Held(_) = lock::probe(&layout) {
         eprintln!("{ALREADY_RUNNING}");
         return EXIT_USAGE;
@@ -109,7 +109,7 @@ fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
             eprintln!(
                 "the master did not report within {}s; see {}",
                 START_TIMEOUT.as_secs(),
-                Layout::new(&config.mailman.var_dir).log_file().display()
+                config.layout().log_file().display()
             );
             return Ok(EXIT_ERROR);
         }

@@ -6,10 +6,10 @@ use serde_json::json;
 use super::{ASK_TIMEOUT, NOT_RUNNING, lsb, probe_settled};
 use crate::config::Config;
 use crate::control::{self, Answer, Request};
-use crate::os::lock::{self, Layout, PidFile, Probe};
+use crate::os::lock::{self, PidFile, Probe};
 
 pub fn status(config: &Config) -> i32 {
-    let layout = Layout::new(&config.mailman.var_dir);
+    let layout = config.layout();
     let (line, code) = match probe_settled(&layout) {
         Probe::Unknown(e) => (
             format!("GNU Mailman is in an unexpected state ({e})"),
@@ -49,7 +49,7 @@ pub fn status(config: &Config) -> i32 {
 
 /// `status --json`: the master's own report over the socket when it runs.
 pub fn status_json(config: &Config) -> i32 {
-    let layout = Layout::new(&config.mailman.var_dir);
+    let layout = config.layout();
     let (value, code) = match probe_settled(&layout) {
         Probe::Unknown(e) => (
             json!({"running": null, "state": "unknown", "detail": e}),
@@ -69,7 +69,7 @@ pub fn status_json(config: &Config) -> i32 {
                 lsb::UNKNOWN,
             ),
         },
-        Probe::Held(info) => match control::ask(&layout.var_dir, &Request::Status, ASK_TIMEOUT) {
+        Probe::Held(info) => match control::ask(&layout.socket(), &Request::Status, ASK_TIMEOUT) {
             Ok(Answer::Reply(r, _)) if r.status.is_some() => {
                 let mut v = serde_json::to_value(r.status).unwrap_or_default();
                 v["running"] = json!(true);

@@ -20,7 +20,7 @@ fn is_our_pid1(info: &LockInfo) -> bool {
 }
 
 pub fn stop(config: &Config, args: &StopArgs) -> i32 {
-    let layout = Layout::new(&config.mailman.var_dir);
+    let layout = config.layout();
     let info = match probe_settled(&layout) {
         Probe::Free => {
             eprintln!("{NOT_RUNNING}");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::layer::{Layer, RawRunner};
+use super::mailman_cfg::{Core, CoreRunner};
 use super::{Config, Dur, LogFormat, LogLevel, Logging, MailmanSection, OnGiveUp, RunnerConfig};
 
 /// Mailman 3.3.10's runners in its own config order, with whether they start
@@ -75,13 +76,39 @@ pub(super) fn default_command() -> Vec<String> {
 }
 
 impl Config {
-    /// Pass two: built-in defaults, `[runner.default]`, `[runner.NAME]`.
-    pub(super) fn from_layer(layer: Layer, source: Option<&Path>, base_dir: &Path) -> Config {
+    /// Pass two: built-in defaults, `[runner.default]`, `[runner.NAME]`;
+    /// with a Mailman Core configuration, its var dir and runners in place
+    /// of ours (docs/mailman-core.md).
+    pub(super) fn from_layer(
+        layer: Layer,
+        source: Option<&Path>,
+        base_dir: &Path,
+        core: Option<Core>,
+    ) -> Config {
         let raw_mailman = layer.mailman;
-        let var_dir = raw_mailman.var_dir.unwrap_or_else(|| base_dir.join("var"));
+        let var_dir = match &core {
+            Some(c) => c.var_dir(),
+            None => raw_mailman
+                .var_dir
+                .map(Spanned::into_inner)
+                .unwrap_or_else(|| base_dir.join("var")),
+        };
         let user = raw_mailman.user.unwrap_or_else(|| "mailman".into());
         let mailman = MailmanSection {
             var_dir: crate::util::normalize(&var_dir),
+            mailman_cfg: core.as_ref().map(|c| c.file.clone()),
+            init: match (raw_mailman.init, &core) {
+                (Some(init), _) => init,
+                // Mailman's master initialises Mailman once before it forks
+                // any runner; this does the same in a process of its own.
+                (None, Some(c)) => vec![
+                    c.runner_program().to_string_lossy().into_owned(),
+                    "-C".into(),
+                    c.file.to_string_lossy().into_owned(),
+                    "--list".into(),
+                ],
+                (None, None) => Vec::new(),
+            },
             group: raw_mailman.group.unwrap_or_else(|| user.clone()),
             user,
             stop_timeout: raw_mailman
@@ -97,26 +124,36 @@ impl Config {
         };
         let mut tables = layer.runner;
         let default = tables.shift_remove("default").unwrap_or_default();
-        let mut order: Vec<(String, bool, RawRunner)> = BUILTIN_RUNNERS
-            .iter()
-            .map(|(n, start)| (n.to_string(), *start, RawRunner::default()))
-            .collect();
+        // (name, the runner's own defaults, its table)
+        let mut order: Vec<(String, Base, RawRunner)> = match &core {
+            Some(c) => c
+                .runners
+                .iter()
+                .map(|r| (r.name.clone(), Base::core(c, r), RawRunner::default()))
+                .collect(),
+            None => BUILTIN_RUNNERS
+                .iter()
+                .map(|(n, start)| (n.to_string(), Base::builtin(n, *start), RawRunner::default()))
+                .collect(),
+        };
         for (name, table) in tables {
             match order.iter_mut().find(|(n, _, _)| *n == name) {
                 Some(slot) => slot.2 = table,
-                None => order.push((name, true, table)),
+                None => order.push((name.clone(), Base::builtin(&name, true), table)),
             }
         }
         let runners = order
             .into_iter()
-            .map(|(name, builtin_start, table)| {
+            .map(|(name, base, table)| {
                 let r = table.over(&default);
                 let restart_delay = r.restart_delay.unwrap_or(Dur(Duration::from_millis(100)));
                 RunnerConfig {
-                    command: r.command.map_or_else(default_command, Spanned::into_inner),
-                    instances: r.instances.map_or(1, Spanned::into_inner),
-                    start: r.start.unwrap_or(builtin_start),
-                    max_restarts: r.max_restarts.unwrap_or(10),
+                    command: r
+                        .command
+                        .map_or_else(|| base.command.clone(), Spanned::into_inner),
+                    instances: r.instances.map_or(base.instances, Spanned::into_inner),
+                    start: r.start.map_or(base.start, Spanned::into_inner),
+                    max_restarts: r.max_restarts.unwrap_or(base.max_restarts),
                     sleep_time: r.sleep_time.unwrap_or(Dur(builtin_sleep_time(&name))),
                     restart_delay,
                     restart_delay_max: r
@@ -128,9 +165,12 @@ impl Config {
                     next: match r.next.map(Spanned::into_inner) {
                         Some(n) if n.is_empty() => None,
                         Some(n) => Some(n),
+                        None if base.mailman_core => None,
                         None => builtin_next(&name).map(str::to_string),
                     },
                     env: r.env.unwrap_or_default(),
+                    queue: base.queue,
+                    mailman_core: base.mailman_core,
                     name,
                 }
             })
@@ -141,6 +181,48 @@ impl Config {
             mailman,
             logging,
             runners,
+            core,
+        }
+    }
+}
+
+/// What a runner is when its table says nothing.
+struct Base {
+    command: Vec<String>,
+    instances: u32,
+    start: bool,
+    max_restarts: u32,
+    queue: bool,
+    mailman_core: bool,
+}
+
+impl Base {
+    /// One of ours: the built-in runner, Mailman's runner names and flow.
+    fn builtin(name: &str, start: bool) -> Base {
+        Base {
+            command: default_command(),
+            instances: 1,
+            start,
+            max_restarts: 10,
+            queue: !NON_QUEUE_RUNNERS.contains(&name),
+            mailman_core: false,
+        }
+    }
+
+    /// One of Mailman's, as its master would run it.
+    fn core(core: &Core, r: &CoreRunner) -> Base {
+        Base {
+            command: vec![
+                core.runner_program().to_string_lossy().into_owned(),
+                "-C".into(),
+                core.file.to_string_lossy().into_owned(),
+                "--runner={name}:{slice}:{range}".into(),
+            ],
+            instances: r.instances,
+            start: r.start,
+            max_restarts: r.max_restarts,
+            queue: r.queue,
+            mailman_core: true,
         }
     }
 }

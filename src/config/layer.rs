@@ -29,7 +29,12 @@ pub(super) struct RawFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMailman {
-    pub(super) var_dir: Option<PathBuf>,
+    pub(super) var_dir: Option<Spanned<PathBuf>>,
+    /// A Mailman Core `mailman.cfg` whose runners and paths this master
+    /// runs (docs/mailman-core.md).
+    pub(super) mailman_cfg: Option<Spanned<PathBuf>>,
+    /// A command run once, to its end, before the first runner starts.
+    pub(super) init: Option<Vec<String>>,
     pub(super) user: Option<String>,
     pub(super) group: Option<String>,
     pub(super) stop_timeout: Option<Dur>,
@@ -50,7 +55,7 @@ pub(super) struct RawLogging {
 pub(super) struct RawRunner {
     pub(super) command: Option<Spanned<Vec<String>>>,
     pub(super) instances: Option<Spanned<u32>>,
-    pub(super) start: Option<bool>,
+    pub(super) start: Option<Spanned<bool>>,
     pub(super) max_restarts: Option<u32>,
     pub(super) sleep_time: Option<Dur>,
     pub(super) restart_delay: Option<Dur>,
@@ -67,7 +72,7 @@ impl RawRunner {
         RawRunner {
             command: self.command.or_else(|| base.command.clone()),
             instances: self.instances.or_else(|| base.instances.clone()),
-            start: self.start.or(base.start),
+            start: self.start.or_else(|| base.start.clone()),
             max_restarts: self.max_restarts.or(base.max_restarts),
             sleep_time: self.sleep_time.or(base.sleep_time),
             restart_delay: self.restart_delay.or(base.restart_delay),
@@ -95,6 +100,11 @@ pub(super) struct Layer {
     pub(super) mailman: RawMailman,
     pub(super) logging: RawLogging,
     pub(super) runner: IndexMap<String, RawRunner>,
+    /// What this layer sets that a Mailman Core configuration owns (its
+    /// `var_dir`, a Mailman runner's `command`, `instances`, `start`), each
+    /// with its error: `None` for `var_dir`, else the runner's name. Raised
+    /// only if the configuration turns out to name a `mailman.cfg`.
+    pub(super) core_owned: Vec<(Option<String>, ConfigError)>,
 }
 
 impl Layer {
@@ -108,19 +118,39 @@ impl Layer {
         let raw: RawFile = toml::from_str(text)
             .map_err(|e| at(e.span().unwrap_or(0..0), e.message().trim_end().to_string()))?;
         let mut mailman = raw.mailman;
+        let mut core_owned = Vec::new();
         if let Some(v) = mailman.var_dir.take() {
-            validate::var_dir(&v).map_err(|message| at(0..0, message))?;
-            mailman.var_dir = Some(base.join(v));
+            let span = v.span();
+            validate::var_dir(v.get_ref()).map_err(|message| at(span.clone(), message))?;
+            core_owned.push((None, at(span.clone(), validate::CORE_VAR_DIR.to_string())));
+            mailman.var_dir = Some(Spanned::new(span, base.join(v.into_inner())));
+        }
+        if let Some(v) = mailman.mailman_cfg.take() {
+            let span = v.span();
+            validate::var_dir(v.get_ref()).map_err(|_| at(span.clone(), "mailman_cfg must not be empty".into()))?;
+            mailman.mailman_cfg = Some(Spanned::new(span, base.join(v.into_inner())));
+        }
+        if let Some(init) = &mailman.init
+            && init.first().is_some_and(String::is_empty)
+        {
+            return Err(at(0..0, "init must not start with an empty program".into()));
         }
         let mut runner = IndexMap::new();
         for (name, table) in raw.runner {
             validate::runner_table(&name, &table).map_err(|(span, message)| at(span, message))?;
+            for (span, key) in validate::core_owned_keys(&table) {
+                core_owned.push((
+                    Some(name.get_ref().clone()),
+                    at(span, validate::core_owned_message(name.get_ref(), key)),
+                ));
+            }
             runner.insert(name.into_inner(), table);
         }
         Ok(Layer {
             mailman,
             logging: raw.logging,
             runner,
+            core_owned,
         })
     }
 
@@ -129,6 +159,8 @@ impl Layer {
         let (m, b) = (self.mailman, base.mailman);
         base.mailman = RawMailman {
             var_dir: m.var_dir.or(b.var_dir),
+            mailman_cfg: m.mailman_cfg.or(b.mailman_cfg),
+            init: m.init.or(b.init),
             user: m.user.or(b.user),
             group: m.group.or(b.group),
             stop_timeout: m.stop_timeout.or(b.stop_timeout),
@@ -141,6 +173,7 @@ impl Layer {
             format: l.format.or(b.format),
             level: l.level.or(b.level),
         };
+        base.core_owned.extend(self.core_owned);
         for (name, table) in self.runner {
             let merged = match base.runner.get(&name) {
                 Some(under) => table.over(under),

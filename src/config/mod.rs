@@ -22,12 +22,13 @@
 mod defaults;
 mod duration;
 mod layer;
+pub mod mailman_cfg;
 mod overrides;
 pub mod placeholders;
 mod selection;
 mod validate;
 
-pub use defaults::{BAD_QUEUE, NON_QUEUE_RUNNERS, RETRY_QUEUE, SHUNT_QUEUE};
+pub use defaults::{BAD_QUEUE, RETRY_QUEUE, SHUNT_QUEUE};
 pub use duration::Dur;
 pub use overrides::set_as_env;
 pub use selection::RunnerSpec;
@@ -37,16 +38,28 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::os::layout::Layout;
 use layer::{Layer, line_col};
 use overrides::{env_layers, set_layers};
 
-/// Files tried, in order, when neither `-C` nor `$MAILMAN_CONFIG_FILE` names one.
+/// Files tried, in order, when neither `-C` nor `$MAILMAN_CONFIG_FILE` names
+/// one: ours, then Mailman Core's own (as Mailman searches them).
 const SEARCH_PATH: &[&str] = &[
     "./mailman.toml",
     "~/.mailman.toml",
     "/etc/mailman.toml",
     "/etc/mailman3/mailman.toml",
+    "./mailman.cfg",
+    "~/.mailman.cfg",
+    "/etc/mailman.cfg",
+    "/etc/mailman3/mailman.cfg",
 ];
+
+/// Whether `path` names a Mailman Core configuration (lazr.config INI)
+/// rather than one of ours (TOML): its name ends in `.cfg`.
+pub fn is_mailman_cfg(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "cfg")
+}
 
 /// What `{config}` expands to when no file was found: an empty TOML document,
 /// which a runner reads as the built-in defaults.
@@ -60,6 +73,13 @@ pub enum ConfigError {
         file: String,
         line: usize,
         col: usize,
+        message: String,
+    },
+    /// An error in a `mailman.cfg`, whose reader gives lines, not columns.
+    #[error("{file}:{line}: {message}")]
+    Line {
+        file: String,
+        line: usize,
         message: String,
     },
     #[error("{file}: {message}")]
@@ -81,12 +101,21 @@ pub struct Config {
     /// Every runner, in config order (built-ins first, then new ones).
     #[serde(serialize_with = "serialize_runners")]
     pub runners: Vec<RunnerConfig>,
+    /// What Mailman computes from `mailman_cfg`, when there is one.
+    #[serde(skip)]
+    pub core: Option<mailman_cfg::Core>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MailmanSection {
     /// Absolute.
     pub var_dir: PathBuf,
+    /// The Mailman Core configuration whose runners run here, resolved
+    /// as Mailman resolves `-C` (absolute, no symlinks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mailman_cfg: Option<PathBuf>,
+    /// Run once before the first runner; empty: nothing.
+    pub init: Vec<String>,
     pub user: String,
     pub group: String,
     pub stop_timeout: Dur,
@@ -144,12 +173,20 @@ pub struct RunnerConfig {
     #[serde(serialize_with = "serialize_next")]
     pub next: Option<String>,
     pub env: IndexMap<String, String>,
+    /// Whether it works a queue directory (Mailman's lmtp, rest and task
+    /// runners have none).
+    #[serde(skip)]
+    pub queue: bool,
+    /// One of Mailman Core's own runners (from `mailman_cfg`): it gets
+    /// Mailman's environment, not ours.
+    #[serde(skip)]
+    pub mailman_core: bool,
 }
 
 impl RunnerConfig {
-    /// Whether the built-in runner works a queue for this runner.
+    /// Whether it works a queue directory.
     pub fn has_queue(&self) -> bool {
-        !NON_QUEUE_RUNNERS.contains(&self.name.as_str())
+        self.queue
     }
 }
 
@@ -191,8 +228,13 @@ impl Config {
     }
 
     /// Loads one file. `/dev/null` (what runners get when there is no file)
-    /// reads as the built-in defaults.
+    /// reads as the built-in defaults; a `*.cfg` is Mailman Core's own
+    /// configuration, run with our defaults.
     pub fn load_file(path: &Path, sets: &[String]) -> Result<Config, ConfigError> {
+        if is_mailman_cfg(path) {
+            let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            return Config::build("", Some(&abs), sets);
+        }
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
             file: path.display().to_string(),
             message: format!(
@@ -213,7 +255,8 @@ impl Config {
         Config::build(text, source, &[])
     }
 
-    /// Built-in defaults < `text` < environment < `sets`.
+    /// Built-in defaults < `text` < environment < `sets`. A `source` that
+    /// is a `mailman.cfg` stands for an empty file naming it.
     fn build(text: &str, source: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError> {
         let file = source.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
         let at = |span: std::ops::Range<usize>, message: String| {
@@ -225,21 +268,63 @@ impl Config {
                 message,
             }
         };
+        let cwd = std::env::current_dir().unwrap_or_default();
         let base_dir = match source {
             Some(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
-            None => std::env::current_dir().unwrap_or_default(),
+            None => cwd.clone(),
         };
         let mut merged = Layer::parse(text, &base_dir, &at)?;
+        let bare_cfg = source.filter(|p| is_mailman_cfg(p));
+        if let Some(cfg) = bare_cfg {
+            merged.mailman.mailman_cfg = Some(toml::Spanned::new(0..0, cfg.to_path_buf()));
+        }
         for layer in env_layers()?.into_iter().chain(set_layers(sets)?) {
+            if bare_cfg.is_some() && layer.mailman.mailman_cfg.is_some() {
+                return Err(ConfigError::File {
+                    file,
+                    message: "mailman_cfg cannot be set: the configuration is a mailman.cfg".into(),
+                });
+            }
             merged = layer.over(merged);
         }
-        let mut config = Config::from_layer(merged, source, &base_dir);
+        let core = match &merged.mailman.mailman_cfg {
+            Some(cfg) => Some(mailman_cfg::load(
+                cfg.get_ref(),
+                &cwd,
+                std::env::var("MAILMAN_VAR_DIR").ok(),
+                std::env::var_os("PATH").as_deref(),
+            )?),
+            None => None,
+        };
+        if let Some(core) = &core {
+            for (runner, error) in std::mem::take(&mut merged.core_owned) {
+                let owned = match &runner {
+                    None => true,
+                    Some(name) => name == "default" || core.runner(name).is_some(),
+                };
+                if owned {
+                    return Err(error);
+                }
+            }
+        }
+        let mut config = Config::from_layer(merged, source, &base_dir, core);
         config.sets = sets.to_vec();
         config.check_queues().map_err(|message| ConfigError::File {
             file: file.clone(),
             message,
         })?;
         Ok(config)
+    }
+
+    /// Where the master's files are: under the var dir, or, with a
+    /// `mailman_cfg`, the lock, pid file, logs and queues where Mailman's
+    /// own tools look for them.
+    pub fn layout(&self) -> Layout {
+        let layout = Layout::new(&self.mailman.var_dir);
+        match &self.core {
+            Some(c) => layout.with(c.lock_file(), c.pid_file(), c.log_dir(), c.queue_dir()),
+            None => layout,
+        }
     }
 
     pub fn runner(&self, name: &str) -> Option<&RunnerConfig> {
@@ -253,8 +338,20 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(NO_FILE))
     }
 
-    /// The effective configuration as TOML (for `check-config`).
+    /// The effective configuration as TOML (for `check-config`), after a
+    /// comment saying where it came from.
     pub fn to_toml(&self) -> String {
+        let mut head = match &self.source {
+            Some(p) => format!("# read from {}\n", p.display()),
+            None => "# no configuration file: the built-in defaults\n".to_string(),
+        };
+        if let Some(core) = &self.core {
+            head.push_str(&format!(
+                "# var_dir, paths and runners from {} (Mailman's layout \"{}\")\n",
+                core.file.display(),
+                core.layout
+            ));
+        }
         #[derive(Serialize)]
         struct Out<'a> {
             mailman: &'a MailmanSection,
@@ -262,12 +359,13 @@ impl Config {
             #[serde(serialize_with = "serialize_runners")]
             runner: &'a [RunnerConfig],
         }
-        toml::to_string(&Out {
+        let body = toml::to_string(&Out {
             mailman: &self.mailman,
             logging: &self.logging,
             runner: &self.runners,
         })
-        .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+        .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"));
+        head + &body
     }
 }
 

@@ -55,8 +55,10 @@ pub(super) fn env_layers() -> Result<Vec<Layer>, ConfigError> {
             message: e.to_string(),
         })?;
         layers.push(Layer {
+            // Mailman honours MAILMAN_VAR_DIR too: never a conflict with
+            // a mailman.cfg.
             mailman: RawMailman {
-                var_dir: Some(abs),
+                var_dir: Some(toml::Spanned::new(0..0, abs)),
                 ..Default::default()
             },
             ..Default::default()

@@ -76,6 +76,37 @@ pub(super) fn runner_table(name: &Spanned<String>, table: &RawRunner) -> Result<
     Ok(())
 }
 
+/// Why `var_dir` may not be set next to a `mailman.cfg`.
+pub(super) const CORE_VAR_DIR: &str = "var_dir comes from mailman_cfg (its [paths.LAYOUT] var_dir, or $MAILMAN_VAR_DIR): set it there";
+
+/// The keys of a runner table that a `mailman.cfg` owns for Mailman's own
+/// runners, with their spans.
+pub(super) fn core_owned_keys(table: &RawRunner) -> Vec<(Range<usize>, &'static str)> {
+    let mut out = Vec::new();
+    if let Some(c) = &table.command {
+        out.push((c.span(), "command"));
+    }
+    if let Some(i) = &table.instances {
+        out.push((i.span(), "instances"));
+    }
+    if let Some(s) = &table.start {
+        out.push((s.span(), "start"));
+    }
+    out
+}
+
+pub(super) fn core_owned_message(runner: &str, key: &str) -> String {
+    if runner == "default" {
+        format!(
+            "[runner.default] {key}: with mailman_cfg, Mailman's runners take {key} from mailman.cfg; set it in a [runner.NAME] of a runner of ours"
+        )
+    } else {
+        format!(
+            "Runner \"{runner}\": {key} comes from mailman_cfg ([runner.{runner}] there); here only supervision keys (max_restarts, restart_delay, env, …) may be set"
+        )
+    }
+}
+
 /// The whole configuration, once merged: what no single layer can tell.
 impl Config {
     /// Every `next` names another runner that has a queue.

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Request, Response, socket_path};
+use super::{Request, Response};
 
 /// What a client learns by asking.
 #[derive(Debug)]
@@ -17,9 +17,8 @@ pub enum Answer {
 }
 
 /// Sends one request and reads the one-line response.
-pub fn ask(var_dir: &Path, request: &Request, timeout: Duration) -> io::Result<Answer> {
-    let path = socket_path(var_dir);
-    let mut stream = match UnixStream::connect(&path) {
+pub fn ask(path: &Path, request: &Request, timeout: Duration) -> io::Result<Answer> {
+    let mut stream = match UnixStream::connect(path) {
         Ok(s) => s,
         Err(e)
             if matches!(

@@ -24,6 +24,7 @@ mod server;
 pub use client::{Answer, ask, wait_closed};
 pub use server::{Client, Server};
 
+#[cfg(test)]
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,8 @@ pub enum LastExit {
     Signal(i32),
 }
 
+/// The control socket of the default layout (`$var_dir/master.sock`).
+#[cfg(test)]
 pub fn socket_path(var_dir: &Path) -> PathBuf {
     var_dir.join("master.sock")
 }

@@ -9,7 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Request, Response, socket_path};
+use super::{Request, Response};
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -78,10 +78,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `$var_dir/master.sock`, replacing whatever a dead master left
+    /// Binds the socket at `path`, replacing whatever a dead master left
     /// there (the caller holds the lock, so nothing live is replaced).
-    pub fn bind(var_dir: &Path) -> anyhow::Result<Server> {
-        let path = socket_path(var_dir);
+    pub fn bind(path: &Path) -> anyhow::Result<Server> {
+        let path = path.to_path_buf();
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -178,19 +178,19 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{Answer, ask};
+    use crate::control::{Answer, ask, socket_path};
 
     #[test]
     fn server_answers_and_removes_a_stale_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(socket_path(dir.path()), "stale").unwrap();
-        let server = Server::bind(dir.path()).unwrap();
+        let server = Server::bind(&socket_path(dir.path())).unwrap();
         let mode = std::fs::metadata(socket_path(dir.path()))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let path = dir.path().to_path_buf();
+        let path = socket_path(dir.path());
         let client =
             std::thread::spawn(move || ask(&path, &Request::Status, Duration::from_secs(5)));
         let mut clients = Vec::new();
@@ -212,7 +212,7 @@ mod tests {
         }
         server.remove();
         assert!(matches!(
-            ask(dir.path(), &Request::Status, Duration::from_secs(1)).unwrap(),
+            ask(&socket_path(dir.path()), &Request::Status, Duration::from_secs(1)).unwrap(),
             Answer::NoSocket
         ));
     }

@@ -32,7 +32,7 @@ impl Master {
     pub(super) fn run(&mut self) -> i32 {
         loop {
             if let Mode::Stopping { code, .. } = self.mode
-                && self.running() == 0
+                && self.alive() == 0
             {
                 return code;
             }
@@ -134,6 +134,7 @@ impl Master {
     fn next_deadline(&self) -> Option<Instant> {
         match self.mode {
             Mode::Stopping { deadline, .. } => Some(deadline),
+            Mode::Starting => None,
             Mode::Running => self
                 .slices
                 .iter()
@@ -188,12 +189,12 @@ impl Master {
                     if let State::BackingOff { until } = self.slices[idx].state
                         && until <= now
                     {
-                        self.launch(idx);
+                        self.relaunch(idx);
                     }
                 }
             }
             Mode::Stopping { deadline, .. } if now >= deadline => self.on_stop_deadline(now),
-            Mode::Stopping { .. } => {}
+            Mode::Stopping { .. } | Mode::Starting => {}
         }
     }
 }

@@ -251,6 +251,7 @@ impl<S: Subscriber> Layer<S> for LineLayer {
                 (Some(r), Some(s)) => {
                     format!("{} ({pid}) [{r}:{s}] {}\n", log_time(now), f.message)
                 }
+                (Some(r), None) => format!("{} ({pid}) [{r}] {}\n", log_time(now), f.message),
                 _ => format!("{} ({pid}) {}\n", log_time(now), f.message),
             }
         };

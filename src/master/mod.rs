@@ -123,9 +123,8 @@ pub fn main(config: Config, opts: Options, signals: std::io::Result<SignalPipe>)
             return EXIT_ERROR;
         }
     };
-    match Master::start(config, opts, signals, ready.daemonised()) {
+    match Master::start(config, opts, signals, &mut ready) {
         Ok(mut master) => {
-            ready.ok();
             let code = master.run();
             master.finish(code)
         }
@@ -141,6 +140,8 @@ pub fn main(config: Config, opts: Options, signals: std::io::Result<SignalPipe>)
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
+    /// The `init` command runs; the runners start when it has succeeded.
+    Starting,
     Running,
     /// Told to stop: runners were signalled; SIGKILL follows at `deadline`.
     Stopping {
@@ -165,6 +166,10 @@ struct Master {
     control: Option<control::Server>,
     clients: Vec<Client>,
     started: Instant,
+    /// The `init` command, while it runs.
+    init: Option<startup::Init>,
+    /// How `mailman start` learns that start-up is over (once).
+    ready: StartPipe,
     notifier: crate::os::notify::Notifier,
     log: Option<LogHandle>,
     lock: MasterLock,

@@ -25,9 +25,13 @@ enum Got {
 pub struct Output {
     file: File,
     pub runner: String,
-    pub slice: u32,
+    /// `None` for what is not a runner's slice (`init`).
+    pub slice: Option<u32>,
     pub pid: i32,
     pub stream: &'static str,
+    /// Logged at debug level rather than info (what nobody needs to read
+    /// unless something goes wrong).
+    quiet: bool,
     buf: Vec<u8>,
 }
 
@@ -35,7 +39,7 @@ impl Output {
     pub fn new(
         fd: OwnedFd,
         runner: &str,
-        slice: u32,
+        slice: Option<u32>,
         pid: i32,
         stream: &'static str,
     ) -> io::Result<Output> {
@@ -48,8 +52,15 @@ impl Output {
             slice,
             pid,
             stream,
+            quiet: false,
             buf: Vec::new(),
         })
+    }
+
+    /// `self`, logging at debug level.
+    pub fn quiet(mut self) -> Output {
+        self.quiet = true;
+        self
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -125,13 +136,32 @@ impl Output {
     fn log(&self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let text = String::from_utf8_lossy(line);
-        tracing::info!(
-            runner = self.runner.as_str(),
-            slice = self.slice as u64,
-            pid = self.pid as u64,
-            stream = self.stream,
-            "{}",
-            text
-        );
+        if self.quiet {
+            tracing::debug!(
+                runner = self.runner.as_str(),
+                pid = self.pid as u64,
+                stream = self.stream,
+                "{}",
+                text
+            );
+            return;
+        }
+        match self.slice {
+            Some(slice) => tracing::info!(
+                runner = self.runner.as_str(),
+                slice = slice as u64,
+                pid = self.pid as u64,
+                stream = self.stream,
+                "{}",
+                text
+            ),
+            None => tracing::info!(
+                runner = self.runner.as_str(),
+                pid = self.pid as u64,
+                stream = self.stream,
+                "{}",
+                text
+            ),
+        }
     }
 }

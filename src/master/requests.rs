@@ -21,7 +21,7 @@ impl Master {
                 ..Response::ok()
             },
             Request::Stop => {
-                if self.mode == Mode::Running {
+                if !matches!(self.mode, Mode::Stopping { .. }) {
                     info!("Master watcher got a stop request.  Exiting.");
                     self.begin_stop(libc::SIGTERM, EXIT_OK);
                 }
@@ -32,8 +32,10 @@ impl Master {
                 Response::ok()
             }
             Request::Restart { runner, slice } => {
-                if self.mode != Mode::Running {
-                    return Response::error("the master is stopping");
+                match self.mode {
+                    Mode::Running => {}
+                    Mode::Starting => return Response::error("the master is starting"),
+                    Mode::Stopping { .. } => return Response::error("the master is stopping"),
                 }
                 if let Some(name) = runner {
                     if !self.slices.iter().any(|s| &s.runner.name == name) {
@@ -111,10 +113,10 @@ impl Master {
                 pid: std::process::id() as i32,
                 version: env!("CARGO_PKG_VERSION").into(),
                 uptime_secs: now.saturating_duration_since(self.started).as_secs_f64(),
-                state: if self.mode == Mode::Running {
-                    "running"
-                } else {
-                    "stopping"
+                state: match self.mode {
+                    Mode::Starting => "starting",
+                    Mode::Running => "running",
+                    Mode::Stopping { .. } => "stopping",
                 }
                 .into(),
             },

@@ -16,42 +16,49 @@ use super::{EXIT_GAVE_UP, Master, Mode, spawn};
 use crate::config::OnGiveUp;
 
 impl Master {
+    /// What happens when a child exits: its last output is logged, then the
+    /// restart rule decides about the runner (or `init` goes on to the
+    /// runners); anything else was an orphan we only reaped.
     pub(super) fn on_runner_exit(&mut self, pid: i32, why: Why) {
         let now = Instant::now();
+        for o in self.outputs.iter_mut().filter(|o| o.pid == pid) {
+            o.drain(false);
+        }
+        if self.init.as_ref().is_some_and(|i| i.pid == pid) {
+            return self.on_init_exit(why);
+        }
         let Some(idx) = self.slices.iter().position(|s| s.pid() == Some(pid)) else {
             debug!("reaped pid {pid} ({why}), not a runner");
             return;
         };
-        // Its last words first, then the exit line.
-        for o in self.outputs.iter_mut().filter(|o| o.pid == pid) {
-            o.drain(false);
-        }
         let since = match self.slices[idx].state {
             State::Running { since, .. } => since,
             _ => now,
         };
-        self.decide(idx, pid, why, now.saturating_duration_since(since));
+        self.decide(idx, Some(pid), why, now.saturating_duration_since(since));
     }
 
-    /// Applies the restart rule to an exit (or a failed start) and logs it
-    /// as Mailman does.
-    pub(super) fn decide(&mut self, idx: usize, pid: i32, why: Why, uptime: Duration) {
+    /// Applies the restart rule to an exit (or, with no pid, a failed
+    /// start) and logs it as Mailman does.
+    pub(super) fn decide(&mut self, idx: usize, pid: Option<i32>, why: Why, uptime: Duration) {
         let restartable = self.restartable && self.mode == Mode::Running;
         let s = &mut self.slices[idx];
         let decision = s.on_exit(why, uptime, restartable, slice::jitter);
-        info!(
-            "Master detected subprocess exit (pid: {pid}, why: {why}, class: {}, slice: {}/{}){}",
-            s.runner.name,
-            s.slice + 1,
-            s.range,
-            if decision.restarts() {
-                " [restarting]"
-            } else {
-                ""
-            }
-        );
+        if let Some(pid) = pid {
+            info!(
+                "Master detected subprocess exit (pid: {pid}, why: {why}, class: {}, slice: {}/{}){}",
+                s.runner.name,
+                s.slice + 1,
+                s.range,
+                if decision.restarts() {
+                    " [restarting]"
+                } else {
+                    ""
+                }
+            );
+        }
         match decision {
-            Decision::RestartNow => self.launch(idx),
+            Decision::RestartNow => self.relaunch(idx),
             Decision::RestartAfter(delay) => {
                 debug!("restarting {} in {} ms", s.spec(), delay.as_millis());
                 s.state = State::BackingOff {
@@ -77,39 +84,48 @@ impl Master {
         }
     }
 
-    /// Starts slice `idx` now. A runner that cannot even be started counts
-    /// as one that exited with 127 at once.
-    pub(super) fn launch(&mut self, idx: usize) {
-        match spawn::spawn(&self.ctx, &self.slices[idx]) {
-            Ok(sp) => {
-                let s = &mut self.slices[idx];
-                debug!("[{}] {}", sp.pid, s.spec());
-                s.state = State::Running {
-                    pid: sp.pid,
-                    since: Instant::now(),
-                };
-                if !self.groups.contains(&sp.pid) {
-                    self.groups.push(sp.pid);
-                }
-                for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
-                    match Output::new(fd, &s.runner.name, s.slice, sp.pid, stream) {
-                        Ok(o) => self.outputs.push(o),
-                        Err(e) => warn!("cannot capture {stream} of {}: {e}", s.spec()),
-                    }
-                }
-            }
-            Err(e) => {
-                let s = &self.slices[idx];
-                error!(
-                    "Cannot start runner {}: {}: {}",
-                    s.spec(),
-                    s.runner.command.first().map_or("", String::as_str),
-                    crate::util::io_text(&e)
-                );
-                self.slices[idx].state = State::Stopped;
-                self.decide(idx, 0, Why::Exit(127), Duration::ZERO);
+    /// Starts slice `idx` now; the error says why it cannot be started.
+    pub(super) fn launch(&mut self, idx: usize) -> Result<(), String> {
+        let sp = spawn::spawn(&self.ctx, &self.slices[idx]).map_err(|e| {
+            let s = &self.slices[idx];
+            format!(
+                "Cannot start runner {}: {}: {}",
+                s.spec(),
+                s.runner.command.first().map_or("", String::as_str),
+                crate::util::io_text(&e)
+            )
+        })?;
+        let s = &mut self.slices[idx];
+        debug!("[{}] {}", sp.pid, s.spec());
+        s.state = State::Running {
+            pid: sp.pid,
+            since: Instant::now(),
+        };
+        if !self.groups.contains(&sp.pid) {
+            self.groups.push(sp.pid);
+        }
+        for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
+            match Output::new(fd, &s.runner.name, Some(s.slice), sp.pid, stream) {
+                Ok(o) => self.outputs.push(o),
+                Err(e) => warn!("cannot capture {stream} of {}: {e}", s.spec()),
             }
         }
+        Ok(())
+    }
+
+    /// Starts slice `idx` again (after a back-off, a restart): a runner that
+    /// cannot be started counts as one that exited with 127 at once.
+    pub(super) fn relaunch(&mut self, idx: usize) {
+        if let Err(message) = self.launch(idx) {
+            error!("{message}");
+            self.slices[idx].state = State::Stopped;
+            self.decide(idx, None, Why::Exit(127), Duration::ZERO);
+        }
+    }
+
+    /// Live processes the master still has to see exit: runners and `init`.
+    pub(super) fn alive(&self) -> usize {
+        self.running() + usize::from(self.init.is_some())
     }
 
     pub(super) fn running(&self) -> usize {
@@ -149,7 +165,7 @@ impl Master {
                 }
                 _ if self.restartable => {
                     self.slices[idx].restarts = 0;
-                    self.launch(idx);
+                    self.relaunch(idx);
                 }
                 _ => {}
             }

@@ -39,6 +39,9 @@ impl Master {
             code,
         };
         let signal = Signal::try_from(sig).unwrap_or(Signal::SIGTERM);
+        if let Some(init) = &self.init {
+            signal_group(init.pid, signal);
+        }
         for s in &mut self.slices {
             match s.state {
                 State::Running { pid, .. } => signal_group(pid, signal),
@@ -67,7 +70,15 @@ impl Master {
             for s in &mut self.slices {
                 s.state = State::Stopped;
             }
+            self.init = None;
             return;
+        }
+        if let Some(init) = &self.init {
+            warn!(
+                "init (pid {}) did not stop within {}; sending SIGKILL",
+                init.pid, self.config.mailman.stop_timeout
+            );
+            signal_group(init.pid, Signal::SIGKILL);
         }
         for s in &self.slices {
             if let Some(pid) = s.pid() {

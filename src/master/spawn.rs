@@ -52,24 +52,81 @@ pub fn expand(ctx: &SpawnContext, s: &Slice) -> Vec<String> {
     fill(&s.runner.command, &values)
 }
 
+/// Mailman's master's `PRESERVE_ENVS`: the only variables of its own that
+/// it passes to Mailman's runners (locale, Python's tuning, the var dir).
+const MAILMAN_PRESERVED: &[&str] = &[
+    "COVERAGE_PROCESS_START", "LANG", "LANGUAGE", "LC_ADDRESS", "LC_ALL", "LC_COLLATE", "LC_CTYPE",
+    "LC_IDENTIFICATION", "LC_MEASUREMENT", "LC_MESSAGES", "LC_MONETARY", "LC_NAME", "LC_NUMERIC",
+    "LC_PAPER", "LC_TELEPHONE", "LC_TIME", "LOCALE_ARCHIVE", "MAILMAN_EXTRA_TESTING_CFG",
+    "MAILMAN_VAR_DIR", "PYTHONASYNCIODEBUG", "PYTHONBREAKPOINT", "PYTHONDEBUG",
+    "PYTHONDONTWRITEBYTECODE", "PYTHONHOME", "PYTHONIOENCODING", "PYTHONMALLOC",
+    "PYTHONMALLOCSTATS", "PYTHONNOUSERSITE", "PYTHONOPTIMIZE", "PYTHONPATH", "PYTHONPLATLIBDIR",
+    "PYTHONPROFILEIMPORTTIME", "PYTHONSAFEPATH", "PYTHONTRACEMALLOC", "PYTHONUNBUFFERED",
+    "PYTHONUSERBASE", "PYTHONVERBOSE", "PYTHONWARNINGS",
+];
+
+/// Whose environment a child gets.
+pub enum Environment<'a> {
+    /// Ours: the master's whole environment, the `MAILMAN_*` variables
+    /// that say where it runs, the `--set` overrides, the runner's `env`.
+    Ours {
+        spec: String,
+        env: &'a indexmap::IndexMap<String, String>,
+    },
+    /// Mailman Core's: what Mailman's own master gives its runners (its
+    /// `PRESERVE_ENVS`, `MAILMAN_UNDER_MASTER_CONTROL=1`, the var dir), and
+    /// the runner's `env`.
+    Mailman {
+        env: &'a indexmap::IndexMap<String, String>,
+    },
+}
+
 /// Forks and execs the runner. Errors include a command that cannot be run.
 pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
-    let argv = expand(ctx, s);
+    let environment = if s.runner.mailman_core {
+        Environment::Mailman { env: &s.runner.env }
+    } else {
+        Environment::Ours {
+            spec: s.spec(),
+            env: &s.runner.env,
+        }
+    };
+    start(ctx, &expand(ctx, s), environment)
+}
+
+/// Forks and execs `argv` as a child of the master: its own process group,
+/// the parent-death signal, output on two pipes.
+pub fn start(ctx: &SpawnContext, argv: &[String], environment: Environment) -> io::Result<Spawned> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::other("empty command"))?;
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_remove(READY_FD_ENV)
-        // The master speaks to systemd; runners must not.
-        .env_remove("NOTIFY_SOCKET")
-        .env("MAILMAN_UNDER_MASTER_CONTROL", "1")
-        .env("MAILMAN_CONFIG_FILE", &ctx.config_arg)
-        .env("MAILMAN_VAR_DIR", &ctx.var_dir)
-        .env("MAILMAN_RUNNER", s.spec())
-        .envs(ctx.overrides.iter().map(|(k, v)| (k, v)))
-        .envs(&s.runner.env)
-        .stdin(Stdio::null())
+    cmd.args(args);
+    match environment {
+        Environment::Ours { spec, env } => {
+            cmd.env_remove(READY_FD_ENV)
+                // The master speaks to systemd; runners must not.
+                .env_remove("NOTIFY_SOCKET")
+                .env("MAILMAN_UNDER_MASTER_CONTROL", "1")
+                .env("MAILMAN_CONFIG_FILE", &ctx.config_arg)
+                .env("MAILMAN_VAR_DIR", &ctx.var_dir)
+                .env("MAILMAN_RUNNER", spec)
+                .envs(ctx.overrides.iter().map(|(k, v)| (k, v)))
+                .envs(env);
+        }
+        Environment::Mailman { env } => {
+            cmd.env_clear()
+                .envs(std::env::vars_os().filter(|(k, _)| {
+                    k.to_str().is_some_and(|k| MAILMAN_PRESERVED.contains(&k))
+                }))
+                .env("MAILMAN_UNDER_MASTER_CONTROL", "1")
+                // As Mailman's `start` does: the runners' var dir is the
+                // master's, whatever their working directory.
+                .env("MAILMAN_VAR_DIR", &ctx.var_dir)
+                .envs(env);
+        }
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let master = ctx.master_pid;

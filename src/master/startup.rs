@@ -9,19 +9,22 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::time::Instant;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::log;
 use super::slice::Slice;
-use super::spawn::{READY_FD_ENV, SpawnContext};
+use super::output::Output;
+use super::slice::Why;
+use super::spawn::{self, Environment, READY_FD_ENV, SpawnContext};
 use super::{EXIT_ERROR, EXIT_USAGE, Master, Mode, Options, StartError};
 use crate::config::{Config, RunnerSpec};
 use crate::control;
-use crate::os::lock::{self, AcquireError, Layout};
+use crate::os::lock::{self, AcquireError};
 use crate::os::process;
 use crate::os::signals::SignalPipe;
 
 /// The write end of the pipe `mailman start` waits on, if it started us.
+#[derive(Default)]
 pub(super) struct StartPipe(Option<File>);
 
 impl StartPipe {
@@ -60,14 +63,16 @@ impl StartPipe {
 }
 
 impl Master {
-    /// Start-up in order (docs/master.md): subreaper, user, var dir, log, lock, pid file,
-    /// runners. Returns once every runner has been started.
+    /// Start-up in order (docs/master.md): subreaper, user, var dir, log,
+    /// lock, pid file, control socket, then `init` or the runners. Returns
+    /// once that last step is under way; `ready` is told when it is over.
     pub(super) fn start(
         config: Config,
         opts: Options,
         signals: SignalPipe,
-        daemonised: bool,
+        ready: &mut StartPipe,
     ) -> Result<Master, StartError> {
+        let daemonised = ready.daemonised();
         #[cfg(target_os = "linux")]
         if std::process::id() != 1 {
             // Orphaned grandchildren come to us, and we reap them.
@@ -81,7 +86,7 @@ impl Master {
             crate::os::user::switch_to(&config.mailman.user, &config.mailman.group)
                 .map_err(|e| StartError::new(EXIT_ERROR, e))?;
         }
-        let layout = Layout::new(&config.mailman.var_dir);
+        let layout = config.layout();
         layout
             .prepare()
             .map_err(|e| StartError::new(EXIT_ERROR, e))?;
@@ -96,7 +101,7 @@ impl Master {
             AcquireError::Io { .. } => StartError::new(EXIT_ERROR, e),
         })?;
         lock::write_pid_file(&layout).map_err(|e| StartError::new(EXIT_ERROR, e))?;
-        let control = match control::Server::bind(&layout.var_dir) {
+        let control = match control::Server::bind(&layout.socket()) {
             Ok(s) => Some(s),
             Err(e) => {
                 warn!("{e}; control commands will use signals");
@@ -135,27 +140,123 @@ impl Master {
             slices,
             outputs: Vec::new(),
             signals,
-            mode: Mode::Running,
+            mode: Mode::Starting,
             restartable: !opts.no_restart,
             groups: Vec::new(),
             control,
             clients: Vec::new(),
             started: Instant::now(),
+            init: None,
+            ready: std::mem::take(ready),
             notifier: crate::os::notify::Notifier::from_env(),
             log: Some(log),
             lock,
         };
-        for idx in 0..master.slices.len() {
-            master.launch(idx);
-        }
-        master.notifier.send(&format!(
-            "READY=1\nSTATUS={} runners running\nMAINPID={}",
-            master.running(),
-            std::process::id()
-        ));
+        master.begin_start();
         Ok(master)
     }
+
+    /// Runs `init` if there is one (the runners start when it has
+    /// succeeded: [`Master::on_init_exit`]), else starts the runners.
+    fn begin_start(&mut self) {
+        let argv = self.config.mailman.init.clone();
+        if argv.is_empty() {
+            return self.launch_all();
+        }
+        let core_default = self.config.core.is_some() && argv.last().is_some_and(|a| a == "--list");
+        let environment = if self.config.core.is_some() {
+            Environment::Mailman {
+                env: &EMPTY_ENV,
+            }
+        } else {
+            Environment::Ours {
+                spec: "init".into(),
+                env: &EMPTY_ENV,
+            }
+        };
+        match spawn::start(&self.ctx, &argv, environment) {
+            Ok(sp) => {
+                info!("Initialising: {}", argv.join(" "));
+                self.groups.push(sp.pid);
+                for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
+                    match Output::new(fd, "init", None, sp.pid, stream) {
+                        // Mailman's `runner --list` prints its runners.
+                        Ok(o) if core_default && stream == "stdout" => {
+                            self.outputs.push(o.quiet())
+                        }
+                        Ok(o) => self.outputs.push(o),
+                        Err(e) => warn!("cannot capture {stream} of init: {e}"),
+                    }
+                }
+                self.init = Some(Init { pid: sp.pid, argv });
+            }
+            Err(e) => self.fail_start(format!(
+                "cannot run init {}: {}",
+                argv[0],
+                crate::util::io_text(&e)
+            )),
+        }
+    }
+
+    /// `init` ended: the runners start if it succeeded; start-up fails if
+    /// not. During a stop it only goes.
+    pub(super) fn on_init_exit(&mut self, why: Why) {
+        let Some(init) = self.init.take() else {
+            return;
+        };
+        if self.mode != Mode::Starting {
+            return;
+        }
+        if why == Why::Exit(0) {
+            info!("Initialised ({})", init.argv.join(" "));
+            return self.launch_all();
+        }
+        let how = match why {
+            Why::Exit(n) => format!("exited with {n}"),
+            Why::Signal(n) => format!("was killed by {}", crate::os::signals::name(n)),
+        };
+        self.fail_start(format!(
+            "init {} {how}; its output is in the log",
+            init.argv.join(" ")
+        ));
+    }
+
+    /// Starts every slice; start-up is over. A runner that cannot even be
+    /// started fails the start-up (and the runners started before it are
+    /// stopped): a command that does not exist is a configuration error, not
+    /// a crash to retry.
+    fn launch_all(&mut self) {
+        self.mode = Mode::Running;
+        for idx in 0..self.slices.len() {
+            if let Err(message) = self.launch(idx) {
+                return self.fail_start(message);
+            }
+        }
+        self.ready.ok();
+        self.notifier.send(&format!(
+            "READY=1\nSTATUS={} runners running\nMAINPID={}",
+            self.running(),
+            std::process::id()
+        ));
+    }
+
+    /// Start-up failed: logged, told to `mailman start` (or stderr), and
+    /// whatever was started is stopped; the master exits 1.
+    fn fail_start(&mut self, message: String) {
+        error!("{message}");
+        self.ready.fail(&StartError::new(EXIT_ERROR, &message));
+        self.begin_stop(libc::SIGTERM, EXIT_ERROR);
+    }
 }
+
+/// The `init` command while it runs.
+pub(super) struct Init {
+    pub(super) pid: i32,
+    argv: Vec<String>,
+}
+
+static EMPTY_ENV: std::sync::LazyLock<indexmap::IndexMap<String, String>> =
+    std::sync::LazyLock::new(indexmap::IndexMap::new);
 
 /// The slices to supervise: every started runner's instances, or those `-r`
 /// names.

@@ -9,38 +9,78 @@ use anyhow::{Result, bail};
 
 use crate::util::io_text;
 
-/// Where everything lives under the var dir.
-#[derive(Debug, Clone)]
+/// Where the master's files live. By default everything is under the var
+/// dir (`locks/master.lck`, `master.pid`, `master.sock`, `logs/`, `queue/`);
+/// a Mailman Core configuration moves the lock, pid file, logs and queues
+/// where Mailman's own tools look for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     pub var_dir: PathBuf,
+    lock_file: PathBuf,
+    pid_file: PathBuf,
+    socket: PathBuf,
+    log_dir: PathBuf,
+    queue_dir: PathBuf,
 }
 
 impl Layout {
+    /// Everything under `var_dir`.
     pub fn new(var_dir: &Path) -> Layout {
         Layout {
             var_dir: var_dir.to_path_buf(),
+            lock_file: var_dir.join("locks").join("master.lck"),
+            pid_file: var_dir.join("master.pid"),
+            socket: var_dir.join("master.sock"),
+            log_dir: var_dir.join("logs"),
+            queue_dir: var_dir.join("queue"),
         }
     }
-    pub fn locks_dir(&self) -> PathBuf {
-        self.var_dir.join("locks")
-    }
-    pub fn lock_file(&self) -> PathBuf {
-        self.locks_dir().join("master.lck")
-    }
-    pub fn pid_file(&self) -> PathBuf {
-        self.var_dir.join("master.pid")
-    }
-    pub fn logs_dir(&self) -> PathBuf {
-        self.var_dir.join("logs")
-    }
-    pub fn log_file(&self) -> PathBuf {
-        self.logs_dir().join("mailman.log")
+
+    /// `self` with the lock, pid file, log and queue directories moved.
+    pub fn with(
+        mut self,
+        lock_file: PathBuf,
+        pid_file: PathBuf,
+        log_dir: PathBuf,
+        queue_dir: PathBuf,
+    ) -> Layout {
+        self.lock_file = lock_file;
+        self.pid_file = pid_file;
+        self.log_dir = log_dir;
+        self.queue_dir = queue_dir;
+        self
     }
 
-    /// Creates the var dir and its `locks/` and `logs/` (mode 0755), and
-    /// refuses any of them that others may write to without the sticky bit.
+    pub fn lock_file(&self) -> PathBuf {
+        self.lock_file.clone()
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.pid_file.clone()
+    }
+    /// The control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.socket.clone()
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.log_dir.join("mailman.log")
+    }
+    /// Where the queues are (`QUEUE/NAME/`).
+    pub fn queue_dir(&self) -> PathBuf {
+        self.queue_dir.clone()
+    }
+
+    /// Creates the var dir, the lock's and pid file's directories and the
+    /// log directory (mode 0755), and refuses any of them that others may
+    /// write to without the sticky bit.
     pub fn prepare(&self) -> Result<()> {
-        for dir in [self.var_dir.clone(), self.locks_dir(), self.logs_dir()] {
+        let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut dirs = vec![self.var_dir.clone()];
+        for dir in [parent(&self.lock_file), parent(&self.pid_file), self.log_dir.clone()] {
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for dir in dirs {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)

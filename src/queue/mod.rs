@@ -57,11 +57,6 @@ const REC: &str = "rec";
 /// this binary supervises Mailman's Python runners.
 const PCK: &str = "pck";
 
-/// `$var_dir/queue`.
-pub fn root(var_dir: &Path) -> PathBuf {
-    var_dir.join("queue")
-}
-
 /// One entry, by its base name `<time>+<sha1hex>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {

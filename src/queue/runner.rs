@@ -29,7 +29,7 @@ use crate::config::placeholders;
 use crate::config::{BAD_QUEUE, Config, RETRY_QUEUE, RunnerConfig, SHUNT_QUEUE};
 use crate::os::process;
 use crate::os::signals::{self, SignalPipe};
-use crate::queue::{self, Entry, MAX_RECOVERIES, Recovered, Switchboard};
+use crate::queue::{Entry, MAX_RECOVERIES, Recovered, Switchboard};
 use crate::util::io_text;
 
 /// Mailman's "do not restart me" exit status.
@@ -178,7 +178,7 @@ impl Worker<'_> {
         let mut targets = vec![RETRY_QUEUE, SHUNT_QUEUE, BAD_QUEUE];
         targets.extend(r.next.as_deref());
         targets.retain(|q| *q != r.name);
-        let root = queue::root(&self.config.mailman.var_dir);
+        let root = self.config.layout().queue_dir();
         let board = Switchboard::open(&root, &r.name, self.slice, self.range, &targets)?;
         for done in board.recover()? {
             match done {
