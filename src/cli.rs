@@ -121,8 +121,13 @@ pub struct RestartArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print the master's and every runner's state as JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     pub json: bool,
+    /// Health check: exit 0 only if the master runs and nothing is wrong
+    /// (1: running but starting, stopping or degraded; 3: not running;
+    /// 4: cannot tell).
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]

@@ -74,7 +74,17 @@ fn run() -> i32 {
     let mut signals = becomes_master.then(master::install_signals);
     let mut runner_signals =
         matches!(cli.command, Command::Runner(_)).then(queue::runner::install_signals);
-    let config = match Config::discover(cli.config.as_deref(), &cli.set) {
+    let starts_runners = matches!(
+        cli.command,
+        Command::Master(_) | Command::Start(_) | Command::CheckConfig
+    );
+    let config = match Config::discover(cli.config.as_deref(), &cli.set).and_then(|c| {
+        if starts_runners {
+            c.check_runnable().map(|()| c)
+        } else {
+            Ok(c)
+        }
+    }) {
         Ok(c) => c,
         Err(e) if matches!(cli.command, Command::Master(_)) => {
             return master::fail_early(EXIT_USAGE, &e.to_string());
@@ -91,7 +101,7 @@ fn run() -> i32 {
         Command::Restart(args) => commands::restart(&config, &args),
         Command::Reopen(args) => commands::reopen(&config, &args),
         Command::Status(args) if args.json => commands::status_json(&config),
-        Command::Status(_) => commands::status(&config),
+        Command::Status(args) => commands::status(&config, args.check),
         Command::Master(args) => {
             let mut only = Vec::new();
             for text in &args.runners {

@@ -37,6 +37,10 @@ use crate::os::procinfo::{Identity, own_pidns};
 pub const NOT_RUNNING: &str = "GNU Mailman is not running";
 pub const ALREADY_RUNNING: &str = "GNU Mailman is already running";
 
+/// `status --check`: the master runs, but is starting, stopping or
+/// degraded.
+pub const EXIT_UNHEALTHY: i32 = 1;
+
 /// How long a command waits for a master that holds the lock but has not
 /// yet written who it is (it is starting at this very moment).
 const INFO_WAIT: Duration = Duration::from_secs(2);

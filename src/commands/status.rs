@@ -1,14 +1,23 @@
 //! `status` (Mailman's line, LSB exit codes) and `status --json` (the
 //! master's own report over the control socket).
 
+use std::time::Duration;
+
 use serde_json::json;
 
-use super::{ASK_TIMEOUT, NOT_RUNNING, lsb, probe_settled};
+use super::{ASK_TIMEOUT, EXIT_UNHEALTHY, NOT_RUNNING, lsb, probe_settled};
 use crate::config::Config;
 use crate::control::{self, Answer, Request};
 use crate::os::lock::{self, PidFile, Probe};
 
-pub fn status(config: &Config) -> i32 {
+/// How long `status` waits for the master's answer about its health.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `status`: Mailman's line, then, when something is wrong, a line saying
+/// what (`GNU Mailman is degraded: …`). The exit status is LSB's; with
+/// `check`, a master that runs but is starting, stopping or degraded
+/// exits 1, and one whose health cannot be learnt exits 4.
+pub fn status(config: &Config, check: bool) -> i32 {
     let layout = config.layout();
     let (line, code) = match probe_settled(&layout) {
         Probe::Unknown(e) => (
@@ -16,20 +25,39 @@ pub fn status(config: &Config) -> i32 {
             lsb::UNKNOWN,
         ),
         Probe::Held(info) => {
-            let pid = info.pid.or(match lock::read_pid_file(&layout) {
-                Ok(PidFile::Pid(p)) => Some(p),
-                _ => None,
-            });
-            match pid {
-                Some(pid) => (
-                    format!("GNU Mailman is running (master pid: {pid})"),
-                    lsb::RUNNING,
-                ),
-                None => (
-                    "GNU Mailman is running (master pid: unknown)".into(),
-                    lsb::RUNNING,
-                ),
-            }
+            return match control::ask(&layout.socket(), &Request::Health, HEALTH_TIMEOUT) {
+                Ok(Answer::Reply(r, _)) if r.health.is_some() => {
+                    let h = r.health.unwrap_or_default();
+                    println!("GNU Mailman is running (master pid: {})", h.pid);
+                    if h.problems.is_empty() {
+                        return lsb::RUNNING;
+                    }
+                    let what = if h.state == "running" {
+                        "degraded"
+                    } else {
+                        h.state.as_str()
+                    };
+                    println!("GNU Mailman is {what}: {}", h.problems.join("; "));
+                    if check { EXIT_UNHEALTHY } else { lsb::RUNNING }
+                }
+                other => {
+                    let why = match other {
+                        Ok(Answer::Reply(r, _)) => r.error.unwrap_or_else(|| "no answer".into()),
+                        Ok(Answer::NoSocket) => "the master has no control socket".into(),
+                        Err(e) => e.to_string(),
+                    };
+                    match info.pid {
+                        Some(pid) => println!("GNU Mailman is running (master pid: {pid})"),
+                        None => println!("GNU Mailman is running (master pid: unknown)"),
+                    }
+                    if check {
+                        println!("GNU Mailman's health is unknown: {why}");
+                        lsb::UNKNOWN
+                    } else {
+                        lsb::RUNNING
+                    }
+                }
+            };
         }
         Probe::Free => match lock::read_pid_file(&layout) {
             Ok(PidFile::Missing) => (NOT_RUNNING.into(), lsb::NOT_RUNNING),

@@ -115,6 +115,9 @@ impl Config {
                 .stop_timeout
                 .unwrap_or(Dur(Duration::from_secs(5))),
             on_give_up: raw_mailman.on_give_up.unwrap_or(OnGiveUp::KeepRunning),
+            degraded_after: raw_mailman
+                .degraded_after
+                .unwrap_or(Dur(Duration::from_secs(30))),
         };
         let logging = Logging {
             stderr: layer.logging.stderr.unwrap_or(true),
@@ -133,7 +136,13 @@ impl Config {
                 .collect(),
             None => BUILTIN_RUNNERS
                 .iter()
-                .map(|(n, start)| (n.to_string(), Base::builtin(n, *start), RawRunner::default()))
+                .map(|(n, start)| {
+                    (
+                        n.to_string(),
+                        Base::builtin(n, *start),
+                        RawRunner::default(),
+                    )
+                })
                 .collect(),
         };
         for (name, table) in tables {

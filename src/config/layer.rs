@@ -39,6 +39,7 @@ pub(super) struct RawMailman {
     pub(super) group: Option<String>,
     pub(super) stop_timeout: Option<Dur>,
     pub(super) on_give_up: Option<OnGiveUp>,
+    pub(super) degraded_after: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,7 +128,8 @@ impl Layer {
         }
         if let Some(v) = mailman.mailman_cfg.take() {
             let span = v.span();
-            validate::var_dir(v.get_ref()).map_err(|_| at(span.clone(), "mailman_cfg must not be empty".into()))?;
+            validate::var_dir(v.get_ref())
+                .map_err(|_| at(span.clone(), "mailman_cfg must not be empty".into()))?;
             mailman.mailman_cfg = Some(Spanned::new(span, base.join(v.into_inner())));
         }
         if let Some(init) = &mailman.init
@@ -165,6 +167,7 @@ impl Layer {
             group: m.group.or(b.group),
             stop_timeout: m.stop_timeout.or(b.stop_timeout),
             on_give_up: m.on_give_up.or(b.on_give_up),
+            degraded_after: m.degraded_after.or(b.degraded_after),
         };
         let (l, b) = (self.logging, base.logging);
         base.logging = RawLogging {

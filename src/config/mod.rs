@@ -120,6 +120,9 @@ pub struct MailmanSection {
     pub group: String,
     pub stop_timeout: Dur,
     pub on_give_up: OnGiveUp,
+    /// A runner down (backing off) longer than this makes the master
+    /// degraded (`status`, `status --check`).
+    pub degraded_after: Dur,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -314,6 +317,15 @@ impl Config {
             message,
         })?;
         Ok(config)
+    }
+
+    /// What can only be checked where runners are about to start: Mailman's
+    /// runner program is there.
+    pub fn check_runnable(&self) -> Result<(), ConfigError> {
+        match &self.core {
+            Some(core) => core.check_runner_program(),
+            None => Ok(()),
+        }
     }
 
     /// Where the master's files are: under the var dir, or, with a

@@ -13,7 +13,7 @@ use super::{Request, Response};
 pub enum Answer {
     /// There is no socket, or nobody listens on it (a dead master's file).
     NoSocket,
-    Reply(Response, UnixStream),
+    Reply(Box<Response>, UnixStream),
 }
 
 /// Sends one request and reads the one-line response.
@@ -51,7 +51,7 @@ pub fn ask(path: &Path, request: &Request, timeout: Duration) -> io::Result<Answ
     }
     let response = serde_json::from_str(&reply)
         .map_err(|e| io::Error::other(format!("bad answer from the master: {e}")))?;
-    Ok(Answer::Reply(response, stream))
+    Ok(Answer::Reply(Box::new(response), stream))
 }
 
 /// Waits until the master closes the connection (it does once a stop is

@@ -33,6 +33,8 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum Request {
     Status,
+    /// Only the master's pid, state and problems (what `status` prints).
+    Health,
     Stop,
     Reopen,
     Restart {
@@ -50,6 +52,18 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// Whether the master does what it should, in a few words: its state
+/// (`starting`, `running`, `stopping`) and what is wrong, if anything
+/// (a runner given up, stopped, or down longer than `degraded_after`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Health {
+    pub pid: i32,
+    pub state: String,
+    pub problems: Vec<String>,
 }
 
 impl Response {
@@ -63,7 +77,7 @@ impl Response {
         Response {
             ok: false,
             error: Some(text.into()),
-            status: None,
+            ..Default::default()
         }
     }
 }
@@ -73,6 +87,9 @@ impl Response {
 pub struct StatusReport {
     pub master: MasterStatus,
     pub runners: Vec<SliceStatus>,
+    /// What is wrong, as `status` says it; empty when healthy.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +118,9 @@ pub struct SliceStatus {
     pub uptime_secs: Option<f64>,
     /// While backing off: seconds until the next start.
     pub restart_in_secs: Option<f64>,
+    /// While not running: seconds since it last ran.
+    #[serde(default)]
+    pub down_secs: Option<f64>,
     pub rss_bytes: Option<u64>,
     pub cpu_secs: Option<f64>,
 }

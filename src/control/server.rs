@@ -212,7 +212,12 @@ mod tests {
         }
         server.remove();
         assert!(matches!(
-            ask(&socket_path(dir.path()), &Request::Status, Duration::from_secs(1)).unwrap(),
+            ask(
+                &socket_path(dir.path()),
+                &Request::Status,
+                Duration::from_secs(1)
+            )
+            .unwrap(),
             Answer::NoSocket
         ));
     }

@@ -9,7 +9,7 @@ use tracing::info;
 
 use super::slice::{State, Why};
 use super::{EXIT_OK, Master, Mode};
-use crate::control::{self, LastExit, Request, Response, SliceStatus, StatusReport};
+use crate::control::{self, Health, LastExit, Request, Response, SliceStatus, StatusReport};
 
 impl Master {
     /// What a control request does: the same as the matching signal, plus
@@ -18,6 +18,10 @@ impl Master {
         match request {
             Request::Status => Response {
                 status: Some(self.report()),
+                ..Response::ok()
+            },
+            Request::Health => Response {
+                health: Some(self.health()),
                 ..Response::ok()
             },
             Request::Stop => {
@@ -103,6 +107,12 @@ impl Master {
                     }),
                     uptime_secs: uptime,
                     restart_in_secs: retry,
+                    down_secs: s
+                        .pid()
+                        .is_none()
+                        .then_some(s.last_exit_at)
+                        .flatten()
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
                     rss_bytes: usage.map(|u| u.rss_bytes),
                     cpu_secs: usage.map(|u| u.cpu_secs),
                 }
@@ -113,14 +123,47 @@ impl Master {
                 pid: std::process::id() as i32,
                 version: env!("CARGO_PKG_VERSION").into(),
                 uptime_secs: now.saturating_duration_since(self.started).as_secs_f64(),
-                state: match self.mode {
-                    Mode::Starting => "starting",
-                    Mode::Running => "running",
-                    Mode::Stopping { .. } => "stopping",
-                }
-                .into(),
+                state: self.state_name().into(),
             },
             runners,
+            problems: self.problems(now),
         }
+    }
+
+    /// What `status` needs: pid, state, problems.
+    pub(super) fn health(&self) -> Health {
+        Health {
+            pid: std::process::id() as i32,
+            state: self.state_name().into(),
+            problems: self.problems(Instant::now()),
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self.mode {
+            Mode::Starting => "starting",
+            Mode::Running => "running",
+            Mode::Stopping { .. } => "stopping",
+        }
+    }
+
+    /// What is wrong: the master is not (yet, or any more) running its
+    /// runners, or a runner is given up, stopped, or failing for longer
+    /// than `degraded_after`.
+    fn problems(&self, now: Instant) -> Vec<String> {
+        match self.mode {
+            Mode::Starting if self.init.is_some() => {
+                return vec!["starting: Mailman's initialisation (init) runs".into()];
+            }
+            Mode::Starting => return vec!["starting".into()],
+            Mode::Stopping { .. } => return vec!["stopping".into()],
+            Mode::Running => {}
+        }
+        let grace = self.config.mailman.degraded_after.0;
+        self.slices
+            .iter()
+            .filter(|s| self.restartable || !matches!(s.state, State::Stopped))
+            .filter_map(|s| s.problem(now, grace))
+            .collect()
     }
 }

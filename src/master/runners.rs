@@ -44,6 +44,7 @@ impl Master {
         let restartable = self.restartable && self.mode == Mode::Running;
         let s = &mut self.slices[idx];
         let decision = s.on_exit(why, uptime, restartable, slice::jitter);
+        s.note_exit(Instant::now());
         if let Some(pid) = pid {
             info!(
                 "Master detected subprocess exit (pid: {pid}, why: {why}, class: {}, slice: {}/{}){}",
@@ -164,7 +165,7 @@ impl Master {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGUSR1);
                 }
                 _ if self.restartable => {
-                    self.slices[idx].restarts = 0;
+                    self.slices[idx].forgive();
                     self.relaunch(idx);
                 }
                 _ => {}

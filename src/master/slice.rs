@@ -62,6 +62,11 @@ pub struct Slice {
     /// Counted exits in all (for status).
     pub total_restarts: u32,
     pub last_exit: Option<Why>,
+    /// When it last exited.
+    pub last_exit_at: Option<Instant>,
+    /// When its current run of counted exits began (`None` once a stable
+    /// run or a restart request has reset the count).
+    pub failing_since: Option<Instant>,
 }
 
 /// What the master should do after a runner exit.
@@ -93,6 +98,8 @@ impl Slice {
             restarts: 0,
             total_restarts: 0,
             last_exit: None,
+            last_exit_at: None,
+            failing_since: None,
         }
     }
 
@@ -147,6 +154,54 @@ impl Slice {
             Decision::RestartNow
         } else {
             Decision::RestartAfter(delay)
+        }
+    }
+
+    /// Records when an exit (already applied by [`Slice::on_exit`]) happened.
+    pub fn note_exit(&mut self, now: Instant) {
+        self.last_exit_at = Some(now);
+        self.failing_since = match self.restarts {
+            0 => None,
+            _ => self.failing_since.or(Some(now)),
+        };
+    }
+
+    /// Its count is reset (a restart request): it is not failing any more.
+    pub fn forgive(&mut self) {
+        self.restarts = 0;
+        self.failing_since = None;
+    }
+
+    /// What is wrong with it at `now`, if anything, for `status`: given up;
+    /// stopped although it should run; or failing (backing off, or never up
+    /// for `stable_after` since) for longer than `grace`.
+    pub fn problem(&self, now: Instant, grace: Duration) -> Option<String> {
+        let last = self
+            .last_exit
+            .map_or_else(String::new, |w| format!(", last {w}"));
+        match self.state {
+            State::Failed => Some(format!(
+                "runner {} given up after {} restarts{last}",
+                self.spec(),
+                self.restarts.saturating_sub(1)
+            )),
+            State::Stopped => Some(format!("runner {} stopped{last}", self.spec())),
+            State::Running { since, .. }
+                if now.saturating_duration_since(since) >= self.runner.stable_after.0 =>
+            {
+                None
+            }
+            State::Running { .. } | State::BackingOff { .. } => {
+                let failing = now.saturating_duration_since(self.failing_since?);
+                (failing > grace).then(|| {
+                    format!(
+                        "runner {} failing for {}s ({} restarts{last})",
+                        self.spec(),
+                        failing.as_secs(),
+                        self.restarts
+                    )
+                })
+            }
         }
     }
 
@@ -267,6 +322,35 @@ mod tests {
             z.on_exit(Why::Exit(1), SHORT, true, |d| d),
             Decision::RestartNow
         );
+    }
+
+    #[test]
+    fn problems_are_given_up_stopped_or_failing_too_long() {
+        let grace = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut s = slice(2, 100);
+        s.state = State::Running { pid: 1, since: t0 };
+        assert_eq!(s.problem(t0, grace), None);
+        s.on_exit(Why::Exit(1), SHORT, true, |d| d);
+        s.note_exit(t0);
+        s.state = State::BackingOff { until: t0 };
+        assert_eq!(s.problem(t0 + Duration::from_secs(5), grace), None);
+        let p = s.problem(t0 + Duration::from_secs(31), grace).unwrap();
+        assert!(
+            p.starts_with("runner in:0:1 failing for 31s (1 restarts, last EXIT 1)"),
+            "{p}"
+        );
+        // Up again, but not yet stable: still failing; stable: fine.
+        s.state = State::Running {
+            pid: 2,
+            since: t0 + Duration::from_secs(31),
+        };
+        assert!(s.problem(t0 + Duration::from_secs(40), grace).is_some());
+        assert_eq!(s.problem(t0 + Duration::from_secs(100), grace), None);
+        s.state = State::Failed;
+        assert!(s.problem(t0, grace).unwrap().contains("given up"));
+        s.forgive();
+        assert_eq!(s.failing_since, None);
     }
 
     #[test]

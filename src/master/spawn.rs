@@ -55,14 +55,44 @@ pub fn expand(ctx: &SpawnContext, s: &Slice) -> Vec<String> {
 /// Mailman's master's `PRESERVE_ENVS`: the only variables of its own that
 /// it passes to Mailman's runners (locale, Python's tuning, the var dir).
 const MAILMAN_PRESERVED: &[&str] = &[
-    "COVERAGE_PROCESS_START", "LANG", "LANGUAGE", "LC_ADDRESS", "LC_ALL", "LC_COLLATE", "LC_CTYPE",
-    "LC_IDENTIFICATION", "LC_MEASUREMENT", "LC_MESSAGES", "LC_MONETARY", "LC_NAME", "LC_NUMERIC",
-    "LC_PAPER", "LC_TELEPHONE", "LC_TIME", "LOCALE_ARCHIVE", "MAILMAN_EXTRA_TESTING_CFG",
-    "MAILMAN_VAR_DIR", "PYTHONASYNCIODEBUG", "PYTHONBREAKPOINT", "PYTHONDEBUG",
-    "PYTHONDONTWRITEBYTECODE", "PYTHONHOME", "PYTHONIOENCODING", "PYTHONMALLOC",
-    "PYTHONMALLOCSTATS", "PYTHONNOUSERSITE", "PYTHONOPTIMIZE", "PYTHONPATH", "PYTHONPLATLIBDIR",
-    "PYTHONPROFILEIMPORTTIME", "PYTHONSAFEPATH", "PYTHONTRACEMALLOC", "PYTHONUNBUFFERED",
-    "PYTHONUSERBASE", "PYTHONVERBOSE", "PYTHONWARNINGS",
+    "COVERAGE_PROCESS_START",
+    "LANG",
+    "LANGUAGE",
+    "LC_ADDRESS",
+    "LC_ALL",
+    "LC_COLLATE",
+    "LC_CTYPE",
+    "LC_IDENTIFICATION",
+    "LC_MEASUREMENT",
+    "LC_MESSAGES",
+    "LC_MONETARY",
+    "LC_NAME",
+    "LC_NUMERIC",
+    "LC_PAPER",
+    "LC_TELEPHONE",
+    "LC_TIME",
+    "LOCALE_ARCHIVE",
+    "MAILMAN_EXTRA_TESTING_CFG",
+    "MAILMAN_VAR_DIR",
+    "PYTHONASYNCIODEBUG",
+    "PYTHONBREAKPOINT",
+    "PYTHONDEBUG",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONHOME",
+    "PYTHONIOENCODING",
+    "PYTHONMALLOC",
+    "PYTHONMALLOCSTATS",
+    "PYTHONNOUSERSITE",
+    "PYTHONOPTIMIZE",
+    "PYTHONPATH",
+    "PYTHONPLATLIBDIR",
+    "PYTHONPROFILEIMPORTTIME",
+    "PYTHONSAFEPATH",
+    "PYTHONTRACEMALLOC",
+    "PYTHONUNBUFFERED",
+    "PYTHONUSERBASE",
+    "PYTHONVERBOSE",
+    "PYTHONWARNINGS",
 ];
 
 /// Whose environment a child gets.
@@ -116,9 +146,11 @@ pub fn start(ctx: &SpawnContext, argv: &[String], environment: Environment) -> i
         }
         Environment::Mailman { env } => {
             cmd.env_clear()
-                .envs(std::env::vars_os().filter(|(k, _)| {
-                    k.to_str().is_some_and(|k| MAILMAN_PRESERVED.contains(&k))
-                }))
+                .envs(
+                    std::env::vars_os().filter(|(k, _)| {
+                        k.to_str().is_some_and(|k| MAILMAN_PRESERVED.contains(&k))
+                    }),
+                )
                 .env("MAILMAN_UNDER_MASTER_CONTROL", "1")
                 // As Mailman's `start` does: the runners' var dir is the
                 // master's, whatever their working directory.

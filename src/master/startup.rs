@@ -12,8 +12,8 @@ use std::time::Instant;
 use tracing::{error, info, warn};
 
 use super::log;
-use super::slice::Slice;
 use super::output::Output;
+use super::slice::Slice;
 use super::slice::Why;
 use super::spawn::{self, Environment, READY_FD_ENV, SpawnContext};
 use super::{EXIT_ERROR, EXIT_USAGE, Master, Mode, Options, StartError};
@@ -165,9 +165,7 @@ impl Master {
         }
         let core_default = self.config.core.is_some() && argv.last().is_some_and(|a| a == "--list");
         let environment = if self.config.core.is_some() {
-            Environment::Mailman {
-                env: &EMPTY_ENV,
-            }
+            Environment::Mailman { env: &EMPTY_ENV }
         } else {
             Environment::Ours {
                 spec: "init".into(),
@@ -181,9 +179,7 @@ impl Master {
                 for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
                     match Output::new(fd, "init", None, sp.pid, stream) {
                         // Mailman's `runner --list` prints its runners.
-                        Ok(o) if core_default && stream == "stdout" => {
-                            self.outputs.push(o.quiet())
-                        }
+                        Ok(o) if core_default && stream == "stdout" => self.outputs.push(o.quiet()),
                         Ok(o) => self.outputs.push(o),
                         Err(e) => warn!("cannot capture {stream} of init: {e}"),
                     }

@@ -75,7 +75,11 @@ impl Layout {
     pub fn prepare(&self) -> Result<()> {
         let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut dirs = vec![self.var_dir.clone()];
-        for dir in [parent(&self.lock_file), parent(&self.pid_file), self.log_dir.clone()] {
+        for dir in [
+            parent(&self.lock_file),
+            parent(&self.pid_file),
+            self.log_dir.clone(),
+        ] {
             if !dirs.contains(&dir) {
                 dirs.push(dir);
             }

@@ -41,7 +41,9 @@ pub fn parse(text: &str) -> Result<Ini, (usize, String)> {
     options.multiline = true;
     options.enable_inline_comments = false;
     let mut reader = configparser::ini::Ini::new_from_defaults(options);
-    let map = reader.read(text.clone()).map_err(|e| (line_of_error(&e), e))?;
+    let map = reader
+        .read(text.clone())
+        .map_err(|e| (line_of_error(&e), e))?;
     let mut ini = Ini::default();
     let defaults: IndexMap<String, Value> = map
         .get(DEFAULT)
@@ -139,7 +141,10 @@ fn scan(text: &str) -> Result<Lines, (usize, String)> {
             return Err((n, "File contains no section headers.".to_string()));
         };
         let Some(at) = line.find(['=', ':']) else {
-            return Err((n, format!("not a section, a KEY: VALUE line or a continuation: {line:?}")));
+            return Err((
+                n,
+                format!("not a section, a KEY: VALUE line or a continuation: {line:?}"),
+            ));
         };
         let key = line[..at].trim().to_lowercase();
         if key.is_empty() {
@@ -167,11 +172,7 @@ fn dedent(text: &str) -> String {
         .filter(|l| !l.trim().is_empty())
         .map(|l| &l[..l.len() - l.trim_start().len()])
         .reduce(|a, b| {
-            let common = a
-                .chars()
-                .zip(b.chars())
-                .take_while(|(x, y)| x == y)
-                .count();
+            let common = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
             &a[..common]
         })
         .unwrap_or("");
@@ -214,7 +215,9 @@ mod tests {
 
     #[test]
     fn defaults_reach_every_section_and_text_is_dedented() {
-        let ini = parse("    [DEFAULT]\n    start: no\n    [runner.a]\n    [runner.b]\n    start: yes\n").unwrap();
+        let ini =
+            parse("    [DEFAULT]\n    start: no\n    [runner.a]\n    [runner.b]\n    start: yes\n")
+                .unwrap();
         assert_eq!(get(&ini, "runner.a", "start"), "no");
         assert_eq!(get(&ini, "runner.b", "start"), "yes");
         assert!(!ini.sections.contains_key("DEFAULT"));

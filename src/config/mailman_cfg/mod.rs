@@ -56,6 +56,8 @@ pub struct Core {
     pub paths: IndexMap<String, PathBuf>,
     /// In Mailman's order (its built-in runners, then the site's new ones).
     pub runners: Vec<CoreRunner>,
+    /// Where `bin_dir` was set (file and line), if the site set it.
+    bin_dir_at: Option<(PathBuf, usize)>,
 }
 
 impl Core {
@@ -86,6 +88,36 @@ impl Core {
     }
     pub fn runner(&self, name: &str) -> Option<&CoreRunner> {
         self.runners.iter().find(|r| r.name == name)
+    }
+
+    /// Whether Mailman's runner program is there to be run (checked when
+    /// runners are to start, not by every command).
+    pub fn check_runner_program(&self) -> Result<(), ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let program = self.runner_program();
+        let ok = std::fs::metadata(&program)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if ok {
+            return Ok(());
+        }
+        let message = format!(
+            "bin_dir {} has no runner program ({} is missing or not executable); \
+             set bin_dir in [paths.{}] to the directory of Mailman's `runner`",
+            self.bin_dir().display(),
+            program.display(),
+            self.layout
+        );
+        Err(match &self.bin_dir_at {
+            Some((file, line)) => ConfigError::Line {
+                file: file.display().to_string(),
+                line: *line,
+                message,
+            },
+            None => ConfigError::File {
+                file: self.file.display().to_string(),
+                message,
+            },
+        })
     }
 }
 
@@ -284,7 +316,9 @@ fn resolve(
         layout: &values,
         env_var_dir,
         cwd: cwd.to_path_buf(),
-        argv: argv.clone().unwrap_or_else(|| paths::ARGV_UNKNOWN.to_string()),
+        argv: argv
+            .clone()
+            .unwrap_or_else(|| paths::ARGV_UNKNOWN.to_string()),
         cfg_file: file.clone(),
     };
     let expanded = paths::expand(&inputs).map_err(|left| {
@@ -318,10 +352,16 @@ fn resolve(
         };
         let get = |k: &str| keys.get(k);
         let text = |k: &str| get(k).map_or("", |v| v.text.as_str());
-        let start = as_boolean(text("start"))
-            .ok_or_else(|| err(get("start"), format!("Invalid boolean value: {}", text("start").to_lowercase())))?;
+        let start = as_boolean(text("start")).ok_or_else(|| {
+            err(
+                get("start"),
+                format!("Invalid boolean value: {}", text("start").to_lowercase()),
+            )
+        })?;
         let instances = match python_int(text("instances")) {
-            Some(n) if n == 0 || (n > 0 && (n & (n - 1)) == 0 && n <= i64::from(u32::MAX)) => n as u32,
+            Some(n) if n == 0 || (n > 0 && (n & (n - 1)) == 0 && n <= i64::from(u32::MAX)) => {
+                n as u32
+            }
             _ if !start => 1, // Mailman never reads it
             Some(n) => {
                 return Err(err(
@@ -361,6 +401,7 @@ fn resolve(
         });
     }
     Ok(Core {
+        bin_dir_at: section.get("bin_dir").and_then(|v| v.at.clone()),
         file,
         layout,
         paths: expanded,
@@ -408,7 +449,11 @@ mod tests {
         std::fs::write(&file, text).unwrap();
         let bin = dir.path().join("venv/bin");
         std::fs::create_dir_all(&bin).unwrap();
-        std::fs::write(bin.join("mailman"), format!("#!{}/python3\n", bin.display())).unwrap();
+        std::fs::write(
+            bin.join("mailman"),
+            format!("#!{}/python3\n", bin.display()),
+        )
+        .unwrap();
         load(&file, Path::new("/w"), None, Some(bin.as_os_str()))
     }
 
@@ -430,8 +475,18 @@ mod tests {
         assert_eq!(
             started(&c),
             [
-                "archive:0:1", "bounces:0:1", "command:0:1", "in:0:1", "lmtp:0:1", "out:0:1",
-                "pipeline:0:1", "rest:0:1", "retry:0:1", "task:0:1", "virgin:0:1", "digest:0:1"
+                "archive:0:1",
+                "bounces:0:1",
+                "command:0:1",
+                "in:0:1",
+                "lmtp:0:1",
+                "out:0:1",
+                "pipeline:0:1",
+                "rest:0:1",
+                "retry:0:1",
+                "task:0:1",
+                "virgin:0:1",
+                "digest:0:1"
             ]
         );
         assert!(!c.runner("lmtp").unwrap().queue);
@@ -459,8 +514,13 @@ mod tests {
     #[test]
     fn errors_name_file_and_line() {
         let e = core("[mailman]\nlayout: nope\n").unwrap_err().to_string();
-        assert!(e.ends_with("mailman.cfg:2: No path configuration found: paths.nope"), "{e}");
-        let e = core("[runner.in]\n\ninstances: 3\n").unwrap_err().to_string();
+        assert!(
+            e.ends_with("mailman.cfg:2: No path configuration found: paths.nope"),
+            "{e}"
+        );
+        let e = core("[runner.in]\n\ninstances: 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.ends_with(":3: Runner \"in\", not a power of 2: 3"), "{e}");
         let e = core("[runner.in]\nstart: maybe\n").unwrap_err().to_string();
         assert!(e.ends_with(":2: Invalid boolean value: maybe"), "{e}");

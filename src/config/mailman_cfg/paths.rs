@@ -81,7 +81,12 @@ pub fn expand(inputs: &Inputs) -> Result<IndexMap<String, PathBuf>, Vec<(String,
         for i in 0..subs.len() {
             let value = safe_substitute(&subs[i], &subs);
             if value.contains('$') {
-                left.push((subs.get_index(i).map(|(k, _)| k.clone()).unwrap_or_default(), value.clone()));
+                left.push((
+                    subs.get_index(i)
+                        .map(|(k, _)| k.clone())
+                        .unwrap_or_default(),
+                    value.clone(),
+                ));
             }
             subs[i] = value;
         }
@@ -227,7 +232,10 @@ mod tests {
     #[test]
     fn substitutes_as_python_template_does() {
         let m = map(&[("a", "A"), ("b_1", "B")]);
-        assert_eq!(safe_substitute("$a/${b_1}/$c/$$/$/${x", &m), "A/B/$c/$/$/${x");
+        assert_eq!(
+            safe_substitute("$a/${b_1}/$c/$$/$/${x", &m),
+            "A/B/$c/$/$/${x"
+        );
         assert_eq!(safe_substitute("$ab", &m), "$ab");
         assert_eq!(safe_substitute("x$a.y", &m), "xA.y");
         assert_eq!(safe_substitute("$1", &m), "$1");
@@ -271,7 +279,10 @@ mod tests {
 
     #[test]
     fn abspath_normalises() {
-        assert_eq!(abspath(Path::new("/c"), "a/../b/./d//e"), PathBuf::from("/c/b/d/e"));
+        assert_eq!(
+            abspath(Path::new("/c"), "a/../b/./d//e"),
+            PathBuf::from("/c/b/d/e")
+        );
         assert_eq!(abspath(Path::new("/c"), "/x/.."), PathBuf::from("/"));
     }
 
@@ -281,7 +292,11 @@ mod tests {
         let bin = dir.path().join("venv/bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::write(bin.join("python3"), "").unwrap();
-        std::fs::write(bin.join("mailman"), format!("#!{}/python3\nimport x\n", bin.display())).unwrap();
+        std::fs::write(
+            bin.join("mailman"),
+            format!("#!{}/python3\nimport x\n", bin.display()),
+        )
+        .unwrap();
         let other = dir.path().join("other");
         std::fs::create_dir_all(&other).unwrap();
         // A non-Python `mailman` (ours) earlier on PATH is passed over.
