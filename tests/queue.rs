@@ -332,6 +332,10 @@ fn handler_exit_status_decides_where_an_entry_goes() {
         fs::read_to_string(queue_dir(&env, "retry").join(&retry)).unwrap(),
         "75"
     );
+    // The runner logs where an entry went after moving it.
+    env.wait_log(&format!("entry {orphan}: cannot start handler"));
+    env.wait_log(&format!("entry {fail}: handler exited with 1"));
+    env.wait_log(&format!("entry {retry}: handler exited with 75"));
     let log = env.log();
     assert!(!log.contains(&ok), "a handled entry is not logged: {log}");
     assert!(log.contains(&format!(
@@ -518,6 +522,9 @@ fn stop_signals_finish_the_entry_in_hand() {
             names(&queue_dir(&env, "work")).is_empty(),
             "{name}: {entry} is gone"
         );
+        // The master writes its log from a thread of its own: the lines may
+        // follow the processes a moment later.
+        env.wait_log(&format!("why: {why}, class: work"));
         let log = env.log();
         let caught = log
             .find(&format!("work runner caught {name}.  Stopping."))

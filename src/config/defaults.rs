@@ -178,6 +178,11 @@ impl Config {
                         None => builtin_next(&name).map(str::to_string),
                     },
                     env: r.env.unwrap_or_default(),
+                    ready_tcp: match r.ready_tcp.map(Spanned::into_inner) {
+                        Some(a) if a.is_empty() => None,
+                        Some(a) => Some(a),
+                        None => base.ready_tcp.clone(),
+                    },
                     queue: base.queue,
                     mailman_core: base.mailman_core,
                     name,
@@ -202,6 +207,7 @@ struct Base {
     start: bool,
     max_restarts: u32,
     queue: bool,
+    ready_tcp: Option<String>,
     mailman_core: bool,
 }
 
@@ -214,6 +220,7 @@ impl Base {
             start,
             max_restarts: 10,
             queue: !NON_QUEUE_RUNNERS.contains(&name),
+            ready_tcp: None,
             mailman_core: false,
         }
     }
@@ -231,6 +238,7 @@ impl Base {
             start: r.start,
             max_restarts: r.max_restarts,
             queue: r.queue,
+            ready_tcp: r.ready_tcp.clone(),
             mailman_core: true,
         }
     }

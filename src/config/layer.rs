@@ -65,6 +65,7 @@ pub(super) struct RawRunner {
     pub(super) handler: Option<Spanned<Vec<String>>>,
     pub(super) next: Option<Spanned<String>>,
     pub(super) env: Option<IndexMap<String, String>>,
+    pub(super) ready_tcp: Option<Spanned<String>>,
 }
 
 impl RawRunner {
@@ -81,6 +82,7 @@ impl RawRunner {
             stable_after: self.stable_after.or(base.stable_after),
             handler: self.handler.or_else(|| base.handler.clone()),
             next: self.next.or_else(|| base.next.clone()),
+            ready_tcp: self.ready_tcp.or_else(|| base.ready_tcp.clone()),
             env: match (&base.env, self.env) {
                 (Some(b), Some(mut own)) => {
                     for (k, v) in b {

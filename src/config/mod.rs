@@ -180,6 +180,10 @@ pub struct RunnerConfig {
     /// runners have none).
     #[serde(skip)]
     pub queue: bool,
+    /// Where the runner accepts TCP connections once it is ready
+    /// (`HOST:PORT`; `""` for none): until then it counts as starting.
+    #[serde(serialize_with = "serialize_opt_str")]
+    pub ready_tcp: Option<String>,
     /// One of Mailman Core's own runners (from `mailman_cfg`): it gets
     /// Mailman's environment, not ours.
     #[serde(skip)]
@@ -197,6 +201,10 @@ impl RunnerConfig {
 /// built-in default).
 fn serialize_next<S: Serializer>(next: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(next.as_deref().unwrap_or(""))
+}
+
+fn serialize_opt_str<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_deref().unwrap_or(""))
 }
 
 fn serialize_runners<S: Serializer>(runners: &[RunnerConfig], s: S) -> Result<S::Ok, S::Error> {

@@ -65,6 +65,21 @@ pub(super) fn runner_table(name: &Spanned<String>, table: &RawRunner) -> Result<
             format!("Runner \"{name}\": invalid next queue \"{}\"", n.get_ref()),
         ));
     }
+    if let Some(a) = &table.ready_tcp
+        && !a.get_ref().is_empty()
+        && !a
+            .get_ref()
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    {
+        return Err((
+            a.span(),
+            format!(
+                "Runner \"{name}\": ready_tcp must be HOST:PORT, not \"{}\"",
+                a.get_ref()
+            ),
+        ));
+    }
     if let Some(i) = &table.instances
         && !i.get_ref().is_power_of_two()
     {

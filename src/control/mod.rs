@@ -118,6 +118,9 @@ pub struct SliceStatus {
     pub uptime_secs: Option<f64>,
     /// While backing off: seconds until the next start.
     pub restart_in_secs: Option<f64>,
+    /// Running and ready (its `ready_tcp`, if any, accepts connections).
+    #[serde(default)]
+    pub ready: bool,
     /// While not running: seconds since it last ran.
     #[serde(default)]
     pub down_secs: Option<f64>,

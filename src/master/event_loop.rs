@@ -24,6 +24,7 @@ struct Ready {
     listener: bool,
     clients: Vec<usize>,
     outputs: Vec<usize>,
+    probes: Vec<usize>,
 }
 
 impl Master {
@@ -52,6 +53,7 @@ impl Master {
                 }
             }
             self.pump(&ready.outputs);
+            self.finish_probes(&ready.probes);
             self.serve(ready.listener, &ready.clients);
             self.on_timer(Instant::now());
         }
@@ -85,6 +87,10 @@ impl Master {
         for o in &self.outputs {
             fds.push(PollFd::new(o.fd(), PollFlags::POLLIN));
         }
+        let first_probe = fds.len();
+        for p in &self.probes {
+            fds.push(PollFd::new(p.fd(), PollFlags::POLLOUT));
+        }
         let mut ready = Ready::default();
         match poll(&mut fds, timeout) {
             Ok(_) => {
@@ -94,9 +100,13 @@ impl Master {
                     .filter(|&i| hit(&fds[i]))
                     .map(|i| i - first_client)
                     .collect();
-                ready.outputs = (first_output..fds.len())
+                ready.outputs = (first_output..first_probe)
                     .filter(|&i| hit(&fds[i]))
                     .map(|i| i - first_output)
+                    .collect();
+                ready.probes = (first_probe..fds.len())
+                    .filter(|&i| hit(&fds[i]))
+                    .map(|i| i - first_probe)
                     .collect();
             }
             Err(Errno::EINTR) => {}
@@ -140,8 +150,10 @@ impl Master {
                 .iter()
                 .filter_map(|s| match s.state {
                     State::BackingOff { until } => Some(until),
+                    State::Running { .. } => s.restart_asked.map(|r| r.deadline),
                     _ => None,
                 })
+                .chain(self.next_probe())
                 .min(),
         }
     }
@@ -186,12 +198,18 @@ impl Master {
         match self.mode {
             Mode::Running => {
                 for idx in 0..self.slices.len() {
-                    if let State::BackingOff { until } = self.slices[idx].state
-                        && until <= now
-                    {
-                        self.relaunch(idx);
+                    let s = &self.slices[idx];
+                    match s.state {
+                        State::BackingOff { until } if until <= now => self.relaunch(idx),
+                        State::Running { .. }
+                            if s.restart_asked.is_some_and(|r| r.deadline <= now) =>
+                        {
+                            self.escalate_restart(idx, now)
+                        }
+                        _ => {}
                     }
                 }
+                self.start_probes(now);
             }
             Mode::Stopping { deadline, .. } if now >= deadline => self.on_stop_deadline(now),
             Mode::Stopping { .. } | Mode::Starting => {}

@@ -40,6 +40,7 @@ pub mod slice;
 pub mod spawn;
 
 mod event_loop;
+mod readiness;
 mod requests;
 mod runners;
 mod shutdown;
@@ -166,6 +167,8 @@ struct Master {
     control: Option<control::Server>,
     clients: Vec<Client>,
     started: Instant,
+    /// Readiness connects under way.
+    probes: Vec<readiness::Probe>,
     /// The `init` command, while it runs.
     init: Option<startup::Init>,
     /// How `mailman start` learns that start-up is over (once).

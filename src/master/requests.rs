@@ -107,6 +107,7 @@ impl Master {
                     }),
                     uptime_secs: uptime,
                     restart_in_secs: retry,
+                    ready: s.pid().is_some() && s.ready,
                     down_secs: s
                         .pid()
                         .is_none()
@@ -130,11 +131,19 @@ impl Master {
         }
     }
 
-    /// What `status` needs: pid, state, problems.
+    /// What `status` needs: pid, state, problems. A master whose runners
+    /// run but are not all ready yet is `starting`.
     pub(super) fn health(&self) -> Health {
+        let starting =
+            self.mode == Mode::Running && self.slices.iter().any(|s| s.pid().is_some() && !s.ready);
         Health {
             pid: std::process::id() as i32,
-            state: self.state_name().into(),
+            state: if starting {
+                "starting"
+            } else {
+                self.state_name()
+            }
+            .into(),
             problems: self.problems(Instant::now()),
         }
     }

@@ -11,7 +11,8 @@ use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
 use super::output::Output;
-use super::slice::{self, Decision, Slice, State, Why};
+use super::shutdown::signal_group;
+use super::slice::{self, Decision, RestartAsked, Slice, State, Why};
 use super::{EXIT_GAVE_UP, Master, Mode, spawn};
 use crate::config::OnGiveUp;
 
@@ -86,21 +87,26 @@ impl Master {
     }
 
     /// Starts slice `idx` now; the error says why it cannot be started.
-    pub(super) fn launch(&mut self, idx: usize) -> Result<(), String> {
+    pub(super) fn launch(&mut self, idx: usize) -> Result<(), LaunchError> {
         let sp = spawn::spawn(&self.ctx, &self.slices[idx]).map_err(|e| {
             let s = &self.slices[idx];
-            format!(
-                "Cannot start runner {}: {}: {}",
-                s.spec(),
-                s.runner.command.first().map_or("", String::as_str),
-                crate::util::io_text(&e)
-            )
+            LaunchError {
+                message: format!(
+                    "Cannot start runner {}: {}: {}",
+                    s.spec(),
+                    s.runner.command.first().map_or("", String::as_str),
+                    crate::util::io_text(&e)
+                ),
+                lasting: lasting(&e),
+            }
         })?;
+        let now = Instant::now();
+        self.expect_ready(idx, now);
         let s = &mut self.slices[idx];
         debug!("[{}] {}", sp.pid, s.spec());
         s.state = State::Running {
             pid: sp.pid,
-            since: Instant::now(),
+            since: now,
         };
         if !self.groups.contains(&sp.pid) {
             self.groups.push(sp.pid);
@@ -117,11 +123,42 @@ impl Master {
     /// Starts slice `idx` again (after a back-off, a restart): a runner that
     /// cannot be started counts as one that exited with 127 at once.
     pub(super) fn relaunch(&mut self, idx: usize) {
-        if let Err(message) = self.launch(idx) {
-            error!("{message}");
+        if let Err(e) = self.launch(idx) {
+            error!("{}", e.message);
             self.slices[idx].state = State::Stopped;
             self.decide(idx, None, Why::Exit(127), Duration::ZERO);
         }
+    }
+
+    /// A runner asked to restart has not exited by its deadline: SIGTERM
+    /// (as a stop would), then SIGKILL. Its exit is restarted either way.
+    pub(super) fn escalate_restart(&mut self, idx: usize, now: Instant) {
+        let stop_timeout = self.config.mailman.stop_timeout;
+        let s = &mut self.slices[idx];
+        let (Some(pid), Some(asked)) = (s.pid(), s.restart_asked) else {
+            return;
+        };
+        if asked.terminated {
+            warn!(
+                "Runner {} (pid {pid}) did not stop on SIGTERM within {stop_timeout}; sending SIGKILL",
+                s.spec()
+            );
+            signal_group(pid, Signal::SIGKILL);
+            s.restart_asked = Some(RestartAsked {
+                deadline: now + Duration::from_secs(3600),
+                terminated: true,
+            });
+            return;
+        }
+        warn!(
+            "Runner {} (pid {pid}) did not restart on SIGUSR1 within {stop_timeout}; sending SIGTERM",
+            s.spec()
+        );
+        signal_group(pid, Signal::SIGTERM);
+        s.restart_asked = Some(RestartAsked {
+            deadline: now + stop_timeout.0,
+            terminated: true,
+        });
     }
 
     /// Live processes the master still has to see exit: runners and `init`.
@@ -148,9 +185,11 @@ impl Master {
     }
 
     /// SIGUSR1 (or a restart request, maybe for one runner or slice): each
-    /// running runner gets SIGUSR1 and is restarted as it exits; runners
-    /// waiting, given up or stopped start again at once with their count
-    /// reset.
+    /// running runner gets SIGUSR1 and is restarted as it exits, whatever
+    /// its exit status (one that has not exited after `stop_timeout` gets
+    /// SIGTERM, then after as long again SIGKILL: see
+    /// [`Master::escalate_restart`]); runners waiting, given up or stopped
+    /// start again at once with their count reset.
     pub(super) fn restart(&mut self, runner: Option<&str>, slice: Option<u32>) {
         if self.mode != Mode::Running {
             return;
@@ -163,6 +202,10 @@ impl Master {
             match self.slices[idx].state {
                 State::Running { pid, .. } => {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGUSR1);
+                    self.slices[idx].restart_asked = Some(RestartAsked {
+                        deadline: Instant::now() + self.config.mailman.stop_timeout.0,
+                        terminated: false,
+                    });
                 }
                 _ if self.restartable => {
                     self.slices[idx].forgive();
@@ -172,4 +215,29 @@ impl Master {
             }
         }
     }
+}
+
+/// Why a runner could not be started.
+pub(super) struct LaunchError {
+    pub(super) message: String,
+    /// The program cannot be run at all (missing, not executable, not a
+    /// program), as opposed to a passing failure (busy file, no memory).
+    pub(super) lasting: bool,
+}
+
+/// Whether an exec error will happen again however often it is tried.
+fn lasting(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOENT
+                | libc::EACCES
+                | libc::ENOEXEC
+                | libc::ENOTDIR
+                | libc::ELOOP
+                | libc::ENAMETOOLONG
+                | libc::EPERM
+                | libc::EISDIR
+        )
+    )
 }

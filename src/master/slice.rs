@@ -67,6 +67,27 @@ pub struct Slice {
     /// When its current run of counted exits began (`None` once a stable
     /// run or a restart request has reset the count).
     pub failing_since: Option<Instant>,
+    /// The master asked it to restart (SIGUSR1): its next exit, whatever
+    /// its status, is restarted at once and not counted; past the deadline
+    /// the request escalates (see [`RestartAsked`]).
+    pub restart_asked: Option<RestartAsked>,
+    /// Where it accepts connections once ready (its `ready_tcp`, resolved).
+    pub ready_addr: Option<std::net::SocketAddr>,
+    /// Running and ready: it has no `ready_tcp`, or that address accepted a
+    /// connection since it started.
+    pub ready: bool,
+    /// When to try its address next, while it is not ready.
+    pub probe_at: Option<Instant>,
+}
+
+/// A restart the master asked of a running runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartAsked {
+    /// When to escalate.
+    pub deadline: Instant,
+    /// SIGTERM was sent after SIGUSR1 was not obeyed (gunicorn, Mailman's
+    /// REST runner, takes SIGUSR1 as "reopen logs").
+    pub terminated: bool,
 }
 
 /// What the master should do after a runner exit.
@@ -100,6 +121,10 @@ impl Slice {
             last_exit: None,
             last_exit_at: None,
             failing_since: None,
+            restart_asked: None,
+            ready_addr: None,
+            ready: false,
+            probe_at: None,
         }
     }
 
@@ -131,7 +156,7 @@ impl Slice {
             // Stayed up long enough: earlier crashes are forgiven.
             self.restarts = 0;
         }
-        if why.number() == WHY_REQUESTED {
+        if self.restart_asked.take().is_some() || why.number() == WHY_REQUESTED {
             return if restartable {
                 Decision::RestartNow
             } else {
@@ -180,6 +205,11 @@ impl Slice {
             .last_exit
             .map_or_else(String::new, |w| format!(", last {w}"));
         match self.state {
+            State::Running { .. } if !self.ready => Some(format!(
+                "runner {} not ready yet (no connection on {})",
+                self.spec(),
+                self.ready_addr.map_or_else(String::new, |a| a.to_string())
+            )),
             State::Failed => Some(format!(
                 "runner {} given up after {} restarts{last}",
                 self.spec(),
@@ -330,6 +360,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = slice(2, 100);
         s.state = State::Running { pid: 1, since: t0 };
+        s.ready = true;
         assert_eq!(s.problem(t0, grace), None);
         s.on_exit(Why::Exit(1), SHORT, true, |d| d);
         s.note_exit(t0);
@@ -351,6 +382,24 @@ mod tests {
         assert!(s.problem(t0, grace).unwrap().contains("given up"));
         s.forgive();
         assert_eq!(s.failing_since, None);
+    }
+
+    #[test]
+    fn an_asked_restart_is_free_whatever_the_exit() {
+        let mut s = slice(1, 100);
+        s.restart_asked = Some(RestartAsked {
+            deadline: Instant::now(),
+            terminated: true,
+        });
+        assert_eq!(
+            s.on_exit(Why::Exit(0), SHORT, true, |d| d),
+            Decision::RestartNow
+        );
+        assert_eq!((s.restarts, s.restart_asked), (0, None));
+        assert_ne!(
+            s.on_exit(Why::Exit(0), SHORT, true, |d| d),
+            Decision::RestartNow
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::slice::Slice;
@@ -163,9 +163,13 @@ pub fn start(ctx: &SpawnContext, argv: &[String], environment: Environment) -> i
         .stderr(Stdio::piped());
     let master = ctx.master_pid;
     let nofile = ctx.nofile;
+    // Our own runner starts with its stop/restart/reopen signals blocked and
+    // unblocks them once it handles them: one that arrives while it starts
+    // waits instead of killing it.
+    let ours = Path::new(program) == ctx.bin && args.first().is_some_and(|a| a == "runner");
     // SAFETY: child_setup makes only async-signal-safe system calls.
     unsafe {
-        cmd.pre_exec(move || child_setup(master, nofile));
+        cmd.pre_exec(move || child_setup(master, nofile, ours));
     }
     let mut child = cmd.spawn()?;
     let pid = child.id() as i32;

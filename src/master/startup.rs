@@ -78,7 +78,7 @@ impl Master {
             // Orphaned grandchildren come to us, and we reap them.
             let _ = nix::sys::prctl::set_child_subreaper(true);
         }
-        let slices =
+        let mut slices =
             select_slices(&config, &opts.only).map_err(|e| StartError::new(EXIT_USAGE, e))?;
         let nofile = process::raise_nofile();
         let root = nix::unistd::geteuid().is_root();
@@ -119,6 +119,7 @@ impl Master {
             );
         }
 
+        super::readiness::resolve_all(&mut slices);
         let ctx = SpawnContext {
             // Resolved once, now: by path, so that after a package upgrade
             // replaces the file, runners start the new binary.
@@ -147,6 +148,7 @@ impl Master {
             clients: Vec::new(),
             started: Instant::now(),
             init: None,
+            probes: Vec::new(),
             ready: std::mem::take(ready),
             notifier: crate::os::notify::Notifier::from_env(),
             log: Some(log),
@@ -217,15 +219,18 @@ impl Master {
         ));
     }
 
-    /// Starts every slice; start-up is over. A runner that cannot even be
-    /// started fails the start-up (and the runners started before it are
-    /// stopped): a command that does not exist is a configuration error, not
-    /// a crash to retry.
+    /// Starts every slice; start-up is over. A runner whose program cannot
+    /// be run at all (missing, not executable) fails the start-up, and the
+    /// runners started before it are stopped: that is a configuration error,
+    /// not a crash to retry. A passing failure (a busy file, no memory) is
+    /// a crash like any other.
     fn launch_all(&mut self) {
         self.mode = Mode::Running;
         for idx in 0..self.slices.len() {
-            if let Err(message) = self.launch(idx) {
-                return self.fail_start(message);
+            match self.launch(idx) {
+                Ok(()) => {}
+                Err(e) if e.lasting => return self.fail_start(e.message),
+                Err(_) => self.relaunch(idx),
             }
         }
         self.ready.ok();

@@ -33,7 +33,36 @@ pub fn raise_nofile() -> Option<libc::rlimit> {
 /// Runs in the child between fork and exec: async-signal-safe calls only.
 /// `master` is the parent the child must not outlive (for a queue entry's
 /// handler, its runner).
-pub fn child_setup(master: i32, nofile: Option<libc::rlimit>) -> io::Result<()> {
+/// The signals a runner of ours starts with blocked, when its parent asks
+/// for it (see [`child_setup`]), and unblocks once its handlers are in
+/// place ([`unblock_start_signals`]): sent while it starts, they wait
+/// rather than kill it.
+pub const START_SIGNALS: [libc::c_int; 5] = [
+    libc::SIGHUP,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+];
+
+/// In a runner of ours, once its handlers are installed: lets the
+/// [`START_SIGNALS`] through (any that arrived meanwhile are delivered now).
+pub fn unblock_start_signals() {
+    // SAFETY: plain system calls on a local, initialised signal set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in START_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// `block_start`: the child is one of our own runners, which unblocks the
+/// [`START_SIGNALS`] itself once it can handle them; any other program gets
+/// every signal unblocked.
+pub fn child_setup(master: i32, nofile: Option<libc::rlimit>, block_start: bool) -> io::Result<()> {
     // SAFETY: plain system calls on this process; no allocation, no locks.
     unsafe {
         if let Some(lim) = nofile {
@@ -45,9 +74,14 @@ pub fn child_setup(master: i32, nofile: Option<libc::rlimit>) -> io::Result<()> 
             return Err(io::Error::last_os_error());
         }
         // Signals blocked or ignored in the master must not be in the runner.
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut mask);
+        if block_start {
+            for sig in START_SIGNALS {
+                libc::sigaddset(&mut mask, sig);
+            }
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         #[cfg(target_os = "linux")]
         {

@@ -48,14 +48,18 @@ fn say(line: &str) {
 pub fn install_signals() -> std::io::Result<SignalPipe> {
     // SIGQUIT too: the master passes its stop signal on as it is. SIGCHLD
     // wakes the wait for a handler.
-    SignalPipe::install(&[
+    let pipe = SignalPipe::install(&[
         libc::SIGHUP,
         libc::SIGTERM,
         libc::SIGINT,
         libc::SIGQUIT,
         libc::SIGUSR1,
         libc::SIGCHLD,
-    ])
+    ]);
+    // The master started us with these blocked (so that one sent while we
+    // started waited); handled now, they may come.
+    process::unblock_start_signals();
+    pipe
 }
 
 pub fn main(config: &Config, spec: &str, sigs: std::io::Result<SignalPipe>) -> i32 {
@@ -313,7 +317,7 @@ impl Worker<'_> {
         let me = std::process::id() as i32;
         // SAFETY: child_setup makes only async-signal-safe system calls.
         unsafe {
-            cmd.pre_exec(move || process::child_setup(me, None));
+            cmd.pre_exec(move || process::child_setup(me, None, false));
         }
         let mut child = match cmd.spawn() {
             Ok(c) => c,

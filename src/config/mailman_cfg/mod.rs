@@ -43,6 +43,10 @@ pub struct CoreRunner {
     pub max_restarts: u32,
     /// Whether it works a queue directory (its `path` is not empty).
     pub queue: bool,
+    /// Where it accepts connections once it is ready (`HOST:PORT`): the
+    /// LMTP runner at `[mta] lmtp_host:lmtp_port`, the REST runner at
+    /// `[webservice] hostname:port`.
+    pub ready_tcp: Option<String>,
 }
 
 /// What Mailman 3.3.10 computes from a `mailman.cfg`.
@@ -345,6 +349,21 @@ fn resolve(
             ),
         ));
     }
+    let value = |section: &str, key: &str| {
+        data.get(section)
+            .and_then(|s| s.get(key))
+            .map_or(String::new(), |v| v.text.trim().to_string())
+    };
+    let lmtp = format!(
+        "{}:{}",
+        value("mta", "lmtp_host"),
+        value("mta", "lmtp_port")
+    );
+    let rest = format!(
+        "{}:{}",
+        value("webservice", "hostname"),
+        value("webservice", "port")
+    );
     let mut runners = Vec::new();
     for (name, keys) in data {
         let Some(short) = name.strip_prefix("runner.") else {
@@ -391,9 +410,15 @@ fn resolve(
                     ),
                 )
             })?;
+        let class = text("class").trim();
         runners.push(CoreRunner {
             name: short.to_string(),
-            class: text("class").to_string(),
+            ready_tcp: match class {
+                "mailman.runners.lmtp.LMTPRunner" => Some(lmtp.clone()),
+                "mailman.runners.rest.RESTRunner" => Some(rest.clone()),
+                _ => None,
+            },
+            class: class.to_string(),
             start,
             instances,
             max_restarts,
@@ -491,6 +516,15 @@ mod tests {
         );
         assert!(!c.runner("lmtp").unwrap().queue);
         assert!(c.runner("in").unwrap().queue);
+        assert_eq!(
+            c.runner("lmtp").unwrap().ready_tcp.as_deref(),
+            Some("127.0.0.1:8024")
+        );
+        assert_eq!(
+            c.runner("rest").unwrap().ready_tcp.as_deref(),
+            Some("localhost:8001")
+        );
+        assert_eq!(c.runner("in").unwrap().ready_tcp, None);
     }
 
     #[test]
