@@ -68,7 +68,7 @@ impl Stage {
     }
 
     fn compose(&self, args: &[&str]) -> Ran {
-        let mut all = vec!["-p", &self.project, "-f", "compose.yaml"];
+        let mut all = vec!["-p", &self.project, "-f", "contrib/docker/compose.yaml"];
         all.extend_from_slice(args);
         run("docker-compose", &all, &[("MAILMAN_IMAGE", &self.tag)])
     }

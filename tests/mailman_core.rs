@@ -396,3 +396,416 @@ fn test_master_scenarios_with_mailmans_command_runner() {
     assert!(!alive(runner));
     assert!(!core.env.log().contains("maximum restart limit"));
 }
+
+// ---- mailman.cfg read directly ----
+
+/// Asks Mailman 3.3.10 itself what it computes from a mailman.cfg: its
+/// paths, and the slices its master would start (`start_runners`' loop).
+const ASK_MAILMAN: &str = r#"
+import json, sys, warnings
+warnings.simplefilter("ignore")
+from importlib.resources import read_text
+from zope.configuration import xmlconfig
+xmlconfig.string(read_text('mailman.config', 'configure.zcml'))
+from lazr.config import as_boolean
+from mailman.config.config import Configuration
+c = Configuration()
+c.create_paths = False
+c.load(sys.argv[1])
+slices = []
+for section in c.runner_configs:
+    name = section.name[len('runner.'):]
+    if not as_boolean(section.start):
+        continue
+    count = int(section.instances)
+    slices += ['{}:{}:{}'.format(name, s, count) for s in range(count)]
+paths = {k.lower(): v for k, v in c.paths.items()}
+paths.update(pid_file=c.PID_FILE, lock_file=c.LOCK_FILE)
+print(json.dumps({"paths": paths, "slices": slices}))
+"#;
+
+/// What a view of one configuration is made of.
+#[derive(Debug, PartialEq)]
+struct View {
+    paths: std::collections::BTreeMap<String, String>,
+    slices: Vec<String>,
+}
+
+const COMPARED: [&str; 6] = [
+    "var_dir",
+    "bin_dir",
+    "queue_dir",
+    "log_dir",
+    "lock_file",
+    "pid_file",
+];
+
+fn mailmans_view(venv: &Path, cfg: &Path, cwd: &Path, var_dir: Option<&str>) -> View {
+    let mut cmd = Command::new(venv.join("bin/python3"));
+    cmd.arg("-c").arg(ASK_MAILMAN).arg(cfg).current_dir(cwd);
+    match var_dir {
+        Some(v) => cmd.env("MAILMAN_VAR_DIR", v),
+        None => cmd.env_remove("MAILMAN_VAR_DIR"),
+    };
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    View {
+        paths: COMPARED
+            .iter()
+            .map(|k| {
+                (
+                    k.to_string(),
+                    v["paths"][k].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect(),
+        slices: v["slices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect(),
+    }
+}
+
+fn our_view(venv: &Path, cfg: &Path, cwd: &Path, var_dir: Option<&str>) -> View {
+    let path = format!(
+        "{}:{}",
+        venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-C")
+        .arg(cfg)
+        .arg("check-config")
+        .current_dir(cwd)
+        .env("PATH", path)
+        .env_remove("MAILMAN_CONFIG_FILE");
+    match var_dir {
+        Some(v) => cmd.env("MAILMAN_VAR_DIR", v),
+        None => cmd.env_remove("MAILMAN_VAR_DIR"),
+    };
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut paths = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some((k, v)) = line.strip_prefix("#   ").and_then(|l| l.split_once(" = ")) {
+            if COMPARED.contains(&k) {
+                paths.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(
+        table["mailman"]["var_dir"].as_str(),
+        paths.get("var_dir").map(String::as_str),
+        "the var dir we run is Mailman's"
+    );
+    let mut slices = Vec::new();
+    for (name, r) in table["runner"].as_table().unwrap() {
+        if r["start"].as_bool() == Some(true) {
+            let n = r["instances"].as_integer().unwrap();
+            slices.extend((0..n).map(|s| format!("{name}:{s}:{n}")));
+            assert_eq!(
+                r["command"][0].as_str().map(PathBuf::from),
+                Some(PathBuf::from(&paths["bin_dir"]).join("runner")),
+                "{name} runs Mailman's runner program"
+            );
+        }
+    }
+    View { paths, slices }
+}
+
+/// Our runner set and paths equal what Mailman 3.3.10 computes itself, for
+/// configurations that exercise its defaults, instances, start, classes,
+/// layouts, `$` interpolation, `[meta] extends`, `[DEFAULT]` and
+/// `MAILMAN_VAR_DIR`.
+#[test]
+fn our_runners_and_paths_are_mailmans_own() {
+    let Some(venv) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let cases: Vec<(&str, String, Option<&str>)> = vec![
+        ("defaults", "[mailman]\nsite_owner: a@example.com\n".into(), None),
+        (
+            "instances",
+            "[runner.in]\ninstances: 4\n[runner.out]\ninstances: 4\n[runner.bounces]\ninstances: 2\n"
+                .into(),
+            None,
+        ),
+        (
+            "start",
+            "[runner.archive]\nstart: no\n[runner.digest]\nstart: off\n[runner.rest]\nstart: False\n\
+             [runner.nntp]\nstart: yes\n[runner.task]\nstart: disabled\n"
+                .into(),
+            None,
+        ),
+        (
+            "classes",
+            "[runner.archive]\nclass: mailman.runners.digest.DigestRunner\n\
+             [runner.extra]\nclass: mailman.runners.command.CommandRunner\ninstances: 2\n\
+             [runner.idle]\nclass: mailman.runners.fake.BadRunner\nstart: no\n"
+                .into(),
+            None,
+        ),
+        (
+            "layout",
+            format!("[mailman]\nlayout: site\n[paths.site]\nvar_dir: {d}/site-var\nqueue_dir: {d}/spool\n"),
+            None,
+        ),
+        (
+            "interpolation",
+            "[mailman]\nlayout: deep\n[paths.deep]\nvar_dir: $cwd/../deep\nlog_dir: ${var_dir}/../log\n\
+             lock_dir: $var_dir/l\nlock_file: $lock_dir/m.lck\npid_file: $data_dir/m.pid\n\
+             data_dir: $var_dir/d\nbin_dir: $argv\n"
+                .into(),
+            None,
+        ),
+        (
+            "extends",
+            "[meta]\nextends: base.cfg\n[runner.in]\ninstances: 2\n".into(),
+            None,
+        ),
+        (
+            "fhs-queue",
+            format!("[mailman]\nlayout: fhs\n[paths.fhs]\nbin_dir: $argv\nvar_dir: {d}/fhs\nqueue_dir: {d}/fhs-spool\nlog_dir: {d}/log\nlock_dir: {d}/lock\npid_file: {d}/run/m.pid\n"),
+            None,
+        ),
+        ("env", "[mailman]\nlayout: here\n".into(), Some("/srv/from-env")),
+    ];
+    // What `extends` extends: the dev layout ($cfg_file/../..), and
+    // [DEFAULT] keys that reach only this file's sections.
+    std::fs::write(
+        dir.path().join("base.cfg"),
+        "[mailman]\nlayout: dev\n[DEFAULT]\nstart: no\n[runner.bounces]\n[runner.task]\n",
+    )
+    .unwrap();
+    for (name, text, var_dir) in &cases {
+        let cwd = dir.path().join(name);
+        std::fs::create_dir_all(&cwd).unwrap();
+        let cfg = dir.path().join(format!("{name}.cfg"));
+        std::fs::write(&cfg, text).unwrap();
+        let theirs = mailmans_view(&venv, &cfg, &cwd, *var_dir);
+        let ours = our_view(&venv, &cfg, &cwd, *var_dir);
+        assert_eq!(ours, theirs, "case {name}:\n{text}");
+    }
+}
+
+/// A broken mailman.cfg is one line naming the file and line, exit 2, and
+/// nothing is started or created.
+#[test]
+fn a_broken_mailman_cfg_is_one_line_and_nothing_starts() {
+    let Some(venv) = venv() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let var = dir.path().join("var");
+    let here = format!("[paths.here]\nvar_dir: {}\n", var.display());
+    let cases = [
+        (
+            "syntax",
+            format!("{here}[mailman]\nlayout here\n"),
+            4,
+            "not a section",
+        ),
+        (
+            "layout",
+            format!("{here}[mailman]\nlayout: nowhere\n"),
+            4,
+            "No path configuration found: paths.nowhere",
+        ),
+        (
+            "bin_dir",
+            format!("{here}bin_dir: {}\n", dir.path().display()),
+            3,
+            "has no runner program",
+        ),
+        (
+            "instances",
+            format!("{here}[runner.out]\ninstances: 3\n"),
+            4,
+            "Runner \"out\", not a power of 2: 3",
+        ),
+        (
+            "boolean",
+            format!("{here}[runner.out]\nstart: maybe\n"),
+            4,
+            "Invalid boolean value: maybe",
+        ),
+        ("header", "layout: here\n".into(), 1, "no section headers"),
+    ];
+    let path = format!(
+        "{}:{}",
+        venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (name, text, line, message) in cases {
+        let cfg = dir.path().join(format!("{name}.cfg"));
+        std::fs::write(&cfg, &text).unwrap();
+        for args in [&["start"][..], &["master"], &["check-config"]] {
+            let out = Command::new(BIN)
+                .arg("-C")
+                .arg(&cfg)
+                .args(args)
+                .env("PATH", &path)
+                .env_remove("MAILMAN_CONFIG_FILE")
+                .env_remove("MAILMAN_VAR_DIR")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {stderr}");
+            assert_eq!(
+                stderr.lines().count(),
+                1,
+                "{name} {args:?}: one line: {stderr}"
+            );
+            let prefix = format!("{}:{line}: ", cfg.display());
+            assert!(
+                stderr.starts_with(&prefix) && stderr.contains(message),
+                "{name} {args:?}: {stderr:?} should start with {prefix:?} and say {message:?}"
+            );
+            assert!(out.stdout.is_empty(), "{name} {args:?}: nothing on stdout");
+            assert!(!var.exists(), "{name} {args:?}: nothing was created");
+        }
+    }
+}
+
+/// `-C mailman.cfg` alone runs Mailman's own runners as Mailman's master
+/// would: Mailman initialised once first, then every runner; health waits
+/// for the LMTP and REST runners to accept connections (again after a
+/// restart); Mailman's own CLI agrees with ours.
+#[test]
+fn a_bare_mailman_cfg_runs_mailmans_own_runners() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(venv) = venv() else { return };
+    // For its temporary dir and its drop guard (it kills what runs with
+    // MAILMAN_VAR_DIR=<its var>); its TOML config is not used.
+    let env = Env::new("");
+    let dir = env.dir.path();
+    let lmtp = free_port();
+    let rest = (0..100)
+        .map(|_| free_port())
+        .find(|p| *p != lmtp)
+        .unwrap_or(lmtp + 1);
+    std::fs::write(
+        dir.join("gunicorn.cfg"),
+        "[gunicorn]\ncontrol_socket_disable = true\n",
+    )
+    .unwrap();
+    let cfg = dir.join("mailman.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[mailman]\nlayout: here\nsite_owner: postmaster@example.com\n\
+             [paths.here]\nvar_dir: {var}\n\
+             [mta]\nincoming: mailman.mta.null.NullMTA\nlmtp_port: {lmtp}\n\
+             [webservice]\nport: {rest}\nconfiguration: {dir}/gunicorn.cfg\n",
+            var = env.var.display(),
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let ours = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("-C")
+            .arg(&cfg)
+            .args(args)
+            .env("PATH", &path)
+            .env_remove("MAILMAN_CONFIG_FILE")
+            .env_remove("MAILMAN_VAR_DIR")
+            .env_remove("NOTIFY_SOCKET")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let mailman = |args: &[&str]| {
+        let out = Command::new(venv.join("bin/mailman"))
+            .arg("-C")
+            .arg(&cfg)
+            .arg("--run-as-root")
+            .args(args)
+            .env_remove("MAILMAN_CONFIG_FILE")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let started = ours(&["start"]);
+    assert_eq!(started.code, 0, "{}{}", started.stdout, started.stderr);
+    let master = env.pid_from_file().expect("Mailman's master.pid");
+    wait_until("every runner to be ready", SLOW, || {
+        ours(&["status", "--check"]).code == 0
+    });
+    assert!(port_bound(lmtp) && port_bound(rest));
+    let log = env.log();
+    let init = log
+        .find("Initialising: ")
+        .expect("Mailman initialised first");
+    let first = log.find("runner started.").unwrap_or(usize::MAX);
+    assert!(log.contains("Initialised ("), "{log}");
+    assert!(init < first, "init ran before the runners: {log}");
+    let report: serde_json::Value =
+        serde_json::from_str(&ours(&["status", "--json"]).stdout).unwrap();
+    let runners = report["runners"].as_array().unwrap();
+    assert_eq!(runners.len(), 12);
+    assert!(
+        runners
+            .iter()
+            .all(|r| r["state"] == "running" && r["ready"] == true),
+        "{report}"
+    );
+    assert_eq!(
+        mailman(&["status"]),
+        format!("GNU Mailman is running (master pid: {master})\n")
+    );
+    assert_eq!(ours(&["status"]).stdout, mailman(&["status"]));
+
+    // Right after a restart the LMTP runner is not ready, and health says so.
+    let lmtp_pid = |report: &serde_json::Value| {
+        report["runners"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["name"] == "lmtp"))
+            .and_then(|r| r["pid"].as_i64())
+    };
+    let before = lmtp_pid(&report);
+    assert_eq!(ours(&["restart"]).code, 0);
+    wait_until("a new LMTP runner", SLOW, || {
+        let now: serde_json::Value =
+            serde_json::from_str(&ours(&["status", "--json"]).stdout).unwrap_or_default();
+        lmtp_pid(&now).is_some_and(|p| Some(p) != before)
+    });
+    let check = ours(&["status", "--check"]);
+    assert_eq!(check.code, 1, "{}", check.stdout);
+    assert!(
+        check.stdout.contains("runner lmtp:0:1 not ready yet"),
+        "{}",
+        check.stdout
+    );
+    wait_until("every runner ready again", SLOW, || {
+        ours(&["status", "--check"]).code == 0
+    });
+    assert!(port_bound(lmtp));
+
+    assert_eq!(ours(&["stop"]).code, 0);
+    assert_eq!(mailman(&["status"]), "GNU Mailman is not running\n");
+    assert!(!alive(master));
+}

@@ -367,10 +367,17 @@ impl Config {
         };
         if let Some(core) = &self.core {
             head.push_str(&format!(
-                "# var_dir, paths and runners from {} (Mailman's layout \"{}\")\n",
+                "# var_dir, paths and runners from {} (Mailman's layout \"{}\"):\n",
                 core.file.display(),
                 core.layout
             ));
+            for (key, path) in &core.paths {
+                head.push_str(&format!(
+                    "#   {} = {}\n",
+                    key.to_lowercase(),
+                    path.display()
+                ));
+            }
         }
         #[derive(Serialize)]
         struct Out<'a> {
