@@ -499,10 +499,10 @@ fn our_view(venv: &Path, cfg: &Path, cwd: &Path, var_dir: Option<&str>) -> View 
     );
     let mut paths = std::collections::BTreeMap::new();
     for line in text.lines() {
-        if let Some((k, v)) = line.strip_prefix("#   ").and_then(|l| l.split_once(" = ")) {
-            if COMPARED.contains(&k) {
-                paths.insert(k.to_string(), v.to_string());
-            }
+        if let Some((k, v)) = line.strip_prefix("#   ").and_then(|l| l.split_once(" = "))
+            && COMPARED.contains(&k)
+        {
+            paths.insert(k.to_string(), v.to_string());
         }
     }
     let table: toml::Table = toml::from_str(&text).unwrap();
