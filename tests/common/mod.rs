@@ -314,3 +314,35 @@ impl Drop for Witness {
         let _ = self.child.wait();
     }
 }
+
+/// Fails the test, naming what to install, when `ok` is false: a test whose
+/// requirement is missing never passes by skipping (`.ci/run` installs
+/// every requirement; tests/README.md lists them).
+pub fn require(ok: bool, what: &str, install: &str) {
+    assert!(
+        ok,
+        "this test needs {what}, which is missing here: {install} (see tests/README.md)"
+    );
+}
+
+/// A Docker engine that answers, and docker-compose.
+pub fn require_docker() {
+    let answers = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    require(
+        answers("docker", &["info"]),
+        "a Docker engine that answers `docker info`",
+        "install Docker Engine and start its daemon",
+    );
+    require(
+        answers("docker-compose", &["version"]),
+        "docker-compose",
+        "apt-get install docker-compose",
+    );
+}

@@ -1,0 +1,381 @@
+//! The Mailman Core image (contrib/mailman-core) and stack (compose.yaml) on
+//! the real Docker engine: a message sent by LMTP to a list reaches its
+//! subscriber through GNU Mailman 3.3.10's own runners under our master, again
+//! after a restart and after `docker kill` + `docker start`; Mailman's CLI and
+//! ours agree; `docker stop` ends every runner on its own; `docker logs` has
+//! Mailman's lines tagged with their runner; two slices of `in` and `out` run.
+//!
+//! The image is built by contrib/mailman-core/build.sh under its fixed tag
+//! (the base image and the wheel directory are cached across runs); each test
+//! brings up its own compose project and takes it down with its volumes.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const IMAGE: &str = "mailman-core:local";
+/// Mailman's Python runners start slowly, the more so on a loaded machine.
+const SLOW: Duration = Duration::from_secs(240);
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Through Mailman's REST API (inside the container): a domain, a list that
+/// accepts posts from anyone, and a subscriber; or one message by LMTP.
+const FLOW: &str = r#"
+import base64, json, smtplib, sys, urllib.request
+AUTH = "Basic " + base64.b64encode(b"restadmin:restpass").decode()
+def rest(method, path, data=None):
+    req = urllib.request.Request("http://127.0.0.1:8001/3.1" + path, method=method,
+        data=None if data is None else json.dumps(data).encode(),
+        headers={"Authorization": AUTH, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.status
+if sys.argv[1] == "setup":
+    rest("POST", "/domains", {"mail_host": "example.com"})
+    rest("POST", "/lists", {"fqdn_listname": "test@example.com"})
+    rest("POST", "/members", {"list_id": "test.example.com", "subscriber": "anne@example.org",
+         "pre_verified": True, "pre_confirmed": True, "pre_approved": True})
+    rest("PATCH", "/lists/test.example.com/config", {"default_nonmember_action": "accept"})
+else:
+    n = sys.argv[2]
+    msg = ("From: bart@example.org\r\nTo: test@example.com\r\nSubject: hello %s\r\n"
+           "Message-ID: <m%s@example.org>\r\n\r\nbody %s\r\n" % (n, n, n))
+    lmtp = smtplib.LMTP("127.0.0.1", 8024)
+    refused = lmtp.sendmail("bart@example.org", ["test@example.com"], msg)
+    lmtp.quit()
+    sys.exit(1 if refused else 0)
+"#;
+
+fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let out = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn docker(args: &[&str]) -> Ran {
+    run("docker", args, &[])
+}
+
+/// The image, built once per test run (a cache hit after the first time).
+fn build() {
+    let built = BUILT.get_or_init(|| {
+        let r = run("bash", &["contrib/mailman-core/build.sh", IMAGE], &[]);
+        if r.code == 0 {
+            Ok(())
+        } else {
+            Err(format!("{}{}", r.stdout, r.stderr))
+        }
+    });
+    if let Err(e) = built {
+        panic!("the Mailman Core image cannot be built: {e}");
+    }
+}
+
+/// One test's compose project: Mailman Core and the SMTP sink.
+struct Stack {
+    project: String,
+    core: String,
+    smtp: String,
+    files: Vec<String>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Stack {
+    /// `overrides`: more compose files (absolute paths).
+    fn up(test: &str, overrides: &[&Path]) -> Stack {
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        require_docker();
+        build();
+        let id = format!("{}{}", std::process::id(), test);
+        let mut files = vec!["compose.yaml".to_string()];
+        files.extend(overrides.iter().map(|p| p.display().to_string()));
+        let stack = Stack {
+            project: format!("mmcore{id}"),
+            core: format!("mmcore-{id}"),
+            smtp: format!("mmsmtp-{id}"),
+            files,
+            _serial: serial,
+        };
+        let r = stack.compose(&["up", "-d", "--no-build"]);
+        assert_eq!(r.code, 0, "compose up: {}{}", r.stdout, r.stderr);
+        stack
+    }
+
+    fn compose(&self, args: &[&str]) -> Ran {
+        let mut all = vec!["-p", self.project.as_str()];
+        for f in &self.files {
+            all.extend(["-f", f.as_str()]);
+        }
+        all.extend_from_slice(args);
+        run(
+            "docker-compose",
+            &all,
+            &[
+                ("MAILMAN_CORE_IMAGE", IMAGE),
+                ("MAILMAN_CORE_CONTAINER", &self.core),
+                ("MAILMAN_SMTP_CONTAINER", &self.smtp),
+                // Any free host port: the tests talk to the containers
+                // through `docker exec`.
+                ("MAILMAN_REST_PORT", "127.0.0.1:"),
+                ("MAILMAN_LMTP_PORT", "127.0.0.1:"),
+            ],
+        )
+    }
+
+    /// A command inside the Mailman Core container.
+    fn exec(&self, args: &[&str]) -> Ran {
+        let mut all = vec!["exec", self.core.as_str()];
+        all.extend_from_slice(args);
+        docker(&all)
+    }
+
+    /// The flow script (see [`FLOW`]) inside the container.
+    fn flow(&self, args: &[&str]) -> Ran {
+        let mut child = Command::new("docker")
+            .args(["exec", "-i", &self.core, "python3", "-"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(FLOW.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn health(&self) -> String {
+        docker(&["inspect", "-f", "{{.State.Health.Status}}", &self.core])
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    fn wait_healthy(&self, what: &str) {
+        let deadline = Instant::now() + SLOW;
+        while self.health() != "healthy" {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not healthy after {SLOW:?} ({}); status: {}\nlogs:\n{}",
+                self.health(),
+                self.exec(&["mailmanctl", "status"]).stdout,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Whether the sink has the list's copy of message `n` for anne.
+    fn delivered(&self, n: usize) -> bool {
+        let pattern = format!("^Subject: \\[Test\\] hello {n}$");
+        let found = docker(&[
+            "exec",
+            &self.smtp,
+            "grep",
+            "-rlx",
+            &pattern,
+            "/var/lib/mailman/sink",
+        ]);
+        found.code == 0
+            && found.stdout.lines().any(|f| {
+                docker(&[
+                    "exec",
+                    &self.smtp,
+                    "grep",
+                    "-qx",
+                    "X-RcptTo: anne@example.org",
+                    f,
+                ])
+                .code
+                    == 0
+            })
+    }
+
+    /// Sends message `n` and waits until the sink has it.
+    fn send_and_receive(&self, n: usize) {
+        let deadline = Instant::now() + SLOW;
+        loop {
+            let sent = self.flow(&["send", &n.to_string()]);
+            if sent.code == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cannot send {n}: {}",
+                sent.stderr
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        wait_until(&format!("message {n} at the sink"), SLOW, || {
+            self.delivered(n)
+        });
+    }
+
+    fn logs(&self) -> String {
+        let r = docker(&["logs", &self.core]);
+        format!("{}{}", r.stdout, r.stderr)
+    }
+
+    /// Runner name → pid, from our `status --json`.
+    fn pids(&self) -> std::collections::BTreeMap<String, i64> {
+        let out = self.exec(&["mailmanctl", "status", "--json"]).stdout;
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["runners"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .filter_map(|r| {
+                        let spec = format!("{}:{}", r["name"].as_str()?, r["slice"].as_i64()?);
+                        Some((spec, r["pid"].as_i64()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.compose(&["down", "-v", "--remove-orphans"]);
+    }
+}
+
+#[test]
+fn a_message_travels_through_mailman_core_under_our_master() {
+    let stack = Stack::up("one", &[]);
+    stack.wait_healthy("first start");
+    let setup = stack.flow(&["setup"]);
+    assert_eq!(setup.code, 0, "REST set-up: {}", setup.stderr);
+    stack.send_and_receive(1);
+
+    // Mailman's own CLI and ours agree.
+    let ours = stack.exec(&["mailmanctl", "status"]);
+    let theirs = stack.exec(&["mailman", "status"]);
+    assert_eq!(ours.stdout, "GNU Mailman is running (master pid: 1)\n");
+    assert_eq!(theirs.stdout, ours.stdout, "{}", theirs.stderr);
+
+    // A restart through our CLI replaces every runner, REST's included
+    // (gunicorn takes SIGUSR1 as "reopen logs": it gets SIGTERM after
+    // stop_timeout), and mail flows again once they are ready.
+    let before = stack.pids();
+    assert_eq!(before.len(), 12, "{before:?}");
+    let r = stack.exec(&["mailmanctl", "restart"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    wait_until("every runner replaced", SLOW, || {
+        let now = stack.pids();
+        now.len() == 12 && now.iter().all(|(k, p)| before.get(k) != Some(p))
+    });
+    wait_until("every runner ready again", SLOW, || {
+        stack.exec(&["mailmanctl", "status", "--check"]).code == 0
+    });
+    stack.send_and_receive(2);
+
+    // docker kill, then docker start: back healthy, no --force, mail flows.
+    assert_eq!(docker(&["kill", &stack.core]).code, 0);
+    wait_until("the container to stop or restart", SLOW, || {
+        let s = docker(&[
+            "inspect",
+            "-f",
+            "{{.State.Running}} {{.State.StartedAt}}",
+            &stack.core,
+        ]);
+        s.stdout.starts_with("false") || !s.stdout.is_empty()
+    });
+    docker(&["start", &stack.core]);
+    stack.wait_healthy("after docker kill + docker start");
+    stack.send_and_receive(3);
+
+    // docker stop: well inside 10 s, every runner ending on its own.
+    let since = stack.logs().len();
+    let t0 = Instant::now();
+    assert_eq!(docker(&["stop", &stack.core]).code, 0);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(10), "docker stop took {took:?}");
+    let logs = stack.logs();
+    let last = &logs[since.min(logs.len())..];
+    assert!(last.contains("Master stopped"), "{last}");
+    assert!(
+        !last.contains("SIGKILL"),
+        "a runner needed SIGKILL:\n{last}"
+    );
+    let exits: Vec<&str> = last
+        .lines()
+        .filter(|l| l.contains("Master detected subprocess exit"))
+        .collect();
+    assert_eq!(exits.len(), 12, "{last}");
+    assert!(
+        exits
+            .iter()
+            .all(|l| l.contains("why: EXIT 15") || l.contains("why: EXIT 0, class: rest")),
+        "{last}"
+    );
+    let exit = docker(&["inspect", "-f", "{{.State.ExitCode}}", &stack.core]);
+    assert_eq!(exit.stdout.trim(), "0");
+    // Mailman's own log lines, tagged with their runner.
+    for line in [
+        "[in:0] in runner started.",
+        "[out:0] out runner started.",
+        "[lmtp:0] lmtp runner started.",
+    ] {
+        assert!(logs.contains(line), "{line} not in docker logs:\n{logs}");
+    }
+    assert!(logs.contains("[in:0] ACCEPT: <m1@example.org>"), "{logs}");
+}
+
+#[test]
+fn two_slices_of_in_and_out_run_and_mail_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mailman.cfg");
+    let image_cfg = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/mailman-core/mailman.cfg"),
+    )
+    .unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{image_cfg}\n[runner.in]\ninstances: 2\n\n[runner.out]\ninstances: 2\n"),
+    )
+    .unwrap();
+    let over = dir.path().join("override.yaml");
+    std::fs::write(
+        &over,
+        format!(
+            "services:\n  mailman-core:\n    volumes:\n      - {}:/etc/mailman.cfg:ro\n",
+            cfg.display()
+        ),
+    )
+    .unwrap();
+    let stack = Stack::up("two", &[&over]);
+    stack.wait_healthy("first start");
+    let pids = stack.pids();
+    for slice in ["in:0", "in:1", "out:0", "out:1"] {
+        assert!(pids.contains_key(slice), "{slice} runs: {pids:?}");
+    }
+    assert_eq!(pids.len(), 14, "{pids:?}");
+    let setup = stack.flow(&["setup"]);
+    assert_eq!(setup.code, 0, "REST set-up: {}", setup.stderr);
+    for n in 1..=6 {
+        stack.send_and_receive(n);
+    }
+}
