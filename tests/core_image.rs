@@ -294,15 +294,8 @@ fn a_message_travels_through_mailman_core_under_our_master() {
 
     // docker kill, then docker start: back healthy, no --force, mail flows.
     assert_eq!(docker(&["kill", &stack.core]).code, 0);
-    wait_until("the container to stop or restart", SLOW, || {
-        let s = docker(&[
-            "inspect",
-            "-f",
-            "{{.State.Running}} {{.State.StartedAt}}",
-            &stack.core,
-        ]);
-        s.stdout.starts_with("false") || !s.stdout.is_empty()
-    });
+    // The restart policy (on-failure) may have started it already; then
+    // this start does nothing. Either way the health check starts over.
     docker(&["start", &stack.core]);
     stack.wait_healthy("after docker kill + docker start");
     stack.send_and_receive(3);
