@@ -21,5 +21,5 @@ USER mailman
 WORKDIR /var/lib/mailman
 VOLUME ["/var/lib/mailman"]
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=5s --timeout=3s --start-period=2s --retries=3 CMD ["mailman", "status"]
+HEALTHCHECK --interval=5s --timeout=3s --start-period=2s --retries=3 CMD ["mailman", "status", "--check"]
 ENTRYPOINT ["mailman", "master"]
