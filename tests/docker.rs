@@ -45,13 +45,10 @@ struct Stage {
 }
 
 impl Stage {
-    /// `None` (after printing why) where no Docker engine answers.
-    fn new(test: &str) -> Option<Stage> {
+    /// Fails the test where no Docker engine answers.
+    fn new(test: &str) -> Stage {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        if docker(&["info"]).code != 0 {
-            println!("SKIPPED {test}: no Docker engine answers `docker info`");
-            return None;
-        }
+        require_docker();
         let stage = Stage {
             tag: format!("mailman-test:{}-{test}", std::process::id()),
             project: format!("mailmantest{}", std::process::id()),
@@ -64,7 +61,7 @@ impl Stage {
             "image build failed: {}{}",
             built.stdout, built.stderr
         );
-        Some(stage)
+        stage
     }
 
     fn compose(&self, args: &[&str]) -> Ran {
@@ -133,9 +130,7 @@ impl Drop for Stage {
 
 #[test]
 fn image_builds_small_and_compose_up_becomes_healthy() {
-    let Some(stage) = Stage::new("up") else {
-        return;
-    };
+    let stage = Stage::new("up");
     let size: u64 = docker(&["image", "inspect", "-f", "{{.Size}}", &stage.tag])
         .stdout
         .trim()
@@ -170,9 +165,7 @@ fn image_builds_small_and_compose_up_becomes_healthy() {
 
 #[test]
 fn docker_exec_mailman_stop_exits_0_and_stays_stopped() {
-    let Some(stage) = Stage::new("stop") else {
-        return;
-    };
+    let stage = Stage::new("stop");
     stage.up();
     stage.wait_master_up();
     let began = Instant::now();
@@ -192,9 +185,7 @@ fn docker_exec_mailman_stop_exits_0_and_stays_stopped() {
 
 #[test]
 fn status_restart_and_reopen_inside_the_container() {
-    let Some(stage) = Stage::new("ops") else {
-        return;
-    };
+    let stage = Stage::new("ops");
     stage.up();
     stage.wait_master_up();
     let st = docker(&["exec", "mailman", "mailman", "status"]);
@@ -246,9 +237,7 @@ fn status_restart_and_reopen_inside_the_container() {
 
 #[test]
 fn kill_then_start_ten_times_on_the_same_volume() {
-    let Some(stage) = Stage::new("kill") else {
-        return;
-    };
+    let stage = Stage::new("kill");
     stage.up();
     stage.wait_master_up();
     for round in 1..=10 {
@@ -269,23 +258,23 @@ fn kill_then_start_ten_times_on_the_same_volume() {
 }
 
 /// A static busybox gives the shell-less image a runner that ignores SIGTERM.
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
+fn busybox() -> PathBuf {
+    let found = ["/bin/busybox", "/usr/bin/busybox"]
         .iter()
         .map(PathBuf::from)
-        .find(|p| p.exists())
+        .find(|p| p.exists());
+    require(
+        found.is_some(),
+        "a static busybox",
+        "apt-get install busybox-static",
+    );
+    found.unwrap_or_default()
 }
 
 #[test]
 fn docker_stop_with_a_runner_that_ignores_sigterm() {
-    let Some(busybox) = busybox() else {
-        // .ci/run installs busybox-static; this line only shows elsewhere.
-        println!("SKIPPED docker_stop_with_a_runner_that_ignores_sigterm: no static busybox");
-        return;
-    };
-    let Some(stage) = Stage::new("term") else {
-        return;
-    };
+    let busybox = busybox();
+    let stage = Stage::new("term");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("mailman.toml");
     std::fs::write(
@@ -333,9 +322,7 @@ fn set_readable(dir: &Path, file: &Path) {
 
 #[test]
 fn host_commands_against_a_bind_mounted_var_dir() {
-    let Some(stage) = Stage::new("host") else {
-        return;
-    };
+    let stage = Stage::new("host");
     let dir = tempfile::tempdir().unwrap();
     let var = dir.path().join("var");
     std::fs::create_dir(&var).unwrap();

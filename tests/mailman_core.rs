@@ -3,9 +3,10 @@
 //! Mailman's test_master.py against our binary.
 //!
 //! Installs `mailman==3.3.10` into a virtual environment cached under
-//! `target/` (about 20 s the first time); skipped, with one printed line,
-//! only if that install fails. The tests run one at a time (a dozen Python
-//! processes each).
+//! `target/` (about 20 s the first time); a test fails, naming what to
+//! install, if that install fails. The tests run one at a time (a dozen
+//! Python processes each). Also: our reading of `mailman.cfg` against what
+//! Mailman itself computes from the same file.
 
 mod common;
 
@@ -27,9 +28,19 @@ const DEFAULT_RUNNERS: [&str; 12] = [
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 static VENV: OnceLock<Option<PathBuf>> = OnceLock::new();
 
-/// The cached virtual environment with Mailman 3.3.10, or `None` (after
-/// printing why) if it cannot be installed here.
-fn venv() -> Option<PathBuf> {
+/// The cached virtual environment with Mailman 3.3.10; the test fails if it
+/// cannot be installed here.
+fn venv() -> PathBuf {
+    let venv = installed_venv();
+    require(
+        venv.is_some(),
+        "GNU Mailman 3.3.10 from PyPI",
+        "python3 -m venv target/mailman-core-3.3.10 && target/mailman-core-3.3.10/bin/pip install mailman==3.3.10 && touch target/mailman-core-3.3.10/.installed",
+    );
+    venv.unwrap_or_default()
+}
+
+fn installed_venv() -> Option<PathBuf> {
     VENV.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mailman-core-3.3.10");
         let stamp = dir.join(".installed");
@@ -49,7 +60,6 @@ fn venv() -> Option<PathBuf> {
                 .status()
                 .is_ok_and(|s| s.success());
         if !installed {
-            println!("SKIPPED the Mailman Core tests: `pip install mailman==3.3.10` failed here");
             return None;
         }
         std::fs::write(&stamp, "").ok()?;
@@ -81,9 +91,9 @@ struct Core {
 
 impl Core {
     /// `runners`: our config's runner tables (e.g. to start only `command`).
-    fn new(runners: &str) -> Option<Core> {
+    fn new(runners: &str) -> Core {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let venv = venv()?;
+        let venv = venv();
         // Two distinct free ports (the kernel may hand out one twice).
         let lmtp = free_port();
         let rest = (0..100)
@@ -122,14 +132,14 @@ impl Core {
         probe.edit_config("stop_timeout = \"3s\"", "stop_timeout = \"10s\"");
         let text = std::fs::read_to_string(&probe.config).unwrap();
         std::fs::write(&probe.config, format!("{text}{ours}")).unwrap();
-        Some(Core {
+        Core {
             env: probe,
             venv,
             cfg,
             lmtp,
             rest,
             _serial: serial,
-        })
+        }
     }
 
     /// Mailman's own CLI (`mailman -C mailman.cfg --run-as-root ...`).
@@ -186,7 +196,7 @@ impl Core {
 
 #[test]
 fn mailmans_runners_under_our_master() {
-    let Some(core) = Core::new("") else { return };
+    let core = Core::new("");
     let env = &core.env;
     let master = env.start(12);
 
@@ -284,7 +294,7 @@ fn mailmans_runners_under_our_master() {
 
 #[test]
 fn mailmans_own_cli_against_our_master() {
-    let Some(core) = Core::new("") else { return };
+    let core = Core::new("");
     let env = &core.env;
     let master = env.start(12);
     core.wait_count("runner started.", 12);
@@ -351,9 +361,7 @@ fn command_master(core: &Core) -> (std::process::Child, i32) {
 
 #[test]
 fn test_master_scenarios_with_mailmans_command_runner() {
-    let Some(core) = Core::new(COMMAND_ONLY) else {
-        return;
-    };
+    let core = Core::new(COMMAND_ONLY);
     let (mut child, runner) = command_master(&core);
     let master = child.id() as i32;
     core.wait_count("command runner started.", 1);
@@ -532,7 +540,7 @@ fn our_view(venv: &Path, cfg: &Path, cwd: &Path, var_dir: Option<&str>) -> View 
 /// `MAILMAN_VAR_DIR`.
 #[test]
 fn our_runners_and_paths_are_mailmans_own() {
-    let Some(venv) = venv() else { return };
+    let venv = venv();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     let cases: Vec<(&str, String, Option<&str>)> = vec![
@@ -605,7 +613,7 @@ fn our_runners_and_paths_are_mailmans_own() {
 /// nothing is started or created.
 #[test]
 fn a_broken_mailman_cfg_is_one_line_and_nothing_starts() {
-    let Some(venv) = venv() else { return };
+    let venv = venv();
     let dir = tempfile::tempdir().unwrap();
     let var = dir.path().join("var");
     let here = format!("[paths.here]\nvar_dir: {}\n", var.display());
@@ -686,7 +694,7 @@ fn a_broken_mailman_cfg_is_one_line_and_nothing_starts() {
 #[test]
 fn a_bare_mailman_cfg_runs_mailmans_own_runners() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(venv) = venv() else { return };
+    let venv = venv();
     // For its temporary dir and its drop guard (it kills what runs with
     // MAILMAN_VAR_DIR=<its var>); its TOML config is not used.
     let env = Env::new("");

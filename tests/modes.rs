@@ -140,10 +140,11 @@ fn multi_call_names() {
 
 #[test]
 fn run_as_user_switches_before_taking_the_lock() {
-    if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED: --run-as-user needs root");
-        return;
-    }
+    require(
+        nix::unistd::geteuid().is_root(),
+        "root (--run-as-user switches users)",
+        "run the tests as root",
+    );
     let env = Env::with_mailman(
         "stop_timeout = \"3s\"\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
         &only(ONE_RUNNER),

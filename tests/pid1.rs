@@ -28,11 +28,11 @@ fn unshare_works() -> bool {
 
 #[test]
 fn as_pid_1_it_reaps_orphans_and_stops_cleanly() {
-    if !unshare_works() {
-        // Needs root (or user namespaces); this machine has both, CI too.
-        println!("SKIPPED: `unshare --pid --fork --mount-proc` is not permitted here");
-        return;
-    }
+    require(
+        unshare_works(),
+        "`unshare --pid --fork --mount-proc`",
+        "apt-get install util-linux, and run the tests as root",
+    );
     let env = Env::new(&only(ORPHANS));
     let mut unshare = Command::new("unshare")
         .args(["--pid", "--fork", "--mount-proc", BIN, "-C"])
