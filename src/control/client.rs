@@ -18,7 +18,12 @@ pub enum Answer {
 
 /// Sends one request and reads the one-line response.
 pub fn ask(path: &Path, request: &Request, timeout: Duration) -> io::Result<Answer> {
-    let mut stream = match UnixStream::connect(path) {
+    // Kept open until connected (a long path goes through /proc/self/fd).
+    let (short, _dir) = match super::reachable(path) {
+        Ok(p) => p,
+        Err(_) => return Ok(Answer::NoSocket), // the checked signal path, then
+    };
+    let mut stream = match UnixStream::connect(&short) {
         Ok(s) => s,
         Err(e)
             if matches!(

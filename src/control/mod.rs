@@ -24,8 +24,9 @@ mod server;
 pub use client::{Answer, ask, wait_closed};
 pub use server::{Client, Server};
 
+use std::path::Path;
 #[cfg(test)]
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -133,6 +134,45 @@ pub struct SliceStatus {
 pub enum LastExit {
     Exit(i32),
     Signal(i32),
+}
+
+/// Longest socket path `bind` and `connect` take (`sun_path` holds 108
+/// bytes with the final NUL; a little room is kept).
+const SUN_PATH_MAX: usize = 100;
+
+/// `path` in a form a socket call accepts: itself when short enough; else,
+/// on Linux, through `/proc/self/fd/N/` of its directory opened here (keep
+/// the returned fd open while the path is used). A var dir deeper than
+/// `sun_path` allows (about 100 bytes) still has a working control socket.
+pub(crate) fn reachable(
+    path: &Path,
+) -> std::io::Result<(std::path::PathBuf, Option<std::os::fd::OwnedFd>)> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().len() <= SUN_PATH_MAX {
+        return Ok((path.to_path_buf(), None));
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(std::io::Error::other("not a socket path"));
+        };
+        let fd = nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        use std::os::fd::AsRawFd;
+        let short =
+            std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
+        Ok((short, Some(fd)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{} is longer than a socket path may be", path.display()),
+    ))
 }
 
 /// The control socket of the default layout (`$var_dir/master.sock`).

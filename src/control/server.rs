@@ -92,8 +92,15 @@ impl Server {
             ),
         }
         // 0600 from the start: no window in which others may connect.
+        let (short, _dir) = super::reachable(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {}",
+                path.display(),
+                crate::util::io_text(&e)
+            )
+        })?;
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(&path);
+        let bound = UnixListener::bind(&short);
         nix::sys::stat::umask(old);
         let listener = bound.map_err(|e| {
             anyhow::anyhow!(

@@ -28,6 +28,13 @@ struct Ready {
 }
 
 impl Master {
+    /// Whether runner output may be read now (see `log::writer`).
+    fn log_has_room(&self) -> bool {
+        self.log.as_ref().is_none_or(|l| l.has_room())
+    }
+}
+
+impl Master {
     /// The event loop. Returns the exit status once every runner is gone
     /// after a stop.
     pub(super) fn run(&mut self) -> i32 {
@@ -38,24 +45,36 @@ impl Master {
                 return code;
             }
             let ready = self.wait();
-            for sig in self.signals.take() {
-                match sig {
-                    libc::SIGCHLD => self.reap(),
-                    libc::SIGHUP => self.reopen("caught SIGHUP"),
-                    libc::SIGUSR1 => {
-                        self.restart(None, None);
-                        info!("Master watcher caught SIGUSR1.  Restarting.");
-                    }
-                    _ => {
-                        info!("Master watcher caught {}.  Exiting.", signals::name(sig));
-                        self.begin_stop(sig, EXIT_OK);
-                    }
-                }
-            }
+            // What `poll` found, by index, before anything below changes the
+            // tables (a reaped runner's pipes go).
             self.pump(&ready.outputs);
             self.finish_probes(&ready.probes);
+            for sig in self.signals.take() {
+                self.on_signal(sig);
+            }
             self.serve(ready.listener, &ready.clients);
             self.on_timer(Instant::now());
+        }
+    }
+
+    /// One signal, as Mailman's master reads them; any other signal whose
+    /// default would end the master is only logged.
+    fn on_signal(&mut self, sig: i32) {
+        match sig {
+            libc::SIGCHLD => self.reap(),
+            libc::SIGHUP => self.reopen("caught SIGHUP"),
+            libc::SIGUSR1 => {
+                self.restart(None, None);
+                info!("Master watcher caught SIGUSR1.  Restarting.");
+            }
+            libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => {
+                info!("Master watcher caught {}.  Exiting.", signals::name(sig));
+                self.begin_stop(sig, EXIT_OK);
+            }
+            _ => info!(
+                "Master watcher caught {}.  Ignored (it means nothing to the master).",
+                signals::name(sig)
+            ),
         }
     }
 
@@ -83,9 +102,17 @@ impl Master {
         for c in &self.clients {
             fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
         }
+        // While the log's queue is full, runners' pipes are left unread
+        // (a runner that floods waits on its own pipe) and the writer's wake
+        // pipe is polled instead.
+        let room = self.log_has_room();
         let first_output = fds.len();
-        for o in &self.outputs {
-            fds.push(PollFd::new(o.fd(), PollFlags::POLLIN));
+        if room {
+            for o in &self.outputs {
+                fds.push(PollFd::new(o.fd(), PollFlags::POLLIN));
+            }
+        } else if let Some(log) = &self.log {
+            fds.push(PollFd::new(log.wake_fd(), PollFlags::POLLIN));
         }
         let first_probe = fds.len();
         for p in &self.probes {
@@ -100,10 +127,17 @@ impl Master {
                     .filter(|&i| hit(&fds[i]))
                     .map(|i| i - first_client)
                     .collect();
-                ready.outputs = (first_output..first_probe)
-                    .filter(|&i| hit(&fds[i]))
-                    .map(|i| i - first_output)
-                    .collect();
+                if room {
+                    ready.outputs = (first_output..first_probe)
+                        .filter(|&i| hit(&fds[i]))
+                        .map(|i| i - first_output)
+                        .collect();
+                } else if let Some(log) = &self.log
+                    && first_probe > first_output
+                    && hit(&fds[first_output])
+                {
+                    log.woken();
+                }
                 ready.probes = (first_probe..fds.len())
                     .filter(|&i| hit(&fds[i]))
                     .map(|i| i - first_probe)
@@ -144,6 +178,8 @@ impl Master {
     fn next_deadline(&self) -> Option<Instant> {
         match self.mode {
             Mode::Stopping { deadline, .. } => Some(deadline),
+            // Slices still to start: at once, after this turn.
+            Mode::Starting if self.init.is_none() => Some(Instant::now()),
             Mode::Starting => None,
             Mode::Running => self
                 .slices
@@ -162,6 +198,9 @@ impl Master {
         // Indices are into `outputs` as polled; removal waits until the end.
         let mut closed = Vec::new();
         for &i in readable {
+            if !self.log_has_room() {
+                break; // the rest stays readable for a later turn
+            }
             if !self.outputs[i].pump() {
                 closed.push(i);
             }
@@ -197,10 +236,16 @@ impl Master {
     fn on_timer(&mut self, now: Instant) {
         match self.mode {
             Mode::Running => {
+                // A batch a turn: a thousand runners due at once (or crashing
+                // at once) never keep the loop from signals and requests.
+                let mut budget = super::startup::BATCH;
                 for idx in 0..self.slices.len() {
                     let s = &self.slices[idx];
                     match s.state {
-                        State::BackingOff { until } if until <= now => self.relaunch(idx),
+                        State::BackingOff { until } if until <= now && budget > 0 => {
+                            budget -= 1;
+                            self.relaunch(idx)
+                        }
                         State::Running { .. }
                             if s.restart_asked.is_some_and(|r| r.deadline <= now) =>
                         {
@@ -212,6 +257,7 @@ impl Master {
                 self.start_probes(now);
             }
             Mode::Stopping { deadline, .. } if now >= deadline => self.on_stop_deadline(now),
+            Mode::Starting if self.init.is_none() => self.launch_batch(),
             Mode::Stopping { .. } | Mode::Starting => {}
         }
     }

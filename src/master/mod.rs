@@ -91,16 +91,24 @@ impl StartError {
 
 /// Installs the master's signal handlers. Call it before anything else
 /// (before the configuration is even read): as PID 1, a signal that arrives
-/// with no handler installed is dropped by the kernel.
+/// with no handler installed is dropped by the kernel. Besides the signals
+/// it acts on, every signal whose default action would end the master
+/// silently (SIGUSR2, SIGALRM, the real-time signals, …) is caught and only
+/// logged; the faults (SIGSEGV, SIGBUS, …) keep their default, and SIGKILL
+/// and SIGSTOP cannot be caught.
 pub fn install_signals() -> std::io::Result<SignalPipe> {
-    SignalPipe::install(&[
+    let mut signals = vec![
         libc::SIGCHLD,
         libc::SIGTERM,
         libc::SIGINT,
         libc::SIGQUIT,
         libc::SIGHUP,
         libc::SIGUSR1,
-    ])
+    ];
+    signals.extend(crate::os::signals::TERMINATING_OTHERS);
+    #[cfg(target_os = "linux")]
+    signals.extend(libc::SIGRTMIN()..=libc::SIGRTMAX());
+    SignalPipe::install(&signals)
 }
 
 /// Reports a failure that happened before [`main`] could run (a bad
@@ -161,8 +169,6 @@ struct Master {
     signals: SignalPipe,
     mode: Mode,
     restartable: bool,
-    /// Runner process groups ever started, for the final sweep.
-    groups: Vec<i32>,
     /// The control socket, unless it could not be bound (signals still work).
     control: Option<control::Server>,
     clients: Vec<Client>,

@@ -80,17 +80,21 @@ impl Output {
 
     /// Reads until the pipe is empty for now (bounded), logging whole lines;
     /// with `to_end`, also logs a partial last line. Used before a runner's
-    /// exit is logged and when the master exits.
-    pub fn drain(&mut self, to_end: bool) {
+    /// exit is logged and when the master exits. Returns `true` at end of
+    /// file (after logging any partial last line): the pipe can be closed.
+    pub fn drain(&mut self, to_end: bool) -> bool {
+        let mut last = Got::Empty;
         for _ in 0..64 {
-            if self.read_once() != Got::Data {
+            last = self.read_once();
+            if last != Got::Data {
                 break;
             }
         }
         self.emit_lines();
-        if to_end {
+        if to_end || last == Got::Closed {
             self.flush_partial();
         }
+        last == Got::Closed
     }
 
     fn read_once(&mut self) -> Got {

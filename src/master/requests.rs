@@ -89,6 +89,7 @@ impl Master {
                         None,
                         Some(until.saturating_duration_since(now).as_secs_f64()),
                     ),
+                    State::Pending => ("pending", None, None, None),
                     State::Failed => ("failed", None, None, None),
                     State::Stopped => ("stopped", None, None, None),
                 };
@@ -162,9 +163,16 @@ impl Master {
     fn problems(&self, now: Instant) -> Vec<String> {
         match self.mode {
             Mode::Starting if self.init.is_some() => {
-                return vec!["starting: Mailman's initialisation (init) runs".into()];
+                return vec!["starting: init runs".into()];
             }
-            Mode::Starting => return vec!["starting".into()],
+            Mode::Starting => {
+                let pending = self
+                    .slices
+                    .iter()
+                    .filter(|s| s.state == State::Pending)
+                    .count();
+                return vec![format!("starting: {pending} runners not started yet")];
+            }
             Mode::Stopping { .. } => return vec!["stopping".into()],
             Mode::Running => {}
         }

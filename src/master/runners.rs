@@ -22,9 +22,9 @@ impl Master {
     /// runners); anything else was an orphan we only reaped.
     pub(super) fn on_runner_exit(&mut self, pid: i32, why: Why) {
         let now = Instant::now();
-        for o in self.outputs.iter_mut().filter(|o| o.pid == pid) {
-            o.drain(false);
-        }
+        // Its last words, and its pipes closed if nobody else holds them (a
+        // child it left behind may).
+        self.outputs.retain_mut(|o| o.pid != pid || !o.drain(false));
         if self.init.as_ref().is_some_and(|i| i.pid == pid) {
             return self.on_init_exit(why);
         }
@@ -42,7 +42,9 @@ impl Master {
     /// Applies the restart rule to an exit (or, with no pid, a failed
     /// start) and logs it as Mailman does.
     pub(super) fn decide(&mut self, idx: usize, pid: Option<i32>, why: Why, uptime: Duration) {
-        let restartable = self.restartable && self.mode == Mode::Running;
+        // Starting counts as running here: a runner that crashes while the
+        // others are still being started is restarted like any other.
+        let restartable = self.restartable && !matches!(self.mode, Mode::Stopping { .. });
         let s = &mut self.slices[idx];
         let decision = s.on_exit(why, uptime, restartable, slice::jitter);
         s.note_exit(Instant::now());
@@ -60,7 +62,13 @@ impl Master {
             );
         }
         match decision {
-            Decision::RestartNow => self.relaunch(idx),
+            // Due now, started at the end of this turn of the loop: never
+            // from inside the reaping, and never more than a batch a turn.
+            Decision::RestartNow => {
+                s.state = State::BackingOff {
+                    until: Instant::now(),
+                }
+            }
             Decision::RestartAfter(delay) => {
                 debug!("restarting {} in {} ms", s.spec(), delay.as_millis());
                 s.state = State::BackingOff {
@@ -108,9 +116,6 @@ impl Master {
             pid: sp.pid,
             since: now,
         };
-        if !self.groups.contains(&sp.pid) {
-            self.groups.push(sp.pid);
-        }
         for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
             match Output::new(fd, &s.runner.name, Some(s.slice), sp.pid, stream) {
                 Ok(o) => self.outputs.push(o),
@@ -173,10 +178,9 @@ impl Master {
     /// SIGHUP (or a reopen request): reopen our log, pass SIGHUP on to every
     /// runner.
     pub(super) fn reopen(&mut self, how: &str) {
-        if let Some(log) = &self.log
-            && let Err(e) = log.reopen()
-        {
-            error!("cannot reopen {}: {}", self.layout.log_file().display(), e);
+        // The writer thread reopens the file (and logs it if it cannot).
+        if let Some(log) = &self.log {
+            log.reopen();
         }
         for pid in self.slices.iter().filter_map(Slice::pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGHUP);

@@ -100,32 +100,7 @@ impl Master {
     /// After the loop: sweep what is left, remove the pid file, release the
     /// lock, flush the log (docs/master.md, "Stopping").
     pub(super) fn finish(mut self, code: i32) -> i32 {
-        // A runner's children that outlived it in its process group.
-        for &pgid in &self.groups {
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-        }
-        // Orphans adopted as subreaper (a handler's background child, a
-        // runner's helper whose runner died): nothing that ran under this
-        // master outlives it. Never its own process group.
-        let own = nix::unistd::getpgrp().as_raw();
-        let left: Vec<(i32, i32)> = crate::os::procinfo::live_children()
-            .into_iter()
-            .filter(|(pid, _)| !self.slices.iter().any(|s| s.pid() == Some(*pid)))
-            .collect();
-        if !left.is_empty() {
-            let pids: Vec<String> = left.iter().map(|(p, _)| p.to_string()).collect();
-            warn!(
-                "Killing processes left behind by runners: {}",
-                pids.join(", ")
-            );
-        }
-        for (pid, pgid) in left {
-            if pgid != own {
-                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            }
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        self.reap();
+        self.sweep();
         for o in &mut self.outputs {
             o.drain(true);
         }
@@ -156,6 +131,48 @@ impl Master {
         }
         drop(self.log.take());
         code
+    }
+}
+
+impl Master {
+    /// Nothing that ran under this master outlives it. What is left is our
+    /// child: a runner's children and helpers come to us when their parent
+    /// dies (we are their subreaper). Each child's process group gets
+    /// SIGKILL, then the child, then we reap; until no child is left (a
+    /// grandchild comes to us when its parent dies) or [`KILL_GRACE`] ends.
+    ///
+    /// Only groups that hold a child of ours are signalled, at that moment:
+    /// a child not yet reaped keeps its group's id from being reused, so the
+    /// signal can reach no stranger, however long the master has run (a
+    /// runner's old pid may long since be an unrelated process's group).
+    /// Never our own group.
+    fn sweep(&mut self) {
+        let own = nix::unistd::getpgrp().as_raw();
+        let deadline = Instant::now() + KILL_GRACE;
+        let mut said = false;
+        loop {
+            let left = crate::os::procinfo::live_children();
+            if left.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            if !said {
+                let pids: Vec<String> = left.iter().map(|(p, _)| p.to_string()).collect();
+                warn!(
+                    "Killing processes left behind by runners: {}",
+                    pids.join(", ")
+                );
+                said = true;
+            }
+            for (pid, pgid) in left {
+                if pgid != own {
+                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                }
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            self.reap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.reap();
     }
 }
 

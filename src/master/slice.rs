@@ -41,6 +41,10 @@ pub const WHY_REQUESTED: i32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// Not started yet: start-up starts slices in batches (see
+    /// `master::startup`), so that a master of thousands of runners answers
+    /// `status` and `stop` meanwhile.
+    Pending,
     /// A live process.
     Running { pid: i32, since: Instant },
     /// Waiting out the back-off before the next start.
@@ -205,6 +209,7 @@ impl Slice {
             .last_exit
             .map_or_else(String::new, |w| format!(", last {w}"));
         match self.state {
+            State::Pending => None,
             State::Running { .. } if !self.ready => Some(format!(
                 "runner {} not ready yet (no connection on {})",
                 self.spec(),
@@ -237,14 +242,26 @@ impl Slice {
 
     /// `restart_delay` doubled for each counted exit after the first, capped
     /// at `restart_delay_max`, then jittered (and capped again).
+    ///
+    /// A `restart_delay` of 0 restarts a first crash at once, but from the
+    /// second counted exit on the delay is at least [`MIN_DELAY`], doubled
+    /// likewise: a runner that exits as soon as it starts cannot keep the
+    /// master forking flat out.
     fn backoff(&self, jitter: impl Fn(Duration) -> Duration) -> Duration {
         let base = self.runner.restart_delay.0;
-        let max = self.runner.restart_delay_max.0;
+        let max = self.runner.restart_delay_max.0.max(MIN_DELAY);
         let shift = self.restarts.saturating_sub(1).min(31);
-        let delay = base.saturating_mul(1u32 << shift).min(max);
-        jitter(delay).min(max)
+        let mut delay = base.saturating_mul(1u32 << shift);
+        if self.restarts >= 2 {
+            let floor = MIN_DELAY.saturating_mul(1u32 << self.restarts.saturating_sub(2).min(31));
+            delay = delay.max(floor);
+        }
+        jitter(delay.min(max)).min(max)
     }
 }
+
+/// The least delay before a second or later restart in a row.
+pub const MIN_DELAY: Duration = Duration::from_millis(10);
 
 /// ±20 % jitter: spreads restarts of runners that crashed together, while
 /// each delay stays above the one before (0.8 × 2d > 1.2 × d).
@@ -352,6 +369,13 @@ mod tests {
             z.on_exit(Why::Exit(1), SHORT, true, |d| d),
             Decision::RestartNow
         );
+        // A zero delay is a first crash's only: then 10 ms, 20 ms, …
+        let ms = |n| Decision::RestartAfter(Duration::from_millis(n));
+        z.runner.restart_delay_max = Dur(Duration::from_secs(30));
+        let next: Vec<_> = (0..3)
+            .map(|_| z.on_exit(Why::Exit(1), SHORT, true, |d| d))
+            .collect();
+        assert_eq!(next, vec![ms(10), ms(20), ms(40)]);
     }
 
     #[test]

@@ -7,14 +7,14 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::FromRawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
 use super::log;
 use super::output::Output;
 use super::slice::Slice;
-use super::slice::Why;
+use super::slice::{State, Why};
 use super::spawn::{self, Environment, READY_FD_ENV, SpawnContext};
 use super::{EXIT_ERROR, EXIT_USAGE, Master, Mode, Options, StartError};
 use crate::config::{Config, RunnerSpec};
@@ -143,7 +143,6 @@ impl Master {
             signals,
             mode: Mode::Starting,
             restartable: !opts.no_restart,
-            groups: Vec::new(),
             control,
             clients: Vec::new(),
             started: Instant::now(),
@@ -177,7 +176,6 @@ impl Master {
         match spawn::start(&self.ctx, &argv, environment) {
             Ok(sp) => {
                 info!("Initialising: {}", argv.join(" "));
-                self.groups.push(sp.pid);
                 for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
                     match Output::new(fd, "init", None, sp.pid, stream) {
                         // Mailman's `runner --list` prints its runners.
@@ -219,20 +217,41 @@ impl Master {
         ));
     }
 
-    /// Starts every slice; start-up is over. A runner whose program cannot
-    /// be run at all (missing, not executable) fails the start-up, and the
-    /// runners started before it are stopped: that is a configuration error,
-    /// not a crash to retry. A passing failure (a busy file, no memory) is
-    /// a crash like any other.
+    /// Start-up's last step: every slice is to be started, a batch per
+    /// turn of the event loop ([`Master::launch_batch`]).
     fn launch_all(&mut self) {
-        self.mode = Mode::Running;
+        for s in &mut self.slices {
+            s.state = State::Pending;
+        }
+        self.launch_batch();
+    }
+
+    /// Starts up to [`BATCH`] pending slices; once none is left, start-up
+    /// is over. A runner whose program cannot be run at all (missing, not
+    /// executable) fails the start-up, and the runners started before it
+    /// are stopped: that is a configuration error, not a crash to retry. A
+    /// passing failure (a busy file, no memory) is a crash like any other.
+    pub(super) fn launch_batch(&mut self) {
+        let mut started = 0;
         for idx in 0..self.slices.len() {
+            if self.slices[idx].state != State::Pending {
+                continue;
+            }
+            if started == BATCH {
+                return; // the loop turns, then comes back here
+            }
+            started += 1;
             match self.launch(idx) {
                 Ok(()) => {}
                 Err(e) if e.lasting => return self.fail_start(e.message),
-                Err(_) => self.relaunch(idx),
+                Err(e) => {
+                    error!("{}", e.message);
+                    self.slices[idx].state = State::Stopped;
+                    self.decide(idx, None, Why::Exit(127), Duration::ZERO);
+                }
             }
         }
+        self.mode = Mode::Running;
         self.ready.ok();
         self.notifier.send(&format!(
             "READY=1\nSTATUS={} runners running\nMAINPID={}",
@@ -249,6 +268,9 @@ impl Master {
         self.begin_stop(libc::SIGTERM, EXIT_ERROR);
     }
 }
+
+/// Slices started per turn of the event loop at start-up.
+pub(super) const BATCH: usize = 64;
 
 /// The `init` command while it runs.
 pub(super) struct Init {

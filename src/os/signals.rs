@@ -59,8 +59,29 @@ impl SignalPipe {
     }
 }
 
+/// Signals whose default action ends a process without a core dump and that
+/// mean nothing to a master: caught (and logged) so that a stray one does
+/// not end it silently, leaving its pid file and socket behind.
+pub const TERMINATING_OTHERS: &[i32] = &[
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    #[cfg(target_os = "linux")]
+    libc::SIGPWR,
+    #[cfg(target_os = "linux")]
+    libc::SIGSTKFLT,
+];
+
 /// A signal's name as Mailman's log lines print it.
 pub fn name(sig: i32) -> String {
+    #[cfg(target_os = "linux")]
+    if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) {
+        return format!("SIGRTMIN+{}", sig - libc::SIGRTMIN());
+    }
     nix::sys::signal::Signal::try_from(sig)
         .map(|s| s.as_str().to_string())
         .unwrap_or_else(|_| format!("signal {sig}"))

@@ -1,130 +1,72 @@
-//! The master's log: `tracing` events written through `tracing-appender`'s
-//! non-blocking writer to `logs/mailman.log`, to stderr, or both, as Mailman
-//! formats them (`Nov 24 20:17:31 2026 (PID) message`) or as JSON lines.
-//!
-//! tracing-appender has no reopen, so the file sits behind [`ReopenFile`],
-//! which swaps in a freshly opened file by path on SIGHUP: logrotate's
-//! rename-then-reopen loses and tears no line.
+//! The master's log: `tracing` events formatted as Mailman formats them
+//! (`Nov 24 20:17:31 2026 (PID) message`) or as JSON lines, and handed to a
+//! writer thread of our own (`writer`) for `logs/mailman.log`, stderr, or
+//! both. Nothing here ever makes the master wait: see `writer` for what
+//! happens when the disk or a reader of stderr is slow.
 //!
 //! Runner output arrives as events with `runner`, `slice`, `pid` and `stream`
 //! fields (see `master::output`).
 
+mod writer;
+
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Sender, channel, sync_channel};
+use std::time::{Duration, SystemTime};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
+use self::writer::{HIGH_WATER, Msg, Shared, Wake, Writer};
 use crate::config::{LogFormat, LogLevel, Logging};
 use crate::util::{io_text, log_time, rfc3339};
 
-/// Lines queued for the writer thread before the master waits for it.
-const QUEUE_LINES: usize = 4096;
-
-/// A log file that can be reopened by path.
-pub struct ReopenFile {
-    path: PathBuf,
-    file: Mutex<File>,
-}
-
-fn open_log(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
-impl ReopenFile {
-    pub fn open(path: &Path) -> anyhow::Result<ReopenFile> {
-        let file = open_log(path).map_err(|e| {
-            anyhow::anyhow!("cannot open log file {}: {}", path.display(), io_text(&e))
-        })?;
-        Ok(ReopenFile {
-            path: path.to_path_buf(),
-            file: Mutex::new(file),
-        })
-    }
-
-    /// Opens the path again and writes there from now on. Lines already
-    /// handed to the old file stay there.
-    pub fn reopen(&self) -> io::Result<()> {
-        let fresh = open_log(&self.path)?;
-        let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = slot.flush();
-        *slot = fresh;
-        Ok(())
-    }
-}
-
-/// The writer the appender's worker thread owns: the file and/or stderr.
-/// Lines are gathered and written together when the worker has drained its
-/// queue (it calls `flush` then) or a batch is full: one write(2) for many
-/// lines, each batch of whole lines (O_APPEND keeps them whole).
-struct Tee {
-    file: Option<Arc<ReopenFile>>,
-    stderr: bool,
-    batch: Vec<u8>,
-}
-
-/// Bytes gathered before they are written even with more lines queued.
-const BATCH: usize = 64 * 1024;
-
-impl Tee {
-    fn write_batch(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        if let Some(f) = &self.file {
-            let mut file = f.file.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = file.write_all(&self.batch);
-        }
-        if self.stderr {
-            let _ = io::stderr().write_all(&self.batch);
-        }
-        self.batch.clear();
-    }
-}
-
-impl Write for Tee {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.batch.extend_from_slice(buf);
-        if self.batch.len() >= BATCH {
-            self.write_batch();
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.write_batch();
-        Ok(())
-    }
-}
-
-impl Drop for Tee {
-    fn drop(&mut self) {
-        self.write_batch();
-    }
-}
-
-/// Keeps the log alive; drop it (not `process::exit` past it) to flush.
+/// Keeps the log alive; dropping it writes what is queued (not
+/// `process::exit` past it).
 pub struct LogHandle {
-    _guard: WorkerGuard,
-    file: Option<Arc<ReopenFile>>,
+    tx: Sender<Msg>,
+    shared: Arc<Shared>,
+    wake: Wake,
 }
 
 impl LogHandle {
-    pub fn reopen(&self) -> io::Result<()> {
-        match &self.file {
-            Some(f) => f.reopen(),
-            None => Ok(()),
+    /// The log file is opened again by path, by the writer thread.
+    pub fn reopen(&self) {
+        let _ = self.tx.send(Msg::Reopen);
+    }
+
+    /// Whether runner output may be read now: fewer than [`HIGH_WATER`]
+    /// runner lines wait to be written. When not, the writer thread makes
+    /// [`LogHandle::wake_fd`] readable once they have drained.
+    pub fn has_room(&self) -> bool {
+        if self.shared.queued.load(Ordering::Acquire) < HIGH_WATER {
+            return true;
+        }
+        self.shared.waiting.store(true, Ordering::Release);
+        // It may have drained in between: look again.
+        self.shared.queued.load(Ordering::Acquire) < HIGH_WATER
+    }
+
+    /// Readable when the writer has made room (poll it while there is none).
+    pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.wake.fd()
+    }
+
+    pub fn woken(&self) {
+        self.wake.drain();
+    }
+}
+
+impl Drop for LogHandle {
+    fn drop(&mut self) {
+        let (done, wait) = sync_channel(1);
+        if self.tx.send(Msg::Flush(done)).is_ok() {
+            // Bounded: a log file on a dead disk must not keep the master
+            // from exiting.
+            let _ = wait.recv_timeout(Duration::from_secs(5));
         }
     }
 }
@@ -132,22 +74,27 @@ impl LogHandle {
 /// Sets the global subscriber. `file` is the log file to write, if any.
 pub fn init(cfg: &Logging, file: Option<&Path>, stderr: bool) -> anyhow::Result<LogHandle> {
     let file = match file {
-        Some(p) => Some(Arc::new(ReopenFile::open(p)?)),
+        Some(p) => Some((
+            p.to_path_buf(),
+            writer::open_log(p).map_err(|e| {
+                anyhow::anyhow!("cannot open log file {}: {}", p.display(), io_text(&e))
+            })?,
+        )),
         None => None,
     };
-    let tee = Tee {
-        file: file.clone(),
-        stderr,
-        batch: Vec::with_capacity(BATCH),
-    };
-    // Not lossy: a full queue makes the master wait rather than drop lines.
-    // The default queue (128,000 lines) is allocated and touched up front:
-    // 4 MB of the master's memory for a backlog the writer thread never has.
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(QUEUE_LINES)
-        .thread_name("mailman-log")
-        .finish(tee);
+    let (tx, rx) = channel();
+    let shared = Arc::new(Shared {
+        queued: AtomicUsize::new(0),
+        waiting: AtomicBool::new(false),
+    });
+    let (wake, poke) = writer::wake_pair()
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {}", io_text(&e)))?;
+    let w = Writer::new(file, stderr);
+    let thread_shared = Arc::clone(&shared);
+    std::thread::Builder::new()
+        .name("mailman-log".into())
+        .spawn(move || w.run(rx, thread_shared, poke))
+        .map_err(|e| anyhow::anyhow!("cannot start the log writer: {}", io_text(&e)))?;
     let level = match cfg.level {
         LogLevel::Error => Level::ERROR,
         LogLevel::Warn => Level::WARN,
@@ -156,21 +103,20 @@ pub fn init(cfg: &Logging, file: Option<&Path>, stderr: bool) -> anyhow::Result<
         LogLevel::Trace => Level::TRACE,
     };
     let layer = LineLayer {
-        writer,
+        tx: tx.clone(),
+        shared: Arc::clone(&shared),
         level,
         json: cfg.format == LogFormat::Json,
     };
     let subscriber = tracing_subscriber::registry().with(layer);
     tracing::subscriber::set_global_default(subscriber)
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
-    Ok(LogHandle {
-        _guard: guard,
-        file,
-    })
+    Ok(LogHandle { tx, shared, wake })
 }
 
 struct LineLayer {
-    writer: NonBlocking,
+    tx: Sender<Msg>,
+    shared: Arc<Shared>,
     level: Level,
     json: bool,
 }
@@ -255,7 +201,16 @@ impl<S: Subscriber> Layer<S> for LineLayer {
                 _ => format!("{} ({pid}) {}\n", log_time(now), f.message),
             }
         };
-        let mut w = self.writer.clone();
-        let _ = w.write_all(line.as_bytes());
+        let runner = f.stream.is_some();
+        if runner {
+            self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        }
+        let msg = Msg::Line {
+            text: line.into_bytes(),
+            runner,
+        };
+        if self.tx.send(msg).is_err() && runner {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
