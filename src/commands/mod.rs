@@ -97,15 +97,55 @@ fn find_master(layout: &Layout) -> Target {
                      run this command inside it, e.g. `docker exec mailman stop`"
                 ));
             }
+            let refuse = |why: &str| {
+                Target::Refuse(format!(
+                    "GNU Mailman is in an unexpected state (pid {pid} {why}; not signalled)"
+                ))
+            };
             match Identity::of(pid) {
-                Some(live) if live.matches(&recorded) => Target::Master(recorded),
-                _ => Target::Refuse(format!(
-                    "GNU Mailman is in an unexpected state (pid {pid} is not the master that holds {})",
-                    layout.lock_file().display()
-                )),
+                Some(live) if live.matches(&recorded) => {}
+                _ => {
+                    return refuse(&format!(
+                        "is not the master that holds {}",
+                        layout.lock_file().display()
+                    ));
+                }
+            }
+            match proven_master(pid, layout) {
+                Ok(()) => Target::Master(recorded),
+                Err(why) => refuse(&why),
             }
         }
     }
+}
+
+/// What the lock file's content cannot prove (anyone who may write it can
+/// copy another process's identity there): that `pid` is a `mailman master`
+/// that holds this very lock, and runs as the lock file's owner. Checked on
+/// Linux (`/proc/locks`, `/proc/PID`); elsewhere the identity check is all.
+fn proven_master(pid: i32, layout: &Layout) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let lock = layout.lock_file();
+    if crate::os::procinfo::holds_flock(pid, &lock) == Some(false) {
+        return Err(format!("does not hold {}", lock.display()));
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(&lock)
+        && crate::os::procinfo::runs_as(pid, meta.uid()) == Some(false)
+    {
+        return Err(format!("does not run as the owner of {}", lock.display()));
+    }
+    if let Some(args) = crate::os::procinfo::cmdline(pid) {
+        let master = args.iter().skip(1).any(|a| a == "master")
+            || (args.iter().any(|a| a == "start") && args.iter().any(|a| a == "--foreground"));
+        let called_master = args
+            .first()
+            .and_then(|a| std::path::Path::new(a).file_name())
+            .is_some_and(|n| n == "master");
+        if !master && !called_master {
+            return Err("is not a mailman master".into());
+        }
+    }
+    Ok(())
 }
 
 /// How long a control-socket request may take to be answered.

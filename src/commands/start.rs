@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::exit::{EXIT_ERROR, EXIT_USAGE};
 use crate::master;
 use crate::master::spawn::READY_FD_ENV;
-use crate::os::lock::{self, Probe};
+use crate::os::lock::Probe;
 
 /// How long `start` waits for the master to say it is up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,7 +28,7 @@ pub fn start(
     signals: Option<std::io::Result<crate::os::signals::SignalPipe>>,
 ) -> i32 {
     let layout = config.layout();
-    if let Probe::Held(_) = lock::probe(&layout) {
+    if held_by_a_live_master(&layout) {
         eprintln!("{ALREADY_RUNNING}");
         return EXIT_USAGE;
     }
@@ -153,4 +153,30 @@ fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
         .unwrap_or_else(|e| e.to_string());
     eprintln!("the master exited during start-up ({status})");
     Ok(EXIT_ERROR)
+}
+
+/// How long `start` waits for the lock of a master that is dying (killed,
+/// its threads still exiting) to be released.
+const DYING_WAIT: Duration = Duration::from_secs(3);
+
+/// Whether a live master holds the lock. Right after a `kill -9` of the
+/// master the kernel may not yet have released its lock (its threads are
+/// still exiting): when the process the lock names is gone or a zombie,
+/// wait for the lock to be released rather than call it running.
+fn held_by_a_live_master(layout: &crate::os::layout::Layout) -> bool {
+    let deadline = Instant::now() + DYING_WAIT;
+    loop {
+        let Probe::Held(info) = super::probe_settled(layout) else {
+            return false;
+        };
+        // A pid from another PID namespace (a container's) says nothing here.
+        let dying = info.identity().is_some_and(|id| {
+            (id.pidns.is_none() || id.pidns == crate::os::procinfo::own_pidns())
+                && !crate::os::procinfo::still_running(&id)
+        });
+        if !dying || Instant::now() >= deadline {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -24,7 +24,7 @@ pub fn status(config: &Config, check: bool) -> i32 {
             format!("GNU Mailman is in an unexpected state ({e})"),
             lsb::UNKNOWN,
         ),
-        Probe::Held(info) => {
+        Probe::Held(_) => {
             return match control::ask(&layout.socket(), &Request::Health, HEALTH_TIMEOUT) {
                 Ok(Answer::Reply(r, _)) if r.health.is_some() => {
                     let h = r.health.unwrap_or_default();
@@ -46,7 +46,8 @@ pub fn status(config: &Config, check: bool) -> i32 {
                         Ok(Answer::NoSocket) => "the master has no control socket".into(),
                         Err(e) => e.to_string(),
                     };
-                    match info.pid {
+                    // The lock's pid only once proven the master's.
+                    match verified_pid(&layout) {
                         Some(pid) => println!("GNU Mailman is running (master pid: {pid})"),
                         None => println!("GNU Mailman is running (master pid: unknown)"),
                     }
@@ -97,7 +98,7 @@ pub fn status_json(config: &Config) -> i32 {
                 lsb::UNKNOWN,
             ),
         },
-        Probe::Held(info) => match control::ask(&layout.socket(), &Request::Status, ASK_TIMEOUT) {
+        Probe::Held(_) => match control::ask(&layout.socket(), &Request::Status, ASK_TIMEOUT) {
             Ok(Answer::Reply(r, _)) if r.status.is_some() => {
                 let mut v = serde_json::to_value(r.status).unwrap_or_default();
                 v["running"] = json!(true);
@@ -111,7 +112,7 @@ pub fn status_json(config: &Config) -> i32 {
                     Err(e) => e.to_string(),
                 };
                 (
-                    json!({"running": true, "state": "running", "master": {"pid": info.pid}, "runners": null, "detail": detail}),
+                    json!({"running": true, "state": "running", "master": {"pid": verified_pid(&layout)}, "runners": null, "detail": detail}),
                     lsb::RUNNING,
                 )
             }
@@ -119,4 +120,12 @@ pub fn status_json(config: &Config) -> i32 {
     };
     println!("{value}");
     code
+}
+
+/// The master's pid, when the lock's record of it is proven true.
+fn verified_pid(layout: &crate::os::layout::Layout) -> Option<i32> {
+    match super::find_master(layout) {
+        super::Target::Master(id) => Some(id.pid),
+        _ => None,
+    }
 }

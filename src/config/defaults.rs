@@ -61,6 +61,10 @@ pub(super) fn builtin_sleep_time(name: &str) -> Duration {
     }
 }
 
+/// The default bound on runner slices: well above any real site (Mailman
+/// runs 12), well below what exhausts a machine's pids.
+pub(super) const DEFAULT_MAX_RUNNERS: u32 = 4096;
+
 pub(super) fn default_command() -> Vec<String> {
     [
         "{bin}",
@@ -118,6 +122,7 @@ impl Config {
             degraded_after: raw_mailman
                 .degraded_after
                 .unwrap_or(Dur(Duration::from_secs(30))),
+            max_runners: raw_mailman.max_runners.unwrap_or(DEFAULT_MAX_RUNNERS),
         };
         let logging = Logging {
             stderr: layer.logging.stderr.unwrap_or(true),

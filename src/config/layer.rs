@@ -40,6 +40,7 @@ pub(super) struct RawMailman {
     pub(super) stop_timeout: Option<Dur>,
     pub(super) on_give_up: Option<OnGiveUp>,
     pub(super) degraded_after: Option<Dur>,
+    pub(super) max_runners: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +171,7 @@ impl Layer {
             stop_timeout: m.stop_timeout.or(b.stop_timeout),
             on_give_up: m.on_give_up.or(b.on_give_up),
             degraded_after: m.degraded_after.or(b.degraded_after),
+            max_runners: m.max_runners.or(b.max_runners),
         };
         let (l, b) = (self.logging, base.logging);
         base.logging = RawLogging {

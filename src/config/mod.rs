@@ -68,7 +68,7 @@ pub const NO_FILE: &str = "/dev/null";
 /// A configuration error, printed as `FILE:LINE:COL: message`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}:{line}:{col}: {message}")]
+    #[error("{file}:{line}:{col}: {}", one_line(message))]
     At {
         file: String,
         line: usize,
@@ -76,14 +76,20 @@ pub enum ConfigError {
         message: String,
     },
     /// An error in a `mailman.cfg`, whose reader gives lines, not columns.
-    #[error("{file}:{line}: {message}")]
+    #[error("{file}:{line}: {}", one_line(message))]
     Line {
         file: String,
         line: usize,
         message: String,
     },
-    #[error("{file}: {message}")]
+    #[error("{}: {}", one_line(file), one_line(message))]
     File { file: String, message: String },
+}
+
+/// An error is one line: newlines that came with the input (a `--set`
+/// value, a key the parser echoes) are shown as `\n`.
+fn one_line(text: &str) -> String {
+    text.trim_end().replace('\r', "\\r").replace('\n', "\\n")
 }
 
 /// The validated configuration.
@@ -123,6 +129,8 @@ pub struct MailmanSection {
     /// A runner down (backing off) longer than this makes the master
     /// degraded (`status`, `status --check`).
     pub degraded_after: Dur,
+    /// At most this many runner slices (all runners' `instances`).
+    pub max_runners: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -320,10 +328,13 @@ impl Config {
         }
         let mut config = Config::from_layer(merged, source, &base_dir, core);
         config.sets = sets.to_vec();
-        config.check_queues().map_err(|message| ConfigError::File {
-            file: file.clone(),
-            message,
-        })?;
+        config
+            .check_queues()
+            .and_then(|()| config.check_runner_count())
+            .map_err(|message| ConfigError::File {
+                file: file.clone(),
+                message,
+            })?;
         Ok(config)
     }
 

@@ -12,8 +12,12 @@ use super::{Config, RunnerConfig};
 /// An error at a place in the text: the span and the message.
 pub(super) type Spot = (Range<usize>, String);
 
+/// A runner or queue name: letters, digits, `_` and `-`, not starting with
+/// `-` (the default command passes it as an argument: `-x` would be an
+/// option).
 pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
+        && !name.starts_with('-')
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -34,7 +38,7 @@ pub(super) fn runner_table(name: &Spanned<String>, table: &RawRunner) -> Result<
         return Err((
             name.span(),
             format!(
-                "invalid runner name \"{}\": use letters, digits, '_' and '-'",
+                "invalid runner name \"{}\": use letters, digits, '_' and '-' (not first)",
                 name.get_ref()
             ),
         ));
@@ -137,6 +141,44 @@ impl Config {
                     r.name
                 ));
             }
+        }
+        // Entries handled with success move on along `next`: a loop would
+        // send them round for ever.
+        for r in &self.runners {
+            let mut path = vec![r.name.as_str()];
+            let mut at = r;
+            while let Some(next) = at.next.as_deref().and_then(|n| self.runner(n)) {
+                path.push(next.name.as_str());
+                if next.name == r.name {
+                    return Err(format!(
+                        "next queues go round in a loop: {} (entries would never leave it)",
+                        path.join(" -> ")
+                    ));
+                }
+                if path.len() > self.runners.len() {
+                    break; // a loop elsewhere, reported from its own start
+                }
+                at = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// The slices that would start stay under `max_runners`: a typo such as
+    /// `instances = 2147483648` must not make the master try.
+    pub(super) fn check_runner_count(&self) -> Result<(), String> {
+        let total: u64 = self
+            .runners
+            .iter()
+            .filter(|r| r.start)
+            .map(|r| u64::from(r.instances))
+            .sum();
+        if total > u64::from(self.mailman.max_runners) {
+            return Err(format!(
+                "{total} runner slices would start, more than max_runners = {}; \
+                 raise [mailman] max_runners if you mean it",
+                self.mailman.max_runners
+            ));
         }
         Ok(())
     }

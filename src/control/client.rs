@@ -44,10 +44,23 @@ pub fn ask(path: &Path, request: &Request, timeout: Duration) -> io::Result<Answ
     stream.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
     line.push('\n');
-    stream.write_all(line.as_bytes())?;
+    // A master that does not answer in time is said so in words, not as
+    // "Resource temporarily unavailable (os error 11)".
+    let slow = |e: io::Error| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the master did not answer on {} within {} s",
+                path.display(),
+                timeout.as_secs()
+            ),
+        ),
+        _ => e,
+    };
+    stream.write_all(line.as_bytes()).map_err(slow)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut reply = String::new();
-    reader.read_line(&mut reply)?;
+    reader.read_line(&mut reply).map_err(slow)?;
     if reply.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,

@@ -202,6 +202,81 @@ pub fn usage(pid: i32) -> Option<Usage> {
     })
 }
 
+/// Whether process `pid` holds an exclusive `flock` on `file`, from
+/// `/proc/locks` (whose pids are in this namespace); `None` where that
+/// cannot be told (no `/proc/locks`: not Linux).
+pub fn holds_flock(pid: i32, file: &std::path::Path) -> Option<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(file).ok()?;
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        let dev = meta.dev();
+        // `MAJOR:MINOR:INODE`, major and minor in hex.
+        let want = format!(
+            "{:02x}:{:02x}:{}",
+            libc::major(dev),
+            libc::minor(dev),
+            meta.ino()
+        );
+        Some(locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1: FLOCK  ADVISORY  WRITE 4242 00:2a:131 0 EOF"; waiters are
+            // listed as "1: -> FLOCK …" and do not hold it.
+            f.len() >= 6
+                && f[1] == "FLOCK"
+                && f[3] == "WRITE"
+                && f[4] == pid.to_string()
+                && f[5] == want
+        }))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (pid, file);
+        None
+    }
+}
+
+/// Whether process `pid` runs as user `uid` (its real uid).
+pub fn runs_as(pid: i32, uid: u32) -> Option<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let real = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))?
+            .split_whitespace()
+            .next()?
+            .parse::<u32>()
+            .ok()?;
+        Some(real == uid)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (pid, uid);
+        None
+    }
+}
+
+/// Process `pid`'s arguments, if they can be read.
+pub fn cmdline(pid: i32) -> Option<Vec<String>> {
+    #[cfg(target_os = "linux")]
+    {
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        Some(
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+        )
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
 /// This process's PID namespace, if the platform has them.
 pub fn own_pidns() -> Option<String> {
     #[cfg(target_os = "linux")]
