@@ -54,6 +54,7 @@ impl Master {
             }
             self.serve(ready.listener, &ready.clients);
             self.on_timer(Instant::now());
+            self.keep_record();
         }
     }
 

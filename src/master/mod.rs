@@ -173,6 +173,10 @@ struct Master {
     control: Option<control::Server>,
     clients: Vec<Client>,
     started: Instant,
+    /// What keeps the runners' trees from outliving the master.
+    confine: crate::os::confine::Confinement,
+    /// The runners changed since the confinement's record was written.
+    record_stale: bool,
     /// Readiness connects under way.
     probes: Vec<readiness::Probe>,
     /// The `init` command, while it runs.

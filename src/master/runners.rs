@@ -32,6 +32,7 @@ impl Master {
             debug!("reaped pid {pid} ({why}), not a runner");
             return;
         };
+        self.record_stale = true;
         let since = match self.slices[idx].state {
             State::Running { since, .. } => since,
             _ => now,
@@ -109,6 +110,7 @@ impl Master {
             }
         })?;
         let now = Instant::now();
+        self.record_stale = true;
         self.expect_ready(idx, now);
         let s = &mut self.slices[idx];
         debug!("[{}] {}", sp.pid, s.spec());
@@ -164,6 +166,21 @@ impl Master {
             deadline: now + stop_timeout.0,
             terminated: true,
         });
+    }
+
+    /// Where runners are confined by a record (no cgroup), writes it once
+    /// a turn of the loop, if the runners changed.
+    pub(super) fn keep_record(&mut self) {
+        if !std::mem::take(&mut self.record_stale) || self.confine.procs().is_some() {
+            return;
+        }
+        let running: Vec<(i32, u64)> = self
+            .slices
+            .iter()
+            .filter_map(|s| s.pid())
+            .filter_map(|pid| Some((pid, crate::os::procinfo::Identity::of(pid)?.start_time)))
+            .collect();
+        self.confine.record(&running);
     }
 
     /// Live processes the master still has to see exit: runners and `init`.

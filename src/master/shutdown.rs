@@ -101,6 +101,7 @@ impl Master {
     /// lock, flush the log (docs/master.md, "Stopping").
     pub(super) fn finish(mut self, code: i32) -> i32 {
         self.sweep();
+        self.confine.close();
         for o in &mut self.outputs {
             o.drain(true);
         }

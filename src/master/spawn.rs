@@ -30,6 +30,8 @@ pub struct SpawnContext {
     /// The open-file limit the master started with, given back to runners
     /// (the master raised its own: see [`crate::os::process::raise_nofile`]).
     pub nofile: Option<libc::rlimit>,
+    /// The cgroup runners join (`os::confine`), if there is one.
+    pub cgroup: Option<std::ffi::CString>,
 }
 
 pub struct Spawned {
@@ -167,9 +169,10 @@ pub fn start(ctx: &SpawnContext, argv: &[String], environment: Environment) -> i
     // unblocks them once it handles them: one that arrives while it starts
     // waits instead of killing it.
     let ours = Path::new(program) == ctx.bin && args.first().is_some_and(|a| a == "runner");
+    let cgroup = ctx.cgroup.clone();
     // SAFETY: child_setup makes only async-signal-safe system calls.
     unsafe {
-        cmd.pre_exec(move || child_setup(master, nofile, ours));
+        cmd.pre_exec(move || child_setup(master, nofile, ours, cgroup.as_ref()));
     }
     let mut child = cmd.spawn()?;
     let pid = child.id() as i32;

@@ -19,6 +19,7 @@ use super::spawn::{self, Environment, READY_FD_ENV, SpawnContext};
 use super::{EXIT_ERROR, EXIT_USAGE, Master, Mode, Options, StartError};
 use crate::config::{Config, RunnerSpec};
 use crate::control;
+use crate::os::confine::Confinement;
 use crate::os::lock::{self, AcquireError};
 use crate::os::process;
 use crate::os::signals::SignalPipe;
@@ -101,6 +102,18 @@ impl Master {
             AcquireError::Io { .. } => StartError::new(EXIT_ERROR, e),
         })?;
         lock::write_pid_file(&layout).map_err(|e| StartError::new(EXIT_ERROR, e))?;
+        // Whatever a master of this var dir killed with -9 left behind.
+        let confine = Confinement::new(&layout.lock_file());
+        let left = confine.kill_leftovers();
+        if !left.is_empty() {
+            let pids: Vec<String> = left.iter().map(i32::to_string).collect();
+            warn!(
+                "Killed {} processes left behind by a master that did not stop cleanly ({}): {}",
+                left.len(),
+                confine.describe(),
+                pids.join(", ")
+            );
+        }
         let control = match control::Server::bind(&layout.socket()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -133,6 +146,7 @@ impl Master {
                 .filter_map(|s| crate::config::set_as_env(s))
                 .collect(),
             nofile,
+            cgroup: confine.procs().cloned(),
         };
         let mut master = Master {
             config,
@@ -147,6 +161,8 @@ impl Master {
             clients: Vec::new(),
             started: Instant::now(),
             init: None,
+            confine,
+            record_stale: false,
             probes: Vec::new(),
             ready: std::mem::take(ready),
             notifier: crate::os::notify::Notifier::from_env(),

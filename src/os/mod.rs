@@ -7,6 +7,7 @@
 //! Not here: deciding what to signal or when (`master`, `commands`); these
 //! modules know nothing of runners or the configuration.
 
+pub mod confine;
 pub mod layout;
 pub mod lock;
 pub mod notify;

@@ -62,7 +62,18 @@ pub fn unblock_start_signals() {
 /// `block_start`: the child is one of our own runners, which unblocks the
 /// [`START_SIGNALS`] itself once it can handle them; any other program gets
 /// every signal unblocked.
-pub fn child_setup(master: i32, nofile: Option<libc::rlimit>, block_start: bool) -> io::Result<()> {
+///
+/// `cgroup`: the `cgroup.procs` of the cgroup the child joins first (see
+/// `os::confine`).
+pub fn child_setup(
+    master: i32,
+    nofile: Option<libc::rlimit>,
+    block_start: bool,
+    cgroup: Option<&std::ffi::CString>,
+) -> io::Result<()> {
+    if let Some(procs) = cgroup {
+        crate::os::confine::join(procs);
+    }
     // SAFETY: plain system calls on this process; no allocation, no locks.
     unsafe {
         if let Some(lim) = nofile {

@@ -317,7 +317,7 @@ impl Worker<'_> {
         let me = std::process::id() as i32;
         // SAFETY: child_setup makes only async-signal-safe system calls.
         unsafe {
-            cmd.pre_exec(move || process::child_setup(me, None, false));
+            cmd.pre_exec(move || process::child_setup(me, None, false, None));
         }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
