@@ -44,6 +44,8 @@ impl Master {
             {
                 return code;
             }
+            // Before sleeping: what changed this turn is recorded.
+            self.keep_record();
             let ready = self.wait();
             // What `poll` found, by index, before anything below changes the
             // tables (a reaped runner's pipes go).
@@ -54,7 +56,6 @@ impl Master {
             }
             self.serve(ready.listener, &ready.clients);
             self.on_timer(Instant::now());
-            self.keep_record();
         }
     }
 

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub struct SignalPipe {
     read: UnixStream,
+    /// The write end every handler writes its byte to (one fd for all).
+    _write: UnixStream,
     flags: Vec<(i32, Arc<AtomicBool>)>,
 }
 
@@ -24,16 +26,30 @@ impl SignalPipe {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
         write.set_nonblocking(true)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&write);
         let mut flags = Vec::with_capacity(signals.len());
         for &sig in signals {
             let flag = Arc::new(AtomicBool::new(false));
+            let set = Arc::clone(&flag);
             // The flag first, then the byte: whoever wakes on the byte finds
-            // the flag already set.
-            signal_hook::flag::register(sig, Arc::clone(&flag))?;
-            signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
+            // the flag already set. A full pipe (a byte already waits) is
+            // fine: the reader takes every flag at once.
+            // SAFETY: the action only stores to an atomic and calls write(2),
+            // both async-signal-safe; the fd lives as long as the handlers
+            // (the SignalPipe, which the master keeps to its end).
+            unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    set.store(true, Ordering::SeqCst);
+                    libc::write(fd, b"s".as_ptr().cast(), 1);
+                })?;
+            }
             flags.push((sig, flag));
         }
-        Ok(SignalPipe { read, flags })
+        Ok(SignalPipe {
+            read,
+            _write: write,
+            flags,
+        })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
