@@ -125,7 +125,7 @@ kill "$stranger" 2>/dev/null
 #[test]
 fn a_crash_loop_with_no_delay_leaves_the_master_responsive() {
     let env = Env::new(&only(
-        "[runner.crash]\ncommand = [\"false\"]\nrestart_delay = \"0ms\"\nrestart_delay_max = \"0ms\"\nmax_restarts = 1000000\n",
+        "[runner.crash]\ncommand = [\"false\"]\ninstances = 16\nrestart_delay = \"0ms\"\nrestart_delay_max = \"0ms\"\nmax_restarts = 1000000\n",
     ));
     let master = env.start(0);
     let until = Instant::now() + Duration::from_secs(4);
@@ -277,6 +277,19 @@ fn a_long_var_dir_keeps_the_control_socket() {
         )
     };
     assert_eq!(run(&["start"]).0, Some(0));
+    // Killed however the test ends (Env's guard looks at its own var dir).
+    struct Guard(std::path::PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let marker = format!("MAILMAN_VAR_DIR={}", self.0.display());
+            for pid in all_pids() {
+                if environ(pid).contains(&marker) {
+                    send(pid, 9);
+                }
+            }
+        }
+    }
+    let _guard = Guard(deep.join("var"));
     let master: i32 = fs::read_to_string(deep.join("var/master.pid"))
         .unwrap()
         .trim()
@@ -499,13 +512,51 @@ fn a_forged_lock_aims_the_cli_at_nobody() {
     let _ = forger.wait();
 }
 
-/// Defect 9: `start` right after a `kill -9` of the master starts (it used to
-/// say "already running" half the time: the dying master's threads still
-/// held the lock).
+/// Defect 9: `start` right after a `kill -9` of the master starts (it
+/// used to say "already running" when the dying master's threads still held
+/// the lock). Made certain here: the lock is held a moment longer by a
+/// process standing in for those threads, and names a master that is
+/// already a zombie.
 #[test]
 fn start_right_after_a_kill_9_starts() {
     let env = Env::new(&only("[runner.x]\ncommand = [\"sleep\", \"1000\"]\n"));
-    let mut master = env.start(1);
+    fs::create_dir_all(env.var.join("locks")).unwrap();
+    let lock = env.var.join("locks/master.lck");
+    // The dead master: exited, not yet reaped.
+    let mut dead = Command::new("true").spawn().unwrap();
+    let pid = dead.id() as i32;
+    wait_until("a zombie", PATIENCE, || {
+        stat(pid).is_some_and(|s| s.0 == 'Z')
+    });
+    let st = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start_time = st[st.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let pidns = fs::read_link("/proc/self/ns/pid").unwrap();
+    fs::write(
+        &lock,
+        format!(
+            "pid={pid}\nstart_time={start_time}\npidns={}\n",
+            pidns.display()
+        ),
+    )
+    .unwrap();
+    // Its last threads: the lock, held for one more second.
+    let mut threads = Command::new("flock")
+        .args(["-x", lock.to_str().unwrap(), "sleep", "1"])
+        .spawn()
+        .unwrap();
+    wait_until("the lock to be held", PATIENCE, || {
+        env.run(&["status"]).stdout.contains("running")
+    });
+    let r = env.run(&["start"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let _ = threads.wait();
+    let _ = dead.wait();
+    // And for real, ten times.
+    let mut master = env.pid_from_file().expect("the master's pid file");
     for round in 0..10 {
         send(master, 9);
         let r = env.run(&["start"]);

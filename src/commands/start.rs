@@ -159,12 +159,17 @@ fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
 /// its threads still exiting) to be released.
 const DYING_WAIT: Duration = Duration::from_secs(3);
 
+/// How long a lock held by a master that looks alive is probed again
+/// before `start` calls it running (as the master itself retries its lock).
+const SETTLE: Duration = Duration::from_millis(300);
+
 /// Whether a live master holds the lock. Right after a `kill -9` of the
-/// master the kernel may not yet have released its lock (its threads are
-/// still exiting): when the process the lock names is gone or a zombie,
-/// wait for the lock to be released rather than call it running.
+/// master the kernel may not yet have released its lock (the process is
+/// still exiting): when the process the lock names is gone, a zombie, or
+/// has SIGKILL pending, wait for the lock to be released rather than call
+/// it running; and any held lock is probed again for a moment first.
 fn held_by_a_live_master(layout: &crate::os::layout::Layout) -> bool {
-    let deadline = Instant::now() + DYING_WAIT;
+    let start = Instant::now();
     loop {
         let Probe::Held(info) = super::probe_settled(layout) else {
             return false;
@@ -172,9 +177,11 @@ fn held_by_a_live_master(layout: &crate::os::layout::Layout) -> bool {
         // A pid from another PID namespace (a container's) says nothing here.
         let dying = info.identity().is_some_and(|id| {
             (id.pidns.is_none() || id.pidns == crate::os::procinfo::own_pidns())
-                && !crate::os::procinfo::still_running(&id)
+                && (!crate::os::procinfo::still_running(&id)
+                    || crate::os::procinfo::kill_pending(id.pid))
         });
-        if !dying || Instant::now() >= deadline {
+        let waited = start.elapsed();
+        if waited >= DYING_WAIT || (!dying && waited >= SETTLE) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -237,6 +237,30 @@ pub fn holds_flock(pid: i32, file: &std::path::Path) -> Option<bool> {
     }
 }
 
+/// Whether process `pid` has SIGKILL pending (it is being killed: it will
+/// be gone in a moment).
+pub fn kill_pending(pid: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return false;
+        };
+        let bit = 1u64 << (libc::SIGKILL - 1);
+        status.lines().any(|l| {
+            ["ShdPnd:", "SigPnd:"].iter().any(|k| {
+                l.strip_prefix(k)
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                    .is_some_and(|mask| mask & bit != 0)
+            })
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        false
+    }
+}
+
 /// Whether process `pid` runs as user `uid` (its real uid).
 pub fn runs_as(pid: i32, uid: u32) -> Option<bool> {
     #[cfg(target_os = "linux")]
