@@ -64,6 +64,18 @@ fn run() -> i32 {
         }
         _ => {}
     }
+    if matches!(cli.command, Command::Master(_) | Command::Runner(_))
+        || matches!(&cli.command, Command::Start(a) if a.foreground)
+    {
+        // Rust's runtime catches SIGSEGV and SIGBUS to report a stack
+        // overflow, and a first one *sent* (`kill -SEGV`) would be swallowed:
+        // they end the process, as they end any other.
+        // SAFETY: plain system calls, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+            libc::signal(libc::SIGBUS, libc::SIG_DFL);
+        }
+    }
     let becomes_master = match &cli.command {
         Command::Master(_) => true,
         Command::Start(args) => args.foreground,
@@ -88,6 +100,11 @@ fn run() -> i32 {
         Ok(c) => c,
         Err(e) if matches!(cli.command, Command::Master(_)) => {
             return master::fail_early(EXIT_USAGE, &e.to_string());
+        }
+        // `status` answers in LSB's terms: it cannot tell.
+        Err(e) if matches!(cli.command, Command::Status(_)) => {
+            eprintln!("{e}");
+            return commands::lsb::UNKNOWN;
         }
         Err(e) => {
             eprintln!("{e}");

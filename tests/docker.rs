@@ -229,7 +229,7 @@ fn status_restart_and_reopen_inside_the_container() {
     });
     wait_until("the out runner to say the entry waits", PATIENCE, || {
         stage.logs().contains(
-            "out runner has no handler and no next queue: 1 entries wait in /var/lib/mailman/queue/out",
+            "out runner has no handler and no next queue: 1 entry waits in /var/lib/mailman/queue/out",
         )
     });
     assert_eq!(stage.state(), "running 0 0");

@@ -8,6 +8,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -18,10 +19,7 @@ const TWO_RUNNERS: &str = "[runner.in]\nstart = true\n[runner.out]\nstart = true
 fn status_codes_and_second_start() {
     let env = Env::new(&only(TWO_RUNNERS));
     let st = env.run(&["status"]);
-    assert_eq!(
-        (st.code, st.stdout.as_str()),
-        (3, "GNU Mailman is not running\n")
-    );
+    assert_eq!((st.code, st.stdout), (3, env.not_running()));
 
     let master = env.start(2);
     let st = env.run(&["status"]);
@@ -47,10 +45,7 @@ fn status_codes_and_second_start() {
 
     assert_eq!(env.run(&["stop"]).code, 0);
     let st = env.run(&["status"]);
-    assert_eq!(
-        (st.code, st.stdout.as_str()),
-        (3, "GNU Mailman is not running\n")
-    );
+    assert_eq!((st.code, st.stdout), (3, env.not_running()));
 
     // A pid file left behind (here: written by hand) is a dead master's.
     fs::write(env.pid_file(), "4194000\n").unwrap();
@@ -129,17 +124,10 @@ fn a_pid_file_naming_another_process_never_gets_a_signal() {
         (1, format!("GNU Mailman is stopped (stale pid: {pid})\n"))
     );
     let stop = env.run(&["stop"]);
-    assert_eq!(
-        (stop.code, stop.stderr.as_str()),
-        (0, "GNU Mailman is not running\n")
-    );
+    assert_eq!((stop.code, stop.stderr), (0, env.not_running()));
     for cmd in ["restart", "reopen"] {
         let r = env.run(&[cmd]);
-        assert_eq!(
-            (r.code, r.stderr.as_str()),
-            (1, "GNU Mailman is not running\n"),
-            "{cmd}"
-        );
+        assert_eq!((r.code, r.stderr), (1, env.not_running()), "{cmd}");
     }
 
     // start succeeds (no --force) and takes the pid file over.
@@ -262,4 +250,172 @@ fn a_symlinked_pid_file_is_not_followed() {
     );
     assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
     assert_eq!(env.run(&["stop"]).code, 0);
+}
+
+/// The default var dir does not move with the working directory: `start`
+/// in one directory and `stop` in another meet the same master. (As a user:
+/// `~/.local/state/mailman`, or `$XDG_STATE_HOME/mailman`; as root
+/// `/var/lib/mailman`, only looked at here.)
+#[test]
+fn the_default_var_dir_does_not_move_with_the_shell() {
+    let root_default = Command::new(BIN)
+        .arg("check-config")
+        .env_remove("MAILMAN_CONFIG_FILE")
+        .env_remove("MAILMAN_VAR_DIR")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&root_default.stdout);
+    assert!(
+        text.contains("var_dir = \"/var/lib/mailman\"") && text.contains("the built-in defaults"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.path().join("home");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for d in [&home, &a, &b] {
+        fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    let as_nobody = |cwd: &std::path::Path, args: &[&str], xdg: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_remove("MAILMAN_CONFIG_FILE")
+            .env_remove("MAILMAN_VAR_DIR")
+            .env_remove("XDG_STATE_HOME")
+            .env("HOME", &home)
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::null())
+            .uid(65534)
+            .gid(65534);
+        if let Some(x) = xdg {
+            cmd.env("XDG_STATE_HOME", x);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let state = home.join(".local/state/mailman");
+    let (_, shown, _) = as_nobody(&a, &["check-config"], None);
+    assert!(
+        shown.contains(&format!("var_dir = \"{}\"", state.display())),
+        "{shown}"
+    );
+    let (_, shown, _) = as_nobody(&a, &["check-config"], Some(&dir.path().join("xdg")));
+    assert!(
+        shown.contains(&format!(
+            "var_dir = \"{}\"",
+            dir.path().join("xdg/mailman").display()
+        )),
+        "{shown}"
+    );
+    // The built-in runners, two fewer.
+    let set = [
+        "--set",
+        "runner.in.start=false",
+        "--set",
+        "runner.out.start=false",
+    ];
+    let (code, out, err) = as_nobody(&a, &[&set[..], &["start"]].concat(), None);
+    assert_eq!(code, 0, "{out}{err}");
+    let master: i32 = fs::read_to_string(state.join("master.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (code, out, _) = as_nobody(&b, &["status"], None);
+    assert_eq!(
+        (code, out),
+        (
+            0,
+            format!("GNU Mailman is running (master pid: {master})\n")
+        )
+    );
+    let (code, _, err) = as_nobody(&b, &["stop"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(!alive(master));
+    // Not running: the line says where it looked.
+    let (code, out, _) = as_nobody(&b, &["status"], None);
+    assert_eq!(code, 3);
+    assert_eq!(
+        out,
+        format!(
+            "GNU Mailman is not running\n(no master holds {})\n",
+            state.join("locks/master.lck").display()
+        )
+    );
+}
+
+/// A runner given up makes the master degraded: `status` says so on a
+/// second line and keeps LSB's 0, `status --check` exits 1; the log has no
+/// `pid: 0`.
+#[test]
+fn a_degraded_master_is_visible_to_status() {
+    let env = Env::new(&only(
+        "[runner.crash]\ncommand = [\"false\"]\nmax_restarts = 1\nrestart_delay = \"10ms\"\n\
+         [runner.x]\ncommand = [\"sleep\", \"1000\"]\n",
+    ));
+    let master = env.start(1);
+    env.wait_log("Runner crash reached maximum restart limit of 1, not restarting.");
+    let st = env.run(&["status"]);
+    assert_eq!(st.code, 0);
+    assert_eq!(
+        st.stdout,
+        format!(
+            "GNU Mailman is running (master pid: {master})\nGNU Mailman is degraded: runner crash:0:1 given up after 1 restarts, last EXIT 1\n"
+        )
+    );
+    let check = env.run(&["status", "--check"]);
+    assert_eq!(check.code, 1, "{}", check.stdout);
+    // Restarting it brings it back (and gives it up again).
+    assert_eq!(env.run(&["stop"]).code, 0);
+    assert!(!env.log().contains("pid: 0"));
+    assert_eq!(env.run(&["status", "--check"]).code, 3);
+}
+
+/// An unwritable var dir says why: a read-only file system as such; a
+/// permission as such, with the user and the `chown` that would let it.
+#[test]
+fn an_unwritable_var_dir_says_why() {
+    let env = Env::with_mailman(
+        "stop_timeout = \"3s\"\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
+        &only(""),
+    );
+    // Exists, root's, 0755: nobody cannot write it.
+    fs::create_dir_all(env.var.join("locks")).unwrap();
+    fs::create_dir_all(env.var.join("logs")).unwrap();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let r = env.run(&["start", "--run-as-user"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(
+        r.stderr,
+        format!(
+            "cannot write to {}: Permission denied (as user nobody: chown -R nobody {} to let it)\n",
+            env.var.display(),
+            env.var.display()
+        )
+    );
+    // A read-only file system, mounted over the var dir in a mount
+    // namespace of its own.
+    let script = format!(
+        "mount -t tmpfs -o ro tmpfs {var} && exec {bin} -C {cfg} start",
+        var = env.var.display(),
+        bin = BIN,
+        cfg = env.config.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .env_remove("MAILMAN_CONFIG_FILE")
+        .env_remove("MAILMAN_VAR_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert!(!stderr.contains("ermission denied"), "{stderr}");
 }

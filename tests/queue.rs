@@ -554,7 +554,7 @@ fn default_flow_ends_waiting_in_out() {
     wait_until("the entry to reach out", PATIENCE, || {
         names(&queue_dir(&env, "out")) == vec![name.clone()]
     });
-    env.wait_log("out runner has no handler and no next queue: 1 entries wait in");
+    env.wait_log("out runner has no handler and no next queue: 1 entry waits in");
     assert_eq!(
         fs::read_to_string(queue_dir(&env, "out").join(&name)).unwrap(),
         "Subject: hi\n\nhello\n"
@@ -602,5 +602,23 @@ fn a_stop_leaves_no_handler_orphans_behind() {
         )),
         "{}",
         env.log()
+    );
+}
+
+/// `queues` on a var dir that does not exist is an error naming it, not a
+/// table of empty queues (a mistyped `var_dir` looked exactly like that).
+#[test]
+fn queues_on_a_missing_var_dir_is_an_error() {
+    let env = Env::new("");
+    assert!(!env.var.exists());
+    let r = env.run(&["queues"]);
+    assert_eq!(r.code, 1);
+    assert_eq!(r.stdout, "");
+    assert_eq!(
+        r.stderr,
+        format!(
+            "cannot read the queues: var dir {}: No such file or directory\n",
+            env.var.display()
+        )
     );
 }

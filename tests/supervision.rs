@@ -381,3 +381,16 @@ fn many_runners_past_a_low_open_file_limit() {
     assert_eq!(env.run(&["stop"]).code, 0);
     assert!(runners_of(master).is_empty());
 }
+
+/// A SIGSEGV sent to the built-in runner ends it at once, as it would end
+/// any program (Rust's runtime used to swallow the first one).
+#[test]
+fn the_first_sigsegv_ends_a_built_in_runner() {
+    let env = Env::new(&only("[runner.in]\nstart = true\n"));
+    let master = env.start(1);
+    env.wait_log("in runner started.");
+    let runner = runners_of(master)[0];
+    assert!(send(runner, libc::SIGSEGV));
+    env.wait_log(&format!("(pid: {runner}, why: SIGNAL 11, class: in"));
+    assert_eq!(env.run(&["stop"]).code, 0);
+}

@@ -35,6 +35,16 @@ use crate::os::lock::{self, Layout, Probe};
 use crate::os::procinfo::{Identity, own_pidns};
 
 pub const NOT_RUNNING: &str = "GNU Mailman is not running";
+
+/// Mailman's "not running" line, then which var dir was looked at (a
+/// master started with another configuration, or from another directory
+/// on an older default, is elsewhere).
+pub fn not_running(layout: &Layout) -> String {
+    format!(
+        "{NOT_RUNNING}\n(no master holds {})",
+        layout.lock_file().display()
+    )
+}
 pub const ALREADY_RUNNING: &str = "GNU Mailman is already running";
 
 /// `status --check`: the master runs, but is starting, stopping or

@@ -81,6 +81,17 @@ fn inject_one(dir: &Path, file: &Path) -> anyhow::Result<String> {
 /// `mailman queues [--json]`: each queue's waiting and in-hand entries.
 pub fn queues(config: &Config, as_json: bool) -> i32 {
     let root = config.layout().queue_dir();
+    // A var dir that does not exist is a mistake (a typo, the wrong
+    // configuration), not a set of empty queues.
+    let var = &config.mailman.var_dir;
+    if let Err(e) = std::fs::metadata(var) {
+        eprintln!(
+            "cannot read the queues: var dir {}: {}",
+            var.display(),
+            io_text(&e)
+        );
+        return EXIT_ERROR;
+    }
     let mut rows = Vec::new();
     for r in config.runners.iter().filter(|r| r.has_queue()) {
         match queue::depth(&root.join(&r.name)) {

@@ -4,7 +4,7 @@
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{Asked, NOT_RUNNING, Target, ask, find_master, probe_settled};
+use super::{Asked, Target, ask, find_master, not_running, probe_settled};
 use crate::cli::{QuietArgs, RestartArgs};
 use crate::config::Config;
 use crate::control::Request;
@@ -97,7 +97,7 @@ fn signal_master(config: &Config, quiet: bool, sig: Signal, line: &str) -> i32 {
     let layout = config.layout();
     match find_master(&layout) {
         Target::NotRunning => {
-            eprintln!("{NOT_RUNNING}");
+            eprintln!("{}", not_running(&layout));
             1
         }
         Target::Refuse(msg) => {

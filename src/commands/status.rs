@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{ASK_TIMEOUT, EXIT_UNHEALTHY, NOT_RUNNING, lsb, probe_settled};
+use super::{ASK_TIMEOUT, EXIT_UNHEALTHY, lsb, not_running, probe_settled};
 use crate::config::Config;
 use crate::control::{self, Answer, Request};
 use crate::os::lock::{self, PidFile, Probe};
@@ -61,7 +61,7 @@ pub fn status(config: &Config, check: bool) -> i32 {
             };
         }
         Probe::Free => match lock::read_pid_file(&layout) {
-            Ok(PidFile::Missing) => (NOT_RUNNING.into(), lsb::NOT_RUNNING),
+            Ok(PidFile::Missing) => (not_running(&layout), lsb::NOT_RUNNING),
             Ok(PidFile::Pid(pid)) => (
                 format!("GNU Mailman is stopped (stale pid: {pid})"),
                 lsb::DEAD_WITH_PID_FILE,

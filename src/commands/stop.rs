@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{Asked, NOT_RUNNING, Target, ask, find_master, probe_settled};
+use super::{Asked, Target, ask, find_master, not_running, probe_settled};
 use crate::cli::StopArgs;
 use crate::config::Config;
 use crate::control::{self, Request};
@@ -23,7 +23,7 @@ pub fn stop(config: &Config, args: &StopArgs) -> i32 {
     let layout = config.layout();
     let info = match probe_settled(&layout) {
         Probe::Free => {
-            eprintln!("{NOT_RUNNING}");
+            eprintln!("{}", not_running(&layout));
             return 0;
         }
         Probe::Unknown(e) => {
@@ -67,7 +67,7 @@ pub fn stop(config: &Config, args: &StopArgs) -> i32 {
     }
     let master = match find_master(&layout) {
         Target::NotRunning => {
-            eprintln!("{NOT_RUNNING}");
+            eprintln!("{}", not_running(&layout));
             return 0;
         }
         Target::Refuse(msg) => {

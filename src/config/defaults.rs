@@ -4,7 +4,7 @@
 //!
 //! Not here: reading text (`layer`), checking values (`validate`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
@@ -61,9 +61,32 @@ pub(super) fn builtin_sleep_time(name: &str) -> Duration {
     }
 }
 
+/// The var dir when none is set: the same whatever the working directory
+/// (`stop` run from elsewhere finds the master `start` started): for root
+/// `/var/lib/mailman`, for anyone else `$XDG_STATE_HOME/mailman`, else
+/// `~/.local/state/mailman` (else `./var`, with no home at all).
+pub(super) fn default_var_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/mailman");
+    }
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").and_then(absolute) {
+        return state.join("mailman");
+    }
+    match std::env::var_os("HOME").and_then(absolute) {
+        Some(home) => home.join(".local/state/mailman"),
+        None => std::env::current_dir().unwrap_or_default().join("var"),
+    }
+}
+
 /// The default bound on runner slices: well above any real site (Mailman
 /// runs 12), well below what exhausts a machine's pids.
 pub(super) const DEFAULT_MAX_RUNNERS: u32 = 4096;
+
+/// Whether `name` is one of Mailman's runners (built in here too).
+pub(super) fn is_builtin(name: &str) -> bool {
+    BUILTIN_RUNNERS.iter().any(|(n, _)| *n == name)
+}
 
 pub(super) fn default_command() -> Vec<String> {
     [
@@ -83,19 +106,14 @@ impl Config {
     /// Pass two: built-in defaults, `[runner.default]`, `[runner.NAME]`;
     /// with a Mailman Core configuration, its var dir and runners in place
     /// of ours (docs/mailman-core.md).
-    pub(super) fn from_layer(
-        layer: Layer,
-        source: Option<&Path>,
-        base_dir: &Path,
-        core: Option<Core>,
-    ) -> Config {
+    pub(super) fn from_layer(layer: Layer, source: Option<&Path>, core: Option<Core>) -> Config {
         let raw_mailman = layer.mailman;
         let var_dir = match &core {
             Some(c) => c.var_dir(),
             None => raw_mailman
                 .var_dir
                 .map(Spanned::into_inner)
-                .unwrap_or_else(|| base_dir.join("var")),
+                .unwrap_or_else(default_var_dir),
         };
         let user = raw_mailman.user.unwrap_or_else(|| "mailman".into());
         let mailman = MailmanSection {

@@ -109,6 +109,8 @@ pub(super) struct Layer {
     /// with its error: `None` for `var_dir`, else the runner's name. Raised
     /// only if the configuration turns out to name a `mailman.cfg`.
     pub(super) core_owned: Vec<(Option<String>, ConfigError)>,
+    /// An override's source (`--set …`, `MAILMAN__…=…`); `None` for a file.
+    pub(super) label: Option<String>,
 }
 
 impl Layer {
@@ -156,6 +158,7 @@ impl Layer {
             logging: raw.logging,
             runner,
             core_owned,
+            label: None,
         })
     }
 

@@ -297,7 +297,27 @@ impl Config {
         if let Some(cfg) = bare_cfg {
             merged.mailman.mailman_cfg = Some(toml::Spanned::new(0..0, cfg.to_path_buf()));
         }
+        // Runners a file or the built-ins define; an override may change
+        // them, or define a new runner only with its command (so that a typo
+        // such as `--set runner.inn.instances=4` is not a new runner).
+        let mut defined: Vec<String> = merged.runner.keys().cloned().collect();
         for layer in env_layers()?.into_iter().chain(set_layers(sets)?) {
+            for (name, table) in &layer.runner {
+                let known = defined.contains(name)
+                    || name == "default"
+                    || defaults::is_builtin(name)
+                    || merged.mailman.mailman_cfg.is_some()
+                    || layer.mailman.mailman_cfg.is_some();
+                if !known && table.command.is_none() {
+                    return Err(ConfigError::File {
+                        file: layer.label.clone().unwrap_or_default(),
+                        message: format!(
+                            "no runner \"{name}\" is defined (by the file or built in): an override can change a runner, or define a new one with its command"
+                        ),
+                    });
+                }
+                defined.push(name.clone());
+            }
             if bare_cfg.is_some() && layer.mailman.mailman_cfg.is_some() {
                 return Err(ConfigError::File {
                     file,
@@ -316,6 +336,16 @@ impl Config {
             None => None,
         };
         if let Some(core) = &core {
+            for (name, table) in &merged.runner {
+                if name != "default" && core.runner(name).is_none() && table.command.is_none() {
+                    return Err(ConfigError::File {
+                        file: file.clone(),
+                        message: format!(
+                            "Runner \"{name}\" is not one of mailman_cfg's runners: a runner of ours beside Mailman's needs a command"
+                        ),
+                    });
+                }
+            }
             for (runner, error) in std::mem::take(&mut merged.core_owned) {
                 let owned = match &runner {
                     None => true,
@@ -326,7 +356,7 @@ impl Config {
                 }
             }
         }
-        let mut config = Config::from_layer(merged, source, &base_dir, core);
+        let mut config = Config::from_layer(merged, source, core);
         config.sets = sets.to_vec();
         config
             .check_queues()
@@ -427,7 +457,7 @@ mod tests {
         assert_eq!(names.len(), 15);
         let started = c.runners.iter().filter(|r| r.start).count();
         assert_eq!(started, 12);
-        assert_eq!(c.mailman.var_dir, PathBuf::from("/x/var"));
+        assert_eq!(c.mailman.var_dir, defaults::default_var_dir());
         assert_eq!(c.mailman.stop_timeout, Dur(Duration::from_secs(5)));
     }
 

@@ -40,7 +40,9 @@ impl Layer {
         }
         let text = toml::to_string(&leaf).map_err(|e| err(e.to_string()))?;
         let cwd = std::env::current_dir().unwrap_or_default();
-        Layer::parse(&text, &cwd, &|_, message| err(message))
+        let mut layer = Layer::parse(&text, &cwd, &|_, message| err(message))?;
+        layer.label = Some(label.to_string());
+        Ok(layer)
     }
 }
 
@@ -147,6 +149,7 @@ mod tests {
             Some(Path::new("/x/m.toml")),
             &[
                 "runner.in.instances=4".into(),
+                "runner.new.command=[\"sleep\", \"9\"]".into(),
                 "runner.new.start=false".into(),
                 "mailman.var_dir=rel".into(),
             ],
@@ -154,6 +157,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.runner("in").unwrap().instances, 4);
         assert!(!c.runner("new").unwrap().start);
+        // A typo is not a new runner.
+        let e = Config::build("", None, &["runner.inn.instances=4".into()]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--set runner.inn.instances=4: no runner \"inn\" is defined (by the file or built in): an override can change a runner, or define a new one with its command"
+        );
         assert_eq!(
             c.mailman.var_dir,
             std::env::current_dir().unwrap().join("rel")

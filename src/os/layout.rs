@@ -103,14 +103,34 @@ impl Layout {
                     mode & 0o7777
                 );
             }
-            // An unwritable directory is found now, with its name, rather
-            // than later in a less helpful place.
-            if nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_err() {
-                bail!("cannot write to {}: permission denied", dir.display());
+            // An unwritable directory is found now, with its name and the
+            // real cause (a read-only file system is not a permission),
+            // rather than later in a less helpful place.
+            if let Err(e) = nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK) {
+                let uid = nix::unistd::geteuid();
+                let hint = if e == nix::errno::Errno::EACCES && !uid.is_root() {
+                    let user = user_name(uid.as_raw()).unwrap_or_else(|| uid.to_string());
+                    format!(
+                        " (as user {user}: chown -R {user} {} to let it)",
+                        self.var_dir.display()
+                    )
+                } else {
+                    String::new()
+                };
+                bail!("cannot write to {}: {}{hint}", dir.display(), e.desc());
             }
         }
         Ok(())
     }
+}
+
+/// A user's name from `/etc/passwd` (no NSS: the binary is static).
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+    })
 }
 
 #[cfg(test)]

@@ -222,8 +222,11 @@ impl Worker<'_> {
         if self.runner.handler.is_empty() && self.runner.next.is_none() {
             if !self.said_idle {
                 say(&format!(
-                    "{name} runner has no handler and no next queue: {} entries wait in {}",
-                    batch.len(),
+                    "{name} runner has no handler and no next queue: {} in {}",
+                    match batch.len() {
+                        1 => "1 entry waits".to_string(),
+                        n => format!("{n} entries wait"),
+                    },
                     board.dir().display()
                 ));
                 self.said_idle = true;

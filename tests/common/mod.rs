@@ -149,6 +149,14 @@ impl Env {
         pid
     }
 
+    /// What `status` prints (and `stop` on stderr) when no master runs here.
+    pub fn not_running(&self) -> String {
+        format!(
+            "GNU Mailman is not running\n(no master holds {})\n",
+            self.var.join("locks/master.lck").display()
+        )
+    }
+
     pub fn wait_log(&self, needle: &str) {
         wait_until(&format!("log line {needle:?}"), PATIENCE, || {
             self.log().contains(needle)
