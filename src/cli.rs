@@ -58,8 +58,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `mailman man > mailman.1`.
-    Man,
+    /// Print the man page (roff), e.g. `mailman man > mailman.1`; with
+    /// `--dir`, write it and one page per command (mailman-start.1, …) there.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Writes the completion script for `shell` to stdout.
@@ -73,11 +77,100 @@ pub fn print_completions(shell: clap_complete::Shell) {
     );
 }
 
-/// Writes the man page to stdout.
-pub fn print_man() -> std::io::Result<()> {
+/// Writes the man page to stdout, or every page (mailman.1 and one per
+/// command) to `dir`.
+pub fn print_man(dir: Option<&Path>) -> std::io::Result<()> {
     use clap::CommandFactory;
-    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())
+    match dir {
+        None => render_main_page(&mut std::io::stdout()),
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(Cli::command(), dir)?;
+            let mut page = std::fs::File::create(dir.join("mailman.1"))?;
+            render_main_page(&mut page)
+        }
+    }
 }
+
+/// mailman(1): clap's sections, then what clap does not know: exit status,
+/// environment, files.
+fn render_main_page(w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd);
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    man.render_options_section(w)?;
+    man.render_subcommands_section(w)?;
+    w.write_all(MAN_EXTRA.as_bytes())?;
+    man.render_version_section(w)
+}
+
+/// The sections of mailman(1) that clap has no words for (roff).
+const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+\fBstart\fR
+0 started (its runners are up); 1 the master failed to start (its error is printed); 2 already running, or a bad configuration.
+.TP
+\fBstop\fR
+0 stopped, or not running; 1 not stopped in time, or refused (a pid that is not proven the master's).
+.TP
+\fBrestart\fR, \fBreopen\fR
+0 done; 1 not running, or an unknown runner or slice.
+.TP
+\fBstatus\fR
+LSB: 0 running (also when degraded: a second line says what is wrong); 1 dead with a pid file left; 3 not running; 4 cannot tell (a bad configuration too). With \fB\-\-check\fR: 0 healthy; 1 running but starting, stopping or degraded; 3 not running; 4 cannot tell.
+.TP
+\fBmaster\fR
+0 after a requested stop; 1 a start-up error; 2 already running, or a bad configuration; 3 a runner was given up with on_give_up = "exit".
+.TP
+\fBinject\fR, \fBqueues\fR
+0 done; 1 an unreadable file, an unwritable queue, a missing var dir; 2 an unknown queue.
+.TP
+\fBcheck\-config\fR
+0 valid; 2 a bad configuration (one line: FILE:LINE:COL: what is wrong).
+.SH ENVIRONMENT
+.TP
+\fBMAILMAN_CONFIG_FILE\fR
+The configuration file when \fB\-C\fR is not given (TOML, or a GNU Mailman Core mailman.cfg if its name ends in .cfg).
+.TP
+\fBMAILMAN_VAR_DIR\fR
+The var dir, over the configuration's.
+.TP
+\fBMAILMAN__\fR\fISECTION\fR\fB__\fR\fIKEY\fR
+Any configuration key, e.g. MAILMAN__MAILMAN__STOP_TIMEOUT=10s, MAILMAN__RUNNER__IN__INSTANCES=2; \fB\-\-set\fR wins over it.
+.TP
+\fBNOTIFY_SOCKET\fR
+systemd's readiness socket: the master sends READY=1, STOPPING=1 and STATUS= there.
+.TP
+\fBMAILMAN_CONFINE\fR
+record: confine runners by a record of their pids rather than a cgroup.
+.SH FILES
+.TP
+\fI./mailman.toml\fR, \fI~/.mailman.toml\fR, \fI/etc/mailman.toml\fR, \fI/etc/mailman3/mailman.toml\fR
+The configuration, the first found; then Mailman Core's \fI./mailman.cfg\fR, \fI~/.mailman.cfg\fR, \fI/etc/mailman.cfg\fR, \fI/etc/mailman3/mailman.cfg\fR.
+.TP
+\fIVAR_DIR\fR
+/var/lib/mailman for root, else $XDG_STATE_HOME/mailman or ~/.local/state/mailman, unless the configuration says otherwise.
+.TP
+\fIVAR_DIR/locks/master.lck\fR
+The master's lock (flock): held while a master runs.
+.TP
+\fIVAR_DIR/master.pid\fR
+The master's pid, for Mailman's tools.
+.TP
+\fIVAR_DIR/master.sock\fR
+The control socket (mode 0600).
+.TP
+\fIVAR_DIR/logs/mailman.log\fR
+The log.
+.TP
+\fIVAR_DIR/queue/\fR
+The queues.
+"#;
 
 #[derive(Debug, Args)]
 pub struct StartArgs {

@@ -53,8 +53,8 @@ fn run() -> i32 {
             cli::print_completions(*shell);
             return 0;
         }
-        Command::Man => {
-            return match cli::print_man() {
+        Command::Man { dir } => {
+            return match cli::print_man(dir.as_deref()) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("cannot write the man page: {e}");
@@ -151,6 +151,6 @@ fn run() -> i32 {
             print!("{}", config.to_toml());
             0
         }
-        Command::Completions { .. } | Command::Man => 0,
+        Command::Completions { .. } | Command::Man { .. } => 0,
     }
 }

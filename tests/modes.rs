@@ -214,4 +214,35 @@ fn completions_and_man_page() {
     let page = String::from_utf8_lossy(&man.stdout);
     assert!(page.contains(".TH mailman 1"), "{page}");
     assert!(page.contains("check\\-config"), "{page}");
+    for section in [".SH \"EXIT STATUS\"", ".SH ENVIRONMENT", ".SH FILES"] {
+        assert!(page.contains(section), "{section} missing:\n{page}");
+    }
+    // Every page the main one refers to (mailman-start(1), …) is generated.
+    let pages = dir.path().join("man");
+    assert!(
+        run(&["man", "--dir", pages.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let referred: Vec<String> = page
+        .match_indices("mailman\\-")
+        .filter_map(|(i, _)| {
+            let rest = &page[i + "mailman\\-".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '\\' || *c == '-')
+                .collect();
+            rest[name.len()..]
+                .starts_with("(1)")
+                .then(|| format!("mailman-{}.1", name.replace("\\-", "-")))
+        })
+        .collect();
+    assert!(referred.len() >= 10, "{referred:?}");
+    for file in referred {
+        assert!(
+            pages.join(&file).is_file(),
+            "{file} is referred to, not generated"
+        );
+    }
+    assert!(pages.join("mailman.1").is_file());
 }
