@@ -23,7 +23,16 @@ pub(super) struct RawFile {
     #[serde(default)]
     pub(super) logging: RawLogging,
     #[serde(default)]
+    pub(super) http: RawHttp,
+    #[serde(default)]
     pub(super) runner: IndexMap<Spanned<String>, RawRunner>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    /// `HOST:PORT` to serve `/metrics`, `/livez`, `/readyz` on; "" for none.
+    pub(super) listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +76,8 @@ pub(super) struct RawRunner {
     pub(super) next: Option<Spanned<String>>,
     pub(super) env: Option<IndexMap<String, String>>,
     pub(super) ready_tcp: Option<Spanned<String>>,
+    pub(super) stall_after: Option<Dur>,
+    pub(super) on_stall: Option<super::OnStall>,
 }
 
 impl RawRunner {
@@ -84,6 +95,8 @@ impl RawRunner {
             handler: self.handler.or_else(|| base.handler.clone()),
             next: self.next.or_else(|| base.next.clone()),
             ready_tcp: self.ready_tcp.or_else(|| base.ready_tcp.clone()),
+            stall_after: self.stall_after.or(base.stall_after),
+            on_stall: self.on_stall.or(base.on_stall),
             env: match (&base.env, self.env) {
                 (Some(b), Some(mut own)) => {
                     for (k, v) in b {
@@ -103,6 +116,7 @@ impl RawRunner {
 pub(super) struct Layer {
     pub(super) mailman: RawMailman,
     pub(super) logging: RawLogging,
+    pub(super) http: RawHttp,
     pub(super) runner: IndexMap<String, RawRunner>,
     /// What this layer sets that a Mailman Core configuration owns (its
     /// `var_dir`, a Mailman runner's `command`, `instances`, `start`), each
@@ -153,9 +167,13 @@ impl Layer {
             }
             runner.insert(name.into_inner(), table);
         }
+        if let Some(l) = &raw.http.listen {
+            validate::listen(l.get_ref()).map_err(|m| at(l.span(), m))?;
+        }
         Ok(Layer {
             mailman,
             logging: raw.logging,
+            http: raw.http,
             runner,
             core_owned,
             label: None,
@@ -183,6 +201,9 @@ impl Layer {
             format: l.format.or(b.format),
             level: l.level.or(b.level),
         };
+        if self.http.listen.is_some() {
+            base.http.listen = self.http.listen;
+        }
         base.core_owned.extend(self.core_owned);
         for (name, table) in self.runner {
             let merged = match base.runner.get(&name) {

@@ -24,6 +24,7 @@
 //! Not here: the commands `inject` and `queues` (`commands::queues`).
 
 pub mod runner;
+pub mod scan;
 mod switchboard;
 
 pub use switchboard::{Recovered, Switchboard};
