@@ -94,7 +94,7 @@ pub fn queues(config: &Config, as_json: bool) -> i32 {
     }
     let mut rows = Vec::new();
     for r in config.runners.iter().filter(|r| r.has_queue()) {
-        match queue::depth(&root.join(&r.name)) {
+        match queue::scan::scan(&root.join(&r.name), r.instances) {
             Ok(d) => rows.push((r.name.as_str(), d)),
             Err(e) => {
                 eprintln!(
@@ -110,7 +110,20 @@ pub fn queues(config: &Config, as_json: bool) -> i32 {
     if as_json {
         let queues: Vec<_> = rows
             .iter()
-            .map(|(name, d)| json!({"name": name, "waiting": d.waiting, "in_hand": d.in_hand}))
+            .map(|(name, d)| {
+                let slices: Vec<_> = d
+                    .slices
+                    .iter()
+                    .map(|(n, oldest)| json!({"waiting": n, "oldest_secs": oldest}))
+                    .collect();
+                json!({
+                    "name": name,
+                    "waiting": d.waiting,
+                    "in_hand": d.in_hand,
+                    "oldest_secs": d.oldest_secs,
+                    "slices": slices,
+                })
+            })
             .collect();
         text = json!({"queue_dir": root.display().to_string(), "queues": queues}).to_string();
         text.push('\n');

@@ -11,7 +11,10 @@ use toml::Spanned;
 
 use super::layer::{Layer, RawRunner};
 use super::mailman_cfg::{Core, CoreRunner};
-use super::{Config, Dur, LogFormat, LogLevel, Logging, MailmanSection, OnGiveUp, RunnerConfig};
+use super::{
+    Config, Dur, Http, LogFormat, LogLevel, Logging, MailmanSection, OnGiveUp, OnStall,
+    RunnerConfig,
+};
 
 /// Mailman 3.3.10's runners in its own config order, with whether they start
 /// by default.
@@ -148,6 +151,13 @@ impl Config {
             format: layer.logging.format.unwrap_or(LogFormat::Text),
             level: layer.logging.level.unwrap_or(LogLevel::Info),
         };
+        let http = Http {
+            listen: layer
+                .http
+                .listen
+                .map(Spanned::into_inner)
+                .filter(|l| !l.is_empty()),
+        };
         let mut tables = layer.runner;
         let default = tables.shift_remove("default").unwrap_or_default();
         // (name, the runner's own defaults, its table)
@@ -186,7 +196,13 @@ impl Config {
                     instances: r.instances.map_or(base.instances, Spanned::into_inner),
                     start: r.start.map_or(base.start, Spanned::into_inner),
                     max_restarts: r.max_restarts.unwrap_or(base.max_restarts),
-                    sleep_time: r.sleep_time.unwrap_or(Dur(builtin_sleep_time(&name))),
+                    // Mailman's own runners sleep as mailman.cfg says.
+                    sleep_time: base
+                        .sleep_time
+                        .or(r.sleep_time)
+                        .unwrap_or(Dur(builtin_sleep_time(&name))),
+                    stall_after: r.stall_after.unwrap_or(Dur(Duration::ZERO)),
+                    on_stall: r.on_stall.unwrap_or(OnStall::Report),
                     restart_delay,
                     restart_delay_max: r
                         .restart_delay_max
@@ -217,6 +233,7 @@ impl Config {
             sets: Vec::new(),
             mailman,
             logging,
+            http,
             runners,
             core,
         }
@@ -232,6 +249,8 @@ struct Base {
     queue: bool,
     ready_tcp: Option<String>,
     mailman_core: bool,
+    /// Mailman's `sleep_time` for one of its runners.
+    sleep_time: Option<Dur>,
 }
 
 impl Base {
@@ -245,6 +264,7 @@ impl Base {
             queue: !NON_QUEUE_RUNNERS.contains(&name),
             ready_tcp: None,
             mailman_core: false,
+            sleep_time: None,
         }
     }
 
@@ -263,6 +283,7 @@ impl Base {
             queue: r.queue,
             ready_tcp: r.ready_tcp.clone(),
             mailman_core: true,
+            sleep_time: Some(Dur(r.sleep_time)),
         }
     }
 }

@@ -104,6 +104,7 @@ pub struct Config {
     pub sets: Vec<String>,
     pub mailman: MailmanSection,
     pub logging: Logging,
+    pub http: Http,
     /// Every runner, in config order (built-ins first, then new ones).
     #[serde(serialize_with = "serialize_runners")]
     pub runners: Vec<RunnerConfig>,
@@ -131,6 +132,25 @@ pub struct MailmanSection {
     pub degraded_after: Dur,
     /// At most this many runner slices (all runners' `instances`).
     pub max_runners: u32,
+}
+
+/// The master's HTTP endpoint (docs/observability.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct Http {
+    /// `HOST:PORT` to serve `/metrics`, `/livez` and `/readyz` on; `None`
+    /// (written `""`): no endpoint.
+    #[serde(serialize_with = "serialize_opt_str")]
+    pub listen: Option<String>,
+}
+
+/// What a stalled slice leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnStall {
+    /// Shown in `status`, `/readyz` and the metrics, and logged.
+    Report,
+    /// That, and the slice's runner is restarted as if it had crashed.
+    Restart,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -192,6 +212,10 @@ pub struct RunnerConfig {
     /// (`HOST:PORT`; `""` for none): until then it counts as starting.
     #[serde(serialize_with = "serialize_opt_str")]
     pub ready_tcp: Option<String>,
+    /// A slice is stalled once the oldest entry of its slice of the queue
+    /// has waited `sleep_time + stall_after`; zero: never.
+    pub stall_after: Dur,
+    pub on_stall: OnStall,
     /// One of Mailman Core's own runners (from `mailman_cfg`): it gets
     /// Mailman's environment, not ours.
     #[serde(skip)]
@@ -202,6 +226,16 @@ impl RunnerConfig {
     /// Whether it works a queue directory.
     pub fn has_queue(&self) -> bool {
         self.queue
+    }
+
+    /// How long the oldest entry of a slice may wait before the slice is
+    /// stalled (`None`: stall detection is off for this runner). A runner
+    /// that finds its queue empty sleeps `sleep_time` before it looks
+    /// again, so that is added to `stall_after`: Mailman's retry runner
+    /// waits 15 minutes by design.
+    pub fn stall_threshold(&self) -> Option<std::time::Duration> {
+        (self.queue && !self.stall_after.0.is_zero())
+            .then(|| self.stall_after.0 + self.sleep_time.0)
     }
 }
 

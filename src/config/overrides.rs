@@ -17,14 +17,14 @@ impl Layer {
             message,
         };
         let shape_ok = match path {
-            [s, _] => s == "mailman" || s == "logging",
+            [s, _] => s == "mailman" || s == "logging" || s == "http",
             [s, _, _] => s == "runner",
             [s, _, e, _] => s == "runner" && e == "env",
             _ => false,
         };
         if !shape_ok || path.iter().any(|p| p.is_empty()) {
             return Err(err(
-                "not a configuration key: expected mailman.KEY, logging.KEY, runner.NAME.KEY or runner.NAME.env.VAR"
+                "not a configuration key: expected mailman.KEY, logging.KEY, http.KEY, runner.NAME.KEY or runner.NAME.env.VAR"
                     .into(),
             ));
         }

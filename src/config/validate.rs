@@ -31,6 +31,22 @@ pub(super) fn var_dir(v: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `[http] listen` as written: `""` (off) or `HOST:PORT` with a port
+/// number (the host is resolved when the master binds).
+pub(super) fn listen(v: &str) -> Result<(), String> {
+    let ok = v.is_empty()
+        || v.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.is_empty() && p.parse::<u16>().is_ok() && !h.contains(char::is_whitespace)
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "listen must be HOST:PORT (e.g. \"127.0.0.1:9410\", \"[::]:9410\") or \"\" for none, not \"{v}\""
+        ))
+    }
+}
+
 /// One `[runner.NAME]` table (or its override): the name, and each key that
 /// serde cannot check by type.
 pub(super) fn runner_table(name: &Spanned<String>, table: &RawRunner) -> Result<(), Spot> {

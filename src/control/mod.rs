@@ -19,9 +19,11 @@
 //! master's business (`master::requests`).
 
 mod client;
+pub mod http;
 mod server;
 
 pub use client::{Answer, ask, wait_closed};
+pub use http::Http;
 pub use server::{Client, Server};
 
 use std::path::Path;
@@ -127,6 +129,14 @@ pub struct SliceStatus {
     pub down_secs: Option<f64>,
     pub rss_bytes: Option<u64>,
     pub cpu_secs: Option<f64>,
+    /// The oldest entry of its slice of the queue waited past its stall
+    /// threshold (only runners with `stall_after` set).
+    #[serde(default)]
+    pub stalled: bool,
+    /// How long that entry has waited while this run of the runner was up
+    /// (only runners with `stall_after` set, while up).
+    #[serde(default)]
+    pub queue_wait_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,6 +25,8 @@ struct Ready {
     clients: Vec<usize>,
     outputs: Vec<usize>,
     probes: Vec<usize>,
+    http_listener: bool,
+    http: Vec<usize>,
 }
 
 impl Master {
@@ -55,6 +57,7 @@ impl Master {
                 self.on_signal(sig);
             }
             self.serve(ready.listener, &ready.clients);
+            self.serve_http(ready.http_listener, &ready.http);
             self.on_timer(Instant::now());
         }
     }
@@ -120,6 +123,18 @@ impl Master {
         for p in &self.probes {
             fds.push(PollFd::new(p.fd(), PollFlags::POLLOUT));
         }
+        let first_http = fds.len();
+        if let Some(h) = &self.http {
+            fds.push(PollFd::new(h.listener_fd(), PollFlags::POLLIN));
+            for (fd, writing) in h.client_fds() {
+                let want = if writing {
+                    PollFlags::POLLOUT
+                } else {
+                    PollFlags::POLLIN
+                };
+                fds.push(PollFd::new(fd, want));
+            }
+        }
         let mut ready = Ready::default();
         match poll(&mut fds, timeout) {
             Ok(_) => {
@@ -140,10 +155,17 @@ impl Master {
                 {
                     log.woken();
                 }
-                ready.probes = (first_probe..fds.len())
+                ready.probes = (first_probe..first_http)
                     .filter(|&i| hit(&fds[i]))
                     .map(|i| i - first_probe)
                     .collect();
+                if self.http.is_some() {
+                    ready.http_listener = hit(&fds[first_http]);
+                    ready.http = (first_http + 1..fds.len())
+                        .filter(|&i| hit(&fds[i]))
+                        .map(|i| i - first_http - 1)
+                        .collect();
+                }
             }
             Err(Errno::EINTR) => {}
             Err(e) => {
@@ -178,7 +200,8 @@ impl Master {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        match self.mode {
+        let http = self.http.as_ref().and_then(|h| h.next_deadline());
+        let own = match self.mode {
             Mode::Stopping { deadline, .. } => Some(deadline),
             // Slices still to start: at once, after this turn.
             Mode::Starting if self.init.is_none() => Some(Instant::now()),
@@ -192,8 +215,10 @@ impl Master {
                     _ => None,
                 })
                 .chain(self.next_probe())
+                .chain(self.stall_check_at)
                 .min(),
-        }
+        };
+        own.into_iter().chain(http).min()
     }
 
     fn pump(&mut self, readable: &[usize]) {
@@ -257,6 +282,7 @@ impl Master {
                     }
                 }
                 self.start_probes(now);
+                self.on_stall_timer(now);
             }
             Mode::Stopping { deadline, .. } if now >= deadline => self.on_stop_deadline(now),
             Mode::Starting if self.init.is_none() => self.launch_batch(),

@@ -13,7 +13,9 @@
 //! | SIGUSR1                  | [`Master::restart`] (`runners`)               |
 //! | runner output            | [`output::Output::pump`]                      |
 //! | control request          | [`Master::on_request`] (`requests`)           |
+//! | HTTP request             | [`Master::on_http`] (`requests`)              |
 //! | back-off / stop timer    | [`Master::on_timer`] (`event_loop`)           |
+//! | stall timer              | [`Master::on_stall_timer`] (`stall`)          |
 //!
 //! The loop sleeps in `poll` on the signal pipe, the control socket and its
 //! clients, and the runners' output pipes, with a timeout only when a timer
@@ -24,7 +26,9 @@
 //! | `startup`    | readiness pipe to `start`, taking the lock, the first runners |
 //! | `event_loop` | `poll`, reaping, timers: one turn of the loop |
 //! | `runners`    | what happens when a runner exits, starting one, restart and reopen |
-//! | `requests`   | what a control request does, and `status --json`'s report |
+//! | `requests`   | what a control or HTTP request does, and `status --json`'s report |
+//! | `metrics`    | what `/metrics` says |
+//! | `stall`      | reading the queues for stalled slices |
 //! | `shutdown`   | the stop sequence and the final sweep |
 //! | `slice`      | a slice's state and the restart rule (pure) |
 //! | `spawn`      | a runner's command line and process set-up |
@@ -40,10 +44,12 @@ pub mod slice;
 pub mod spawn;
 
 mod event_loop;
+mod metrics;
 mod readiness;
 mod requests;
 mod runners;
 mod shutdown;
+mod stall;
 mod startup;
 
 use std::time::Instant;
@@ -172,6 +178,11 @@ struct Master {
     /// The control socket, unless it could not be bound (signals still work).
     control: Option<control::Server>,
     clients: Vec<Client>,
+    /// The HTTP endpoint (`[http] listen`), if configured.
+    http: Option<control::Http>,
+    /// When to read the watched queues next (only while some runner has
+    /// `stall_after` set).
+    stall_check_at: Option<Instant>,
     started: Instant,
     /// What keeps the runners' trees from outliving the master.
     confine: crate::os::confine::Confinement,

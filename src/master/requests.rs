@@ -9,12 +9,16 @@ use tracing::info;
 
 use super::slice::{State, Why};
 use super::{EXIT_OK, Master, Mode};
+use crate::control::http::{self, Route};
 use crate::control::{self, Health, LastExit, Request, Response, SliceStatus, StatusReport};
 
 impl Master {
     /// What a control request does: the same as the matching signal, plus
     /// what signals cannot say (one runner, a status report).
     pub(super) fn on_request(&mut self, request: &Request) -> Response {
+        if matches!(request, Request::Status | Request::Health) {
+            self.refresh_stalls();
+        }
         match request {
             Request::Status => Response {
                 status: Some(self.report()),
@@ -117,6 +121,8 @@ impl Master {
                         .map(|t| now.saturating_duration_since(t).as_secs_f64()),
                     rss_bytes: usage.map(|u| u.rss_bytes),
                     cpu_secs: usage.map(|u| u.cpu_secs),
+                    stalled: s.stalled,
+                    queue_wait_secs: s.queue_wait.map(|w| w.as_secs_f64()),
                 }
             })
             .collect();
@@ -177,10 +183,78 @@ impl Master {
             Mode::Running => {}
         }
         let grace = self.config.mailman.degraded_after.0;
-        self.slices
+        let mut out: Vec<String> = self
+            .slices
             .iter()
             .filter(|s| self.restartable || !matches!(s.state, State::Stopped))
             .filter_map(|s| s.problem(now, grace))
-            .collect()
+            .collect();
+        out.extend(self.slices.iter().filter(|s| s.stalled).map(|s| {
+            format!(
+                "runner {} stalled: the oldest entry of its slice has waited {}s",
+                s.spec(),
+                s.queue_wait.unwrap_or_default().as_secs()
+            )
+        }));
+        out
+    }
+
+    /// `GET /readyz`'s reasons for 503: what `status` reports, and any
+    /// slice that should run and is not up and ready at this moment (a
+    /// runner between a crash and its restart is not ready, however soon
+    /// it will be).
+    fn not_ready(&self) -> Vec<String> {
+        let mut out = self.problems(Instant::now());
+        if self.mode == Mode::Running {
+            out.extend(
+                self.slices
+                    .iter()
+                    .filter(|s| matches!(s.state, State::BackingOff { .. } | State::Pending))
+                    .map(|s| format!("runner {} is restarting", s.spec())),
+            );
+        }
+        out
+    }
+
+    /// The HTTP endpoint: new connections and ready ones, each whole
+    /// request answered at once.
+    pub(super) fn serve_http(&mut self, listener: bool, ready: &[usize]) {
+        let Some(mut http) = self.http.take() else {
+            return;
+        };
+        http.turn(listener, ready, Instant::now(), &mut |route| {
+            self.on_http(route)
+        });
+        self.http = Some(http);
+    }
+
+    /// What an HTTP request gets.
+    fn on_http(&mut self, route: Route) -> http::Answer {
+        match route {
+            Route::Livez => http::Answer::text(200, "ok\n"),
+            Route::Readyz => {
+                self.refresh_stalls();
+                let problems = self.not_ready();
+                if problems.is_empty() {
+                    http::Answer::text(200, "ready\n")
+                } else {
+                    http::Answer::text(503, problems.join("\n") + "\n")
+                }
+            }
+            Route::Metrics { openmetrics } => {
+                let (content_type, body) = super::metrics::encode(self, openmetrics);
+                http::Answer {
+                    status: 200,
+                    content_type,
+                    body,
+                }
+            }
+            Route::NotFound => {
+                http::Answer::text(404, "not found: try /metrics, /livez or /readyz\n")
+            }
+            Route::MethodNotAllowed => http::Answer::text(405, "only GET and HEAD\n"),
+            Route::Bad { too_large: true } => http::Answer::text(431, "request too large\n"),
+            Route::Bad { too_large: false } => http::Answer::text(400, "bad request\n"),
+        }
     }
 }

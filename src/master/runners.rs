@@ -154,6 +154,7 @@ impl Master {
             s.restart_asked = Some(RestartAsked {
                 deadline: now + Duration::from_secs(3600),
                 terminated: true,
+                counted: asked.counted,
             });
             return;
         }
@@ -165,6 +166,7 @@ impl Master {
         s.restart_asked = Some(RestartAsked {
             deadline: now + stop_timeout.0,
             terminated: true,
+            counted: asked.counted,
         });
     }
 
@@ -226,6 +228,7 @@ impl Master {
                     self.slices[idx].restart_asked = Some(RestartAsked {
                         deadline: Instant::now() + self.config.mailman.stop_timeout.0,
                         terminated: false,
+                        counted: false,
                     });
                 }
                 _ if self.restartable => {

@@ -82,6 +82,11 @@ pub struct Slice {
     pub ready: bool,
     /// When to try its address next, while it is not ready.
     pub probe_at: Option<Instant>,
+    /// How long the oldest entry of its slice of the queue has waited
+    /// while this run of it was up, as last seen (`master::stall`).
+    pub queue_wait: Option<Duration>,
+    /// That wait passed its runner's stall threshold.
+    pub stalled: bool,
 }
 
 /// A restart the master asked of a running runner.
@@ -92,6 +97,9 @@ pub struct RestartAsked {
     /// SIGTERM was sent after SIGUSR1 was not obeyed (gunicorn, Mailman's
     /// REST runner, takes SIGUSR1 as "reopen logs").
     pub terminated: bool,
+    /// Asked because it stalled (`on_stall = "restart"`): its exit counts
+    /// as a crash (back-off, `max_restarts`), whatever its status.
+    pub counted: bool,
 }
 
 /// What the master should do after a runner exit.
@@ -129,6 +137,8 @@ impl Slice {
             ready_addr: None,
             ready: false,
             probe_at: None,
+            queue_wait: None,
+            stalled: false,
         }
     }
 
@@ -160,7 +170,9 @@ impl Slice {
             // Stayed up long enough: earlier crashes are forgiven.
             self.restarts = 0;
         }
-        if self.restart_asked.take().is_some() || why.number() == WHY_REQUESTED {
+        let asked = self.restart_asked.take();
+        let counted = asked.is_some_and(|a| a.counted);
+        if !counted && (asked.is_some() || why.number() == WHY_REQUESTED) {
             return if restartable {
                 Decision::RestartNow
             } else {
@@ -175,7 +187,7 @@ impl Slice {
         if self.restarts > self.runner.max_restarts {
             return Decision::GiveUp;
         }
-        if why.number() == WHY_NO_RESTART {
+        if why.number() == WHY_NO_RESTART && !counted {
             return Decision::Leave;
         }
         let delay = self.backoff(jitter);
@@ -414,6 +426,7 @@ mod tests {
         s.restart_asked = Some(RestartAsked {
             deadline: Instant::now(),
             terminated: true,
+            counted: false,
         });
         assert_eq!(
             s.on_exit(Why::Exit(0), SHORT, true, |d| d),
@@ -424,6 +437,28 @@ mod tests {
             s.on_exit(Why::Exit(0), SHORT, true, |d| d),
             Decision::RestartNow
         );
+    }
+
+    #[test]
+    fn a_stall_restart_counts_as_a_crash() {
+        let mut s = slice(1, 100);
+        let stall = RestartAsked {
+            deadline: Instant::now(),
+            terminated: true,
+            counted: true,
+        };
+        // Whatever it exits with (10 for SIGUSR1, 15 once terminated).
+        s.restart_asked = Some(stall);
+        assert_eq!(
+            s.on_exit(Why::Exit(10), SHORT, true, |d| d),
+            Decision::RestartAfter(Duration::from_millis(100))
+        );
+        s.restart_asked = Some(stall);
+        assert_eq!(
+            s.on_exit(Why::Signal(15), SHORT, true, |d| d),
+            Decision::GiveUp
+        );
+        assert_eq!(s.total_restarts, 2);
     }
 
     #[test]

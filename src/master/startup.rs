@@ -121,6 +121,15 @@ impl Master {
                 None
             }
         };
+        let http = match &config.http.listen {
+            Some(addr) => {
+                let h =
+                    crate::control::Http::bind(addr).map_err(|e| StartError::new(EXIT_ERROR, e))?;
+                info!("Serving /metrics, /livez and /readyz on http://{}", h.local);
+                Some(h)
+            }
+            None => None,
+        };
         // As Mailman: the master and its runners work in the var dir (and
         // do not pin the caller's directory).
         let _ = std::env::set_current_dir(&layout.var_dir);
@@ -159,6 +168,8 @@ impl Master {
             restartable: !opts.no_restart,
             control,
             clients: Vec::new(),
+            http,
+            stall_check_at: None,
             started: Instant::now(),
             init: None,
             confine,
@@ -268,6 +279,9 @@ impl Master {
             }
         }
         self.mode = Mode::Running;
+        if self.watches_stalls() {
+            self.stall_check_at = Some(Instant::now() + self.stall_period());
+        }
         self.ready.ok();
         self.notifier.send(&format!(
             "READY=1\nSTATUS={} runners running\nMAINPID={}",

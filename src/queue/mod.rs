@@ -107,38 +107,6 @@ pub fn owner(hash: &[u8; 20], range: u32) -> u32 {
     carry as u32
 }
 
-/// How many entries a queue holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Depth {
-    /// Waiting (`.msg`; in `bad/`, the preserved `.psv`; Mailman Core's `.pck`).
-    pub waiting: usize,
-    /// Claimed by a runner and not yet finished (`.bak`).
-    pub in_hand: usize,
-}
-
-/// Counts the entries of the queue directory `dir` (a missing one is empty).
-pub fn depth(dir: &Path) -> io::Result<Depth> {
-    let mut d = Depth::default();
-    let list = match fs::read_dir(dir) {
-        Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(d),
-        Err(e) => return Err(e),
-    };
-    for item in list {
-        let name = item?.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if [MSG, PSV, PCK]
-            .iter()
-            .any(|ext| Entry::parse(name, ext).is_some())
-        {
-            d.waiting += 1;
-        } else if Entry::parse(name, BAK).is_some() {
-            d.in_hand += 1;
-        }
-    }
-    Ok(d)
-}
-
 /// Writes the content of `source` as a new entry of the queue directory
 /// `dir` and returns its file name. The entry appears whole or not at all:
 /// on any error the temporary file is removed.

@@ -47,6 +47,8 @@ pub struct CoreRunner {
     /// LMTP runner at `[mta] lmtp_host:lmtp_port`, the REST runner at
     /// `[webservice] hostname:port`.
     pub ready_tcp: Option<String>,
+    /// How long it sleeps when its queue is empty (`sleep_time`).
+    pub sleep_time: std::time::Duration,
 }
 
 /// What Mailman 3.3.10 computes from a `mailman.cfg`.
@@ -423,6 +425,11 @@ fn resolve(
             instances,
             max_restarts,
             queue: !text("path").trim().is_empty(),
+            // As lazr.config's as_timedelta reads it; Mailman's runner
+            // would not start on a value it cannot read, so that value
+            // counts as Mailman's default.
+            sleep_time: as_timedelta(text("sleep_time").trim())
+                .unwrap_or(std::time::Duration::from_secs(1)),
         });
     }
     Ok(Core {
@@ -462,6 +469,29 @@ fn python_int(text: &str) -> Option<i64> {
     }
     let n: i64 = digits.replace('_', "").parse().ok()?;
     Some(if neg { -n } else { n })
+}
+
+/// lazr.config's `as_timedelta`: `1w2d3h4m5.5s`, each unit at most once,
+/// in that order.
+fn as_timedelta(text: &str) -> Option<std::time::Duration> {
+    let mut rest = text;
+    let mut secs = 0.0f64;
+    let mut last = usize::MAX;
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (num, tail) = rest.split_at(end);
+        let unit = tail.chars().next()?;
+        let order = "wdhms".find(unit.to_ascii_lowercase())?;
+        if num.is_empty() || (last != usize::MAX && order <= last) {
+            return None;
+        }
+        last = order;
+        let scale = [604_800.0, 86_400.0, 3_600.0, 60.0, 1.0][order];
+        secs += num.parse::<f64>().ok()? * scale;
+        rest = &tail[1..];
+    }
+    (last != usize::MAX && secs.is_finite() && secs < 1e9)
+        .then(|| std::time::Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ mod writer;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, channel, sync_channel};
 use std::time::{Duration, SystemTime};
 
@@ -58,6 +58,16 @@ impl LogHandle {
     pub fn woken(&self) {
         self.wake.drain();
     }
+
+    /// Lines logged so far: the master's own, runners' stdout, runners'
+    /// stderr; and the lines stderr did not take.
+    pub fn counts(&self) -> ([u64; 3], u64) {
+        let l = &self.shared.lines;
+        (
+            [0, 1, 2].map(|i| l[i].load(Ordering::Relaxed)),
+            self.shared.dropped.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Drop for LogHandle {
@@ -86,6 +96,8 @@ pub fn init(cfg: &Logging, file: Option<&Path>, stderr: bool) -> anyhow::Result<
     let shared = Arc::new(Shared {
         queued: AtomicUsize::new(0),
         waiting: AtomicBool::new(false),
+        lines: Default::default(),
+        dropped: AtomicU64::new(0),
     });
     let (wake, poke) = writer::wake_pair()
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {}", io_text(&e)))?;
@@ -202,6 +214,12 @@ impl<S: Subscriber> Layer<S> for LineLayer {
             }
         };
         let runner = f.stream.is_some();
+        let kind = match f.stream.as_deref() {
+            None => 0,
+            Some("stdout") => 1,
+            Some(_) => 2,
+        };
+        self.shared.lines[kind].fetch_add(1, Ordering::Relaxed);
         if runner {
             self.shared.queued.fetch_add(1, Ordering::AcqRel);
         }

@@ -18,7 +18,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use crate::util::io_text;
@@ -45,6 +45,10 @@ pub struct Shared {
     pub queued: AtomicUsize,
     /// The master is waiting for room (it polls the wake pipe).
     pub waiting: AtomicBool,
+    /// Lines logged: the master's own, runners' stdout, runners' stderr.
+    pub lines: [AtomicU64; 3],
+    /// Lines stderr did not take (see [`Writer`]); the file has them.
+    pub dropped: AtomicU64,
 }
 
 pub fn open_log(path: &Path) -> io::Result<File> {
@@ -88,6 +92,8 @@ pub struct Writer {
     stderr: Option<File>,
     /// Lines stderr could not take since it last took one.
     dropped: usize,
+    /// Lines stderr could not take, in all.
+    dropped_total: u64,
     /// The last write to stderr ended inside a line.
     torn: bool,
     batch: Vec<u8>,
@@ -101,6 +107,7 @@ impl Writer {
             file,
             stderr: stderr.then(stderr_sink),
             dropped: 0,
+            dropped_total: 0,
             torn: false,
             batch: Vec::with_capacity(BATCH),
             lines: 0,
@@ -119,6 +126,7 @@ impl Writer {
                 }
             }
             self.write_batch();
+            shared.dropped.store(self.dropped_total, Ordering::Relaxed);
             let left =
                 shared.queued.fetch_sub(self.runner_lines, Ordering::AcqRel) - self.runner_lines;
             self.runner_lines = 0;
@@ -189,6 +197,11 @@ impl Writer {
         self.lines = 0;
     }
 
+    fn drop_lines(&mut self, n: usize) {
+        self.dropped += n;
+        self.dropped_total += n as u64;
+    }
+
     /// The batch to stderr, as much as it takes without waiting.
     fn write_stderr(&mut self) {
         let Some(err) = &mut self.stderr else {
@@ -216,11 +229,11 @@ impl Writer {
                     // Part of the note went out: the rest of this batch is
                     // dropped too, and the note comes again.
                     self.torn = n > 0 && !note.as_bytes()[..n].ends_with(b"\n");
-                    self.dropped += self.lines;
+                    self.drop_lines(self.lines);
                     return;
                 }
                 Err(_) => {
-                    self.dropped += self.lines;
+                    self.drop_lines(self.lines);
                     return;
                 }
             }
@@ -242,7 +255,7 @@ impl Writer {
         let whole = rest.iter().filter(|&&b| b == b'\n').count();
         self.torn = rest.len() != self.batch.len()
             && !self.batch[..self.batch.len() - rest.len()].ends_with(b"\n");
-        self.dropped += whole;
+        self.drop_lines(whole);
     }
 }
 
