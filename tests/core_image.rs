@@ -134,6 +134,7 @@ impl Stack {
                 // through `docker exec`.
                 ("MAILMAN_REST_PORT", "127.0.0.1:"),
                 ("MAILMAN_LMTP_PORT", "127.0.0.1:"),
+                ("MAILMAN_METRICS_PORT", "127.0.0.1:"),
             ],
         )
     }
@@ -275,6 +276,45 @@ fn a_message_travels_through_mailman_core_under_our_master() {
     let theirs = stack.exec(&["mailman", "status"]);
     assert_eq!(ours.stdout, "GNU Mailman is running (master pid: 1)\n");
     assert_eq!(theirs.stdout, ours.stdout, "{}", theirs.stderr);
+
+    // The endpoint, published by compose: ready, and Mailman's twelve
+    // runners and its queues in the metrics.
+    let port = docker(&["port", &stack.core, "9410"]);
+    let addr = port.stdout.lines().next().unwrap_or("").trim().to_string();
+    assert!(
+        addr.starts_with("127.0.0.1:"),
+        "docker port: {}",
+        port.stdout
+    );
+    let fetch = |path: &str| -> (String, String) {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (head.to_string(), body.to_string())
+    };
+    let (head, body) = fetch("/readyz");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    let (_, metrics) = fetch("/metrics");
+    let up = metrics
+        .lines()
+        .filter(|l| l.starts_with("mailman_runner_up{") && l.ends_with(" 1.0"))
+        .count();
+    assert_eq!(up, 12, "{metrics}");
+    for series in [
+        r#"mailman_queue_entries{queue="out",state="waiting"}"#,
+        r#"mailman_queue_entries{queue="shunt",state="shunt"}"#,
+        r#"mailman_runner_stalled{runner="retry",slice="0"} 0"#,
+        r#"mailman_runner_ready{runner="lmtp",slice="0"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} not in\n{metrics}");
+    }
 
     // A restart through our CLI replaces every runner, REST's included
     // (gunicorn takes SIGUSR1 as "reopen logs": it gets SIGTERM after

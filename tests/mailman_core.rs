@@ -817,3 +817,77 @@ fn a_bare_mailman_cfg_runs_mailmans_own_runners() {
     assert_eq!(mailman(&["status"]), "GNU Mailman is not running\n");
     assert!(!alive(master));
 }
+
+/// Which slice of a queue a Mailman entry belongs to, as `queues --json`
+/// counts them (and stall detection uses), against Mailman 3.3.10's own
+/// `Switchboard.get_files` on the same directory: a few hundred random
+/// digests, and the slice boundaries themselves and their neighbours
+/// (where Mailman's floating-point bounds make one digest belong to two
+/// slices).
+#[test]
+fn mailman_entry_slices_are_mailmans_own() {
+    let venv = venv();
+    let env = Env::new("[runner.in]\ninstances = 1\n");
+    let queue = env.var.join("queue/in");
+    std::fs::create_dir_all(&queue).unwrap();
+    let script = r#"
+import os, random, sys
+from mailman.core.switchboard import Switchboard
+queue = sys.argv[1]
+random.seed(20261202)
+digests = set(random.getrandbits(160) for _ in range(300))
+top = 1 << 160
+for n in (2, 4, 8, 16):
+    for s in range(1, n):
+        b = top * s // n
+        digests.update((b - 1, b, b + 1))
+digests.update((0, 1, top - 1))
+for i, d in enumerate(sorted(digests)):
+    name = "%d.%06d+%040x.pck" % (1700000000 + i, i, d)
+    open(os.path.join(queue, name), "w").close()
+for n in (1, 2, 4, 8, 16):
+    counts = [len(Switchboard("in", queue, s if n > 1 else None, n).get_files()) for s in range(n)]
+    print(n, " ".join(map(str, counts)))
+"#;
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-c", script])
+        .arg(&queue)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mailmans = String::from_utf8(out.stdout).unwrap();
+    let mut ours = String::new();
+    for n in [1, 2, 4, 8, 16] {
+        let set = format!("runner.in.instances={n}");
+        let r = env.run(&["--set", &set, "queues", "--json"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let q = v["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == "in")
+            .unwrap();
+        let counts: Vec<String> = q["slices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["waiting"].to_string())
+            .collect();
+        ours.push_str(&format!("{n} {}\n", counts.join(" ")));
+    }
+    assert_eq!(ours, mailmans);
+    // Boundary digests were counted twice, as Mailman does.
+    assert!(mailmans.lines().nth(1).is_some_and(|l| {
+        let total: usize = l
+            .split(' ')
+            .skip(1)
+            .map(|c| c.parse::<usize>().unwrap())
+            .sum();
+        total > 300 + 24 + 3
+    }));
+}

@@ -101,6 +101,16 @@ impl Master {
             AcquireError::Held => StartError::new(EXIT_USAGE, e),
             AcquireError::Io { .. } => StartError::new(EXIT_ERROR, e),
         })?;
+        // Before the pid file: a port that cannot be had leaves nothing.
+        let http = match &config.http.listen {
+            Some(addr) => {
+                let h =
+                    crate::control::Http::bind(addr).map_err(|e| StartError::new(EXIT_ERROR, e))?;
+                info!("Serving /metrics, /livez and /readyz on http://{}", h.local);
+                Some(h)
+            }
+            None => None,
+        };
         lock::write_pid_file(&layout).map_err(|e| StartError::new(EXIT_ERROR, e))?;
         // Whatever a master of this var dir killed with -9 left behind.
         let confine = Confinement::new(&layout.lock_file());
@@ -120,15 +130,6 @@ impl Master {
                 warn!("{e}; control commands will use signals");
                 None
             }
-        };
-        let http = match &config.http.listen {
-            Some(addr) => {
-                let h =
-                    crate::control::Http::bind(addr).map_err(|e| StartError::new(EXIT_ERROR, e))?;
-                info!("Serving /metrics, /livez and /readyz on http://{}", h.local);
-                Some(h)
-            }
-            None => None,
         };
         // As Mailman: the master and its runners work in the var dir (and
         // do not pin the caller's directory).
