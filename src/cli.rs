@@ -51,6 +51,14 @@ pub enum Command {
     Inject(InjectArgs),
     /// Show how many entries wait in each queue, and how many are in hand.
     Queues(QueuesArgs),
+    /// List the scheduled jobs: next run, last run, last outcome.
+    Jobs(QueuesArgs),
+    /// Run a scheduled job now, through the master (its `overlap` applies).
+    RunJob {
+        /// The job (`[job.NAME]`).
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
     /// Validate the configuration and print the effective one.
     CheckConfig,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -130,6 +138,12 @@ LSB: 0 running (also when degraded: a second line says what is wrong); 1 dead wi
 \fBinject\fR, \fBqueues\fR
 0 done; 1 an unreadable file, an unwritable queue, a missing var dir; 2 an unknown queue.
 .TP
+\fBjobs\fR
+0 listed (with or without a master).
+.TP
+\fBrun\-job\fR
+0 started (or queued by its overlap); 1 not running, an unknown job, or skipped by its overlap.
+.TP
 \fBcheck\-config\fR
 0 valid; 2 a bad configuration (one line: FILE:LINE:COL: what is wrong).
 .SH ENVIRONMENT
@@ -170,6 +184,9 @@ The log.
 .TP
 \fIVAR_DIR/queue/\fR
 The queues.
+.TP
+\fIVAR_DIR/jobs/NAME.json\fR
+A scheduled job's last run (for catch_up across restarts).
 "#;
 
 #[derive(Debug, Args)]

@@ -147,6 +147,8 @@ fn run() -> i32 {
         }
         Command::Inject(args) => commands::queues::inject(&config, &args.queue, &args.files),
         Command::Queues(args) => commands::queues::queues(&config, args.json),
+        Command::Jobs(args) => commands::jobs::jobs(&config, args.json),
+        Command::RunJob { name } => commands::jobs::run_job(&config, &name),
         Command::CheckConfig => {
             print!("{}", config.to_toml());
             0

@@ -257,9 +257,16 @@ fn mailmans_runners_under_our_master() {
     wait_until("a new in runner", SLOW, || {
         core.pids().get("in").is_some_and(|p| *p as i32 != victim)
     });
-    // Every runner has installed its handlers again: a runner still
-    // importing Python dies of SIGTERM's default action, in Mailman as here.
+    let fresh = core.pids()["in"];
+    // Every runner has installed its handlers again (a runner still
+    // importing Python dies of SIGTERM's default action, in Mailman as
+    // here): the new one has said so, and every runner is ready (the REST
+    // runner finishes its imports before it accepts).
+    core.wait_count(&format!("({fresh}) in runner started."), 1);
     core.wait_count("runner started.", 24);
+    wait_until("every runner ready", SLOW, || {
+        env.run(&["status", "--check"]).code == 0
+    });
 
     // Stop: the runners exit 15 (rest: 0, gunicorn's clean exit), none is
     // restarted, the master exits 0, nothing is left, no port stays bound.

@@ -9,12 +9,14 @@
 //! | `signal`  | `restart`, `reopen` |
 //! | `status`  | `status`, `status --json` |
 //! | `queues`  | `inject`, `queues` |
+//! | `jobs`    | `jobs`, `run-job` |
 //!
 //! This file holds what they share: finding the master, asking it over the
 //! control socket, the LSB codes.
 //!
 //! Not here: the master itself (`master`), argument parsing (`cli`).
 
+pub mod jobs;
 pub mod queues;
 mod signal;
 mod start;

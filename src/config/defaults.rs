@@ -235,6 +235,7 @@ impl Config {
             logging,
             http,
             runners,
+            jobs: Vec::new(),
             core,
         }
     }

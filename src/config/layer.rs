@@ -11,6 +11,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::jobs::{LayerJob, RawJob};
 use super::{ConfigError, Dur, LogFormat, LogLevel, OnGiveUp, validate};
 
 // ---- raw file tables: every key optional, unknown keys rejected ----
@@ -26,6 +27,8 @@ pub(super) struct RawFile {
     pub(super) http: RawHttp,
     #[serde(default)]
     pub(super) runner: IndexMap<Spanned<String>, RawRunner>,
+    #[serde(default)]
+    pub(super) job: IndexMap<Spanned<String>, RawJob>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +121,7 @@ pub(super) struct Layer {
     pub(super) logging: RawLogging,
     pub(super) http: RawHttp,
     pub(super) runner: IndexMap<String, RawRunner>,
+    pub(super) job: IndexMap<String, LayerJob>,
     /// What this layer sets that a Mailman Core configuration owns (its
     /// `var_dir`, a Mailman runner's `command`, `instances`, `start`), each
     /// with its error: `None` for `var_dir`, else the runner's name. Raised
@@ -167,6 +171,23 @@ impl Layer {
             }
             runner.insert(name.into_inner(), table);
         }
+        let mut job = IndexMap::new();
+        for (name, table) in raw.job {
+            if !validate::valid_name(name.get_ref()) {
+                return Err(at(
+                    name.span(),
+                    format!(
+                        "invalid job name \"{}\": use letters, digits, '_' and '-' (not first)",
+                        name.get_ref()
+                    ),
+                ));
+            }
+            table
+                .check(name.get_ref())
+                .map_err(|(span, message)| at(span, message))?;
+            let place = at(name.span(), String::new());
+            job.insert(name.into_inner(), LayerJob { table, place });
+        }
         if let Some(l) = &raw.http.listen {
             validate::listen(l.get_ref()).map_err(|m| at(l.span(), m))?;
         }
@@ -175,6 +196,7 @@ impl Layer {
             logging: raw.logging,
             http: raw.http,
             runner,
+            job,
             core_owned,
             label: None,
         })
@@ -205,6 +227,17 @@ impl Layer {
             base.http.listen = self.http.listen;
         }
         base.core_owned.extend(self.core_owned);
+        for (name, lj) in self.job {
+            let merged = match base.job.shift_remove(&name) {
+                // The error place stays where the job was first defined.
+                Some(under) => LayerJob {
+                    table: lj.table.over(&under.table),
+                    place: under.place,
+                },
+                None => lj,
+            };
+            base.job.insert(name, merged);
+        }
         for (name, table) in self.runner {
             let merged = match base.runner.get(&name) {
                 Some(under) => table.over(under),

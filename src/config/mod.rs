@@ -21,6 +21,7 @@
 
 mod defaults;
 mod duration;
+pub mod jobs;
 mod layer;
 pub mod mailman_cfg;
 mod overrides;
@@ -66,7 +67,7 @@ pub fn is_mailman_cfg(path: &Path) -> bool {
 pub const NO_FILE: &str = "/dev/null";
 
 /// A configuration error, printed as `FILE:LINE:COL: message`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}:{line}:{col}: {}", one_line(message))]
     At {
@@ -108,6 +109,9 @@ pub struct Config {
     /// Every runner, in config order (built-ins first, then new ones).
     #[serde(serialize_with = "serialize_runners")]
     pub runners: Vec<RunnerConfig>,
+    /// Scheduled jobs (`[job.NAME]`), in config order.
+    #[serde(rename = "job", serialize_with = "serialize_jobs")]
+    pub jobs: Vec<jobs::JobConfig>,
     /// What Mailman computes from `mailman_cfg`, when there is one.
     #[serde(skip)]
     pub core: Option<mailman_cfg::Core>,
@@ -247,6 +251,11 @@ fn serialize_next<S: Serializer>(next: &Option<String>, s: S) -> Result<S::Ok, S
 
 fn serialize_opt_str<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(v.as_deref().unwrap_or(""))
+}
+
+fn serialize_jobs<S: Serializer>(jobs: &[jobs::JobConfig], s: S) -> Result<S::Ok, S::Error> {
+    let map: IndexMap<&str, &jobs::JobConfig> = jobs.iter().map(|j| (j.name.as_str(), j)).collect();
+    map.serialize(s)
 }
 
 fn serialize_runners<S: Serializer>(runners: &[RunnerConfig], s: S) -> Result<S::Ok, S::Error> {
@@ -390,7 +399,13 @@ impl Config {
                 }
             }
         }
+        let job_tables = std::mem::take(&mut merged.job);
+        let default_jobs = core.as_ref().map_or_else(Vec::new, |c| {
+            jobs::mailman_core_jobs(&c.bin_dir().join("mailman"), &c.file)
+        });
         let mut config = Config::from_layer(merged, source, core);
+        let names: Vec<&str> = config.runners.iter().map(|r| r.name.as_str()).collect();
+        config.jobs = jobs::finish(job_tables, default_jobs, &names)?;
         config.sets = sets.to_vec();
         config
             .check_queues()

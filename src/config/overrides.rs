@@ -18,13 +18,13 @@ impl Layer {
         };
         let shape_ok = match path {
             [s, _] => s == "mailman" || s == "logging" || s == "http",
-            [s, _, _] => s == "runner",
-            [s, _, e, _] => s == "runner" && e == "env",
+            [s, _, _] => s == "runner" || s == "job",
+            [s, _, e, _] => (s == "runner" || s == "job") && e == "env",
             _ => false,
         };
         if !shape_ok || path.iter().any(|p| p.is_empty()) {
             return Err(err(
-                "not a configuration key: expected mailman.KEY, logging.KEY, http.KEY, runner.NAME.KEY or runner.NAME.env.VAR"
+                "not a configuration key: expected mailman.KEY, logging.KEY, http.KEY, runner.NAME.KEY, runner.NAME.env.VAR, job.NAME.KEY or job.NAME.env.VAR"
                     .into(),
             ));
         }

@@ -10,6 +10,8 @@
 //! | `{"command":"restart"}` | `{"ok":true}` (every runner, as SIGUSR1) |
 //! | `{"command":"restart","runner":"in"}` / `…,"slice":1}` | `{"ok":true}`, or `{"ok":false,"error":"…"}` |
 //! | `{"command":"reopen"}` | `{"ok":true}` (as SIGHUP) |
+//! | `{"command":"jobs"}` | `{"ok":true,"jobs":[…]}` (see [`JobStatus`]) |
+//! | `{"command":"run-job","job":"digests"}` | `{"ok":true,"message":"Job digests started (request, pid 7)."}`, or `{"ok":false,"error":"…"}` |
 //!
 //! It works across PID namespaces (a host shell against a container's
 //! bind-mounted var dir), where the pid in the pid file means nothing.
@@ -46,6 +48,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         slice: Option<u32>,
     },
+    /// The scheduled jobs and their runs.
+    Jobs,
+    /// Run a job now (subject to its `overlap`).
+    #[serde(rename = "run-job")]
+    RunJob {
+        job: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -57,6 +66,40 @@ pub struct Response {
     pub status: Option<StatusReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<Vec<JobStatus>>,
+    /// What a request did, in a sentence (`run-job`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One scheduled job, as `jobs --json` and `status --json` show it. Times
+/// are RFC 3339 (UTC).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub name: String,
+    /// The cron expression, or `every 15m`.
+    pub schedule: String,
+    pub timezone: String,
+    /// `start = false`: it runs only by `run-job`.
+    pub enabled: bool,
+    pub next_run: Option<String>,
+    /// The pid of the run in progress.
+    pub running: Option<i32>,
+    pub running_secs: Option<f64>,
+    /// A run waits for the current one (`overlap = "queue"` or
+    /// `"kill-previous"`).
+    #[serde(default)]
+    pub queued: bool,
+    pub last_start: Option<String>,
+    pub last_end: Option<String>,
+    /// `success`, `failure`, `timeout` or `killed`.
+    pub last_outcome: Option<String>,
+    pub last_exit_code: Option<i32>,
+    pub last_duration_secs: Option<f64>,
+    pub last_success: Option<String>,
+    pub runs: u64,
+    pub failures: u64,
 }
 
 /// Whether the master does what it should, in a few words: its state
@@ -93,6 +136,8 @@ pub struct StatusReport {
     /// What is wrong, as `status` says it; empty when healthy.
     #[serde(default)]
     pub problems: Vec<String>,
+    #[serde(default)]
+    pub jobs: Vec<JobStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -216,6 +216,7 @@ impl Master {
                 })
                 .chain(self.next_probe())
                 .chain(self.stall_check_at)
+                .chain(self.next_job_deadline())
                 .min(),
         };
         own.into_iter().chain(http).min()
@@ -283,6 +284,7 @@ impl Master {
                 }
                 self.start_probes(now);
                 self.on_stall_timer(now);
+                self.on_job_timer(now);
             }
             Mode::Stopping { deadline, .. } if now >= deadline => self.on_stop_deadline(now),
             Mode::Starting if self.init.is_none() => self.launch_batch(),

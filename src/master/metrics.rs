@@ -34,6 +34,18 @@ struct Snapshot {
     queues: Vec<QueueScan>,
     /// Lines: master, stdout, stderr; and dropped from stderr.
     log: Option<([u64; 3], u64)>,
+    jobs: Vec<JobRow>,
+}
+
+#[derive(Debug)]
+struct JobRow {
+    name: String,
+    running: bool,
+    runs: u64,
+    failures: u64,
+    last_success: Option<f64>,
+    last_duration: Option<f64>,
+    next: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -125,6 +137,19 @@ impl Master {
             slices,
             queues: self.scan_queues(false),
             log: self.log.as_ref().map(super::log::LogHandle::counts),
+            jobs: self
+                .jobs
+                .iter()
+                .map(|j| JobRow {
+                    name: j.cfg.name.clone(),
+                    running: j.run.is_some(),
+                    runs: j.record.runs,
+                    failures: j.record.failures,
+                    last_success: j.record.last_success,
+                    last_duration: j.record.last_duration_secs,
+                    next: j.next.map(|(t, _)| t.as_millisecond() as f64 / 1000.0),
+                })
+                .collect(),
         }
     }
 }
@@ -269,6 +294,61 @@ impl Collector for Snapshot {
                     Value::Gauge(q.scan.oldest_secs.unwrap_or(0.0)),
                 )
             }),
+        )?;
+        let job = |j: &JobRow| vec![("job", j.name.clone())];
+        family(
+            &mut e,
+            "mailman_job_runs",
+            "Runs of the job started (since its record began).",
+            MetricType::Counter,
+            self.jobs
+                .iter()
+                .map(|j| (job(j), Value::Counter(j.runs as f64))),
+        )?;
+        family(
+            &mut e,
+            "mailman_job_failures",
+            "Runs of the job that failed: a non-zero exit, a signal, its timeout, a failed start.",
+            MetricType::Counter,
+            self.jobs
+                .iter()
+                .map(|j| (job(j), Value::Counter(j.failures as f64))),
+        )?;
+        family(
+            &mut e,
+            "mailman_job_last_success_time_seconds",
+            "When the job's last successful run ended (Unix time).",
+            MetricType::Gauge,
+            self.jobs
+                .iter()
+                .filter_map(|j| Some((job(j), Value::Gauge(j.last_success?)))),
+        )?;
+        family(
+            &mut e,
+            "mailman_job_last_duration_seconds",
+            "How long the job's last run took.",
+            MetricType::Gauge,
+            self.jobs
+                .iter()
+                .filter_map(|j| Some((job(j), Value::Gauge(j.last_duration?)))),
+        )?;
+        family(
+            &mut e,
+            "mailman_job_running",
+            "Whether a run of the job is in progress.",
+            MetricType::Gauge,
+            self.jobs
+                .iter()
+                .map(|j| (job(j), Value::Gauge(f64::from(u8::from(j.running))))),
+        )?;
+        family(
+            &mut e,
+            "mailman_job_next_run_time_seconds",
+            "When the job is due next (Unix time); absent for a disabled job.",
+            MetricType::Gauge,
+            self.jobs
+                .iter()
+                .filter_map(|j| Some((job(j), Value::Gauge(j.next?)))),
         )?;
         if let Some((lines, dropped)) = self.log {
             family(

@@ -16,6 +16,7 @@
 //! | HTTP request             | [`Master::on_http`] (`requests`)              |
 //! | back-off / stop timer    | [`Master::on_timer`] (`event_loop`)           |
 //! | stall timer              | [`Master::on_stall_timer`] (`stall`)          |
+//! | job due / job timeout    | [`Master::on_job_timer`] (`jobs`)             |
 //!
 //! The loop sleeps in `poll` on the signal pipe, the control socket and its
 //! clients, and the runners' output pipes, with a timeout only when a timer
@@ -29,6 +30,7 @@
 //! | `requests`   | what a control or HTTP request does, and `status --json`'s report |
 //! | `metrics`    | what `/metrics` says |
 //! | `stall`      | reading the queues for stalled slices |
+//! | `jobs`       | scheduled jobs: due times, runs, overlap, timeouts, their records |
 //! | `shutdown`   | the stop sequence and the final sweep |
 //! | `slice`      | a slice's state and the restart rule (pure) |
 //! | `spawn`      | a runner's command line and process set-up |
@@ -44,6 +46,7 @@ pub mod slice;
 pub mod spawn;
 
 mod event_loop;
+mod jobs;
 mod metrics;
 mod readiness;
 mod requests;
@@ -66,6 +69,7 @@ use crate::control::{self, Client};
 use crate::os::lock::{Layout, MasterLock};
 use crate::os::signals::SignalPipe;
 
+pub use self::jobs::offline as offline_jobs;
 pub use crate::exit::{EXIT_ERROR, EXIT_GAVE_UP, EXIT_OK, EXIT_USAGE};
 
 #[derive(Debug, Clone, Default)]
@@ -180,6 +184,8 @@ struct Master {
     clients: Vec<Client>,
     /// The HTTP endpoint (`[http] listen`), if configured.
     http: Option<control::Http>,
+    /// Scheduled jobs (`[job.NAME]`), enabled or not.
+    jobs: Vec<jobs::Job>,
     /// When to read the watched queues next (only while some runner has
     /// `stall_after` set).
     stall_check_at: Option<Instant>,

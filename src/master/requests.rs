@@ -39,6 +39,25 @@ impl Master {
                 self.reopen("got a reopen request");
                 Response::ok()
             }
+            Request::Jobs => Response {
+                jobs: Some(self.job_statuses()),
+                ..Response::ok()
+            },
+            Request::RunJob { job } => {
+                if self.mode != Mode::Running {
+                    return Response::error(format!("the master is {}", self.state_name()));
+                }
+                let Some(idx) = self.jobs.iter().position(|j| &j.cfg.name == job) else {
+                    return Response::error(format!("no job named \"{job}\""));
+                };
+                match self.fire(idx, "request") {
+                    Ok(m) => Response {
+                        message: Some(m),
+                        ..Response::ok()
+                    },
+                    Err(e) => Response::error(e),
+                }
+            }
             Request::Restart { runner, slice } => {
                 match self.mode {
                     Mode::Running => {}
@@ -135,6 +154,7 @@ impl Master {
             },
             runners,
             problems: self.problems(now),
+            jobs: self.job_statuses(),
         }
     }
 

@@ -28,6 +28,9 @@ impl Master {
         if self.init.as_ref().is_some_and(|i| i.pid == pid) {
             return self.on_init_exit(why);
         }
+        if let Some(idx) = self.jobs.iter().position(|j| j.pid() == Some(pid)) {
+            return self.on_job_exit(idx, why);
+        }
         let Some(idx) = self.slices.iter().position(|s| s.pid() == Some(pid)) else {
             debug!("reaped pid {pid} ({why}), not a runner");
             return;
@@ -180,6 +183,7 @@ impl Master {
             .slices
             .iter()
             .filter_map(|s| s.pid())
+            .chain(self.jobs.iter().filter_map(|j| j.pid()))
             .filter_map(|pid| Some((pid, crate::os::procinfo::Identity::of(pid)?.start_time)))
             .collect();
         self.confine.record(&running);
@@ -187,7 +191,9 @@ impl Master {
 
     /// Live processes the master still has to see exit: runners and `init`.
     pub(super) fn alive(&self) -> usize {
-        self.running() + usize::from(self.init.is_some())
+        self.running()
+            + usize::from(self.init.is_some())
+            + self.jobs.iter().filter(|j| j.run.is_some()).count()
     }
 
     pub(super) fn running(&self) -> usize {

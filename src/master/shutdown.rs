@@ -49,6 +49,7 @@ impl Master {
                 _ => {}
             }
         }
+        self.stop_jobs(signal);
     }
 
     /// The stop deadline passed: SIGKILL to every runner still there, then,
@@ -70,6 +71,9 @@ impl Master {
             for s in &mut self.slices {
                 s.state = State::Stopped;
             }
+            for j in &mut self.jobs {
+                j.run = None;
+            }
             self.init = None;
             return;
         }
@@ -90,6 +94,7 @@ impl Master {
                 signal_group(pid, Signal::SIGKILL);
             }
         }
+        self.kill_jobs();
         self.mode = Mode::Stopping {
             deadline: now + KILL_GRACE,
             killed: true,

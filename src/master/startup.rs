@@ -170,6 +170,7 @@ impl Master {
             control,
             clients: Vec::new(),
             http,
+            jobs: Vec::new(),
             stall_check_at: None,
             started: Instant::now(),
             init: None,
@@ -181,6 +182,13 @@ impl Master {
             log: Some(log),
             lock,
         };
+        let dir = master.layout.var_dir.join("jobs");
+        master.jobs = master
+            .config
+            .jobs
+            .iter()
+            .map(|c| super::jobs::Job::new(c.clone(), &dir))
+            .collect();
         master.begin_start();
         Ok(master)
     }
@@ -283,6 +291,7 @@ impl Master {
         if self.watches_stalls() {
             self.stall_check_at = Some(Instant::now() + self.stall_period());
         }
+        self.schedule_jobs();
         self.ready.ok();
         self.notifier.send(&format!(
             "READY=1\nSTATUS={} runners running\nMAINPID={}",
