@@ -498,7 +498,9 @@ fn a_forged_lock_aims_the_cli_at_nobody() {
         .spawn()
         .unwrap();
     wait_until("the forger to hold the lock", PATIENCE, || {
-        env.run(&["status"]).stdout.starts_with("GNU Mailman is running")
+        env.run(&["status"])
+            .stdout
+            .starts_with("GNU Mailman is running")
     });
     for cmd in ["stop", "restart", "reopen"] {
         let r = env.run(&[cmd]);
@@ -549,7 +551,9 @@ fn start_right_after_a_kill_9_starts() {
         .spawn()
         .unwrap();
     wait_until("the lock to be held", PATIENCE, || {
-        env.run(&["status"]).stdout.starts_with("GNU Mailman is running")
+        env.run(&["status"])
+            .stdout
+            .starts_with("GNU Mailman is running")
     });
     let r = env.run(&["start"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
