@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""What the HTTP endpoint and stall detection cost (issue 14), in one run:
+"""What the HTTP endpoint, stall detection and scheduled jobs cost (issues 14
+and 15), in one run:
 
   - the master's idle wake-ups (all its threads) over 10 s and its RSS, with
     twelve runners: endpoint off; endpoint on; endpoint on and
-    `stall_after` set on every runner;
+    `stall_after` set on every runner; and with two jobs (hourly, daily);
   - a scrape of /metrics: median over 50, empty queues, then with 10,000
     Mailman entries (`.pck`) in one queue;
   - reading that queue of 10,000 entries per slice, ours (`queues --json`,
@@ -126,6 +127,10 @@ def main():
         ("endpoint on", '[http]\nlisten = "127.0.0.1:PORT"\n'),
         ("endpoint on, stall_after = 10m", '[http]\nlisten = "127.0.0.1:PORT"\n'
                                            '[runner.default]\nstall_after = "10m"\n'),
+        ("endpoint on, stall_after = 10m, jobs hourly and daily",
+         '[http]\nlisten = "127.0.0.1:PORT"\n[runner.default]\nstall_after = "10m"\n'
+         '[job.hourly]\ncommand = ["true"]\nschedule = "@hourly"\n'
+         '[job.daily]\ncommand = ["true"]\nschedule = "0 3 * * *"\ntimezone = "Europe/Berlin"\n'),
     ]:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)

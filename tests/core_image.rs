@@ -316,6 +316,39 @@ fn a_message_travels_through_mailman_core_under_our_master() {
         assert!(metrics.contains(series), "{series} not in\n{metrics}");
     }
 
+    // Mailman's periodic commands are jobs out of the box, run by
+    // Mailman's own CLI in the image; run-job runs one now.
+    let jobs = stack.exec(&["mailmanctl", "jobs"]);
+    for name in ["digests ", "notify "] {
+        assert!(
+            jobs.stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains("@daily")),
+            "{}{}",
+            jobs.stdout,
+            jobs.stderr
+        );
+    }
+    for job in ["digests", "notify"] {
+        let r = stack.exec(&["mailmanctl", "run-job", job]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    }
+    let outcome = |job: &str| -> String {
+        let v: serde_json::Value =
+            serde_json::from_str(&stack.exec(&["mailmanctl", "jobs", "--json"]).stdout)
+                .unwrap_or_default();
+        v["jobs"]
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["name"] == job))
+            .map(|j| j["last_outcome"].to_string())
+            .unwrap_or_default()
+    };
+    wait_until("digests and notify to have run", SLOW, || {
+        !outcome("digests").contains("null") && !outcome("notify").contains("null")
+    });
+    assert_eq!(outcome("digests"), "\"success\"", "{}", stack.logs());
+    assert_eq!(outcome("notify"), "\"success\"", "{}", stack.logs());
+
     // A restart through our CLI replaces every runner, REST's included
     // (gunicorn takes SIGUSR1 as "reopen logs": it gets SIGTERM after
     // stop_timeout), and mail flows again once they are ready.

@@ -361,3 +361,77 @@ fn an_idle_master_with_an_hourly_job_does_not_wake() {
     assert_eq!(switches() - before, 0, "the idle master woke up");
     assert_eq!(env.run(&["stop"]).code, 0);
 }
+
+/// The value of `series` (name and labels as written) in `/metrics`.
+fn metric(port: u16, series: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(PATIENCE)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn job_metrics_count_runs_failures_and_successes() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let env = env_with(&format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\
+         [job.good]\ncommand = [\"sh\", \"-c\", \"sleep 0.2\"]\nevery = \"1s\"\n\
+         [job.broken]\ncommand = [\"sh\", \"-c\", \"exit 4\"]\nevery = \"1s\"\n\
+         [job.later]\ncommand = [\"true\"]\nschedule = \"@yearly\"\n"
+    ));
+    start(&env);
+    wait_until("two runs of each job", PATIENCE, || {
+        metric(port, "mailman_job_runs_total{job_name=\"good\"}").is_some_and(|n| n >= 2.0)
+            && metric(port, "mailman_job_failures_total{job_name=\"broken\"}")
+                .is_some_and(|n| n >= 2.0)
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(
+        metric(port, "mailman_job_failures_total{job_name=\"good\"}"),
+        Some(0.0)
+    );
+    let success = metric(
+        port,
+        "mailman_job_last_success_time_seconds{job_name=\"good\"}",
+    )
+    .expect("good's last success");
+    assert!(
+        (now - 10.0..=now + 1.0).contains(&success),
+        "{success} vs {now}"
+    );
+    let took = metric(port, "mailman_job_last_duration_seconds{job_name=\"good\"}")
+        .expect("good's last duration");
+    assert!((0.15..5.0).contains(&took), "{took}");
+    // A job that never succeeded has no last success; one not yet run has
+    // no runs, and its next time is in the future.
+    assert_eq!(
+        metric(
+            port,
+            "mailman_job_last_success_time_seconds{job_name=\"broken\"}"
+        ),
+        None
+    );
+    assert_eq!(
+        metric(port, "mailman_job_runs_total{job_name=\"later\"}"),
+        Some(0.0)
+    );
+    let next = metric(
+        port,
+        "mailman_job_next_run_time_seconds{job_name=\"later\"}",
+    )
+    .expect("later's next run");
+    assert!(next > now + 1.0, "{next}");
+    assert_eq!(env.run(&["stop"]).code, 0);
+}

@@ -295,7 +295,8 @@ impl Collector for Snapshot {
                 )
             }),
         )?;
-        let job = |j: &JobRow| vec![("job", j.name.clone())];
+        // Not "job": Prometheus owns that label (the scrape job).
+        let job = |j: &JobRow| vec![("job_name", j.name.clone())];
         family(
             &mut e,
             "mailman_job_runs",
