@@ -119,8 +119,27 @@ impl Config {
                 .unwrap_or_else(default_var_dir),
         };
         let user = raw_mailman.user.unwrap_or_else(|| "mailman".into());
+        let var_dir = crate::util::normalize(&var_dir);
+        let run_dir = raw_mailman
+            .run_dir
+            .map_or_else(|| var_dir.clone(), |d| crate::util::normalize(d.get_ref()));
+        let queue_dir = match (&core, raw_mailman.queue_dir) {
+            (Some(c), _) => c.queue_dir(),
+            (None, Some(d)) => crate::util::normalize(d.get_ref()),
+            (None, None) => var_dir.join("queue"),
+        };
         let mailman = MailmanSection {
-            var_dir: crate::util::normalize(&var_dir),
+            run_dir,
+            queue_dir,
+            slices: raw_mailman
+                .slices
+                .map(Spanned::into_inner)
+                .unwrap_or_default(),
+            slice_locks: raw_mailman.slice_locks.unwrap_or(true),
+            owner_retry: raw_mailman
+                .owner_retry
+                .unwrap_or(Dur(Duration::from_secs(5))),
+            var_dir,
             mailman_cfg: core.as_ref().map(|c| c.file.clone()),
             init: match (raw_mailman.init, &core) {
                 (Some(init), _) => init,

@@ -53,6 +53,17 @@ pub(super) struct RawMailman {
     pub(super) on_give_up: Option<OnGiveUp>,
     pub(super) degraded_after: Option<Dur>,
     pub(super) max_runners: Option<u32>,
+    /// Host-local state: the lock, pid file, control socket and log
+    /// (docs/scaling-out.md).
+    pub(super) run_dir: Option<Spanned<PathBuf>>,
+    /// The (possibly shared) queue directory.
+    pub(super) queue_dir: Option<Spanned<PathBuf>>,
+    /// The slices this master runs (`NAME` or `NAME:SLICE:RANGE`), as `-r`.
+    pub(super) slices: Option<Spanned<Vec<String>>>,
+    /// Own each slice through a lock in the queue directory.
+    pub(super) slice_locks: Option<bool>,
+    /// How often a slice another master owns is tried again.
+    pub(super) owner_retry: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +160,24 @@ impl Layer {
             core_owned.push((None, at(span.clone(), validate::CORE_VAR_DIR.to_string())));
             mailman.var_dir = Some(Spanned::new(span, base.join(v.into_inner())));
         }
+        for (key, dir) in [
+            ("run_dir", &mut mailman.run_dir),
+            ("queue_dir", &mut mailman.queue_dir),
+        ] {
+            if let Some(v) = dir.take() {
+                let span = v.span();
+                if v.get_ref().as_os_str().is_empty() {
+                    return Err(at(span, format!("{key} must not be empty")));
+                }
+                if key == "queue_dir" {
+                    core_owned.push((None, at(span.clone(), validate::CORE_QUEUE_DIR.to_string())));
+                }
+                *dir = Some(Spanned::new(span, base.join(v.into_inner())));
+            }
+        }
+        if let Some(s) = &mailman.slices {
+            validate::slices(s.get_ref()).map_err(|m| at(s.span(), m))?;
+        }
         if let Some(v) = mailman.mailman_cfg.take() {
             let span = v.span();
             validate::var_dir(v.get_ref())
@@ -215,6 +244,11 @@ impl Layer {
             on_give_up: m.on_give_up.or(b.on_give_up),
             degraded_after: m.degraded_after.or(b.degraded_after),
             max_runners: m.max_runners.or(b.max_runners),
+            run_dir: m.run_dir.or(b.run_dir),
+            queue_dir: m.queue_dir.or(b.queue_dir),
+            slices: m.slices.or(b.slices),
+            slice_locks: m.slice_locks.or(b.slice_locks),
+            owner_retry: m.owner_retry.or(b.owner_retry),
         };
         let (l, b) = (self.logging, base.logging);
         base.logging = RawLogging {

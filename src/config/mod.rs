@@ -32,7 +32,7 @@ mod validate;
 pub use defaults::{BAD_QUEUE, RETRY_QUEUE, SHUNT_QUEUE};
 pub use duration::Dur;
 pub use overrides::set_as_env;
-pub use selection::RunnerSpec;
+pub use selection::{RunnerSpec, no_overlap};
 
 use std::path::{Path, PathBuf};
 
@@ -136,6 +136,18 @@ pub struct MailmanSection {
     pub degraded_after: Dur,
     /// At most this many runner slices (all runners' `instances`).
     pub max_runners: u32,
+    /// Host-local state (lock, pid file, socket, log); the var dir unless
+    /// set (docs/scaling-out.md).
+    pub run_dir: PathBuf,
+    /// Where the queues are (with `mailman_cfg`: Mailman's `queue_dir`).
+    pub queue_dir: PathBuf,
+    /// The slices this master runs when `master -r` names none (empty:
+    /// every started runner's).
+    pub slices: Vec<String>,
+    /// Each slice is owned through a lock in the queue directory.
+    pub slice_locks: bool,
+    /// How often a slice that another master owns is tried again.
+    pub owner_retry: Dur,
 }
 
 /// The master's HTTP endpoint (docs/observability.md).
@@ -410,6 +422,7 @@ impl Config {
         config
             .check_queues()
             .and_then(|()| config.check_runner_count())
+            .and_then(|()| config.check_sharing())
             .map_err(|message| ConfigError::File {
                 file: file.clone(),
                 message,
@@ -430,10 +443,20 @@ impl Config {
     /// `mailman_cfg`, the lock, pid file, logs and queues where Mailman's
     /// own tools look for them.
     pub fn layout(&self) -> Layout {
-        let layout = Layout::new(&self.mailman.var_dir);
+        let m = &self.mailman;
+        let run = Layout::new(&m.run_dir);
+        let layout = Layout::new(&m.var_dir).with_socket(run.socket());
         match &self.core {
             Some(c) => layout.with(c.lock_file(), c.pid_file(), c.log_dir(), c.queue_dir()),
-            None => layout,
+            None => layout.with(
+                run.lock_file(),
+                run.pid_file(),
+                run.log_file()
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+                m.queue_dir.clone(),
+            ),
         }
     }
 

@@ -114,6 +114,21 @@ pub(super) fn runner_table(name: &Spanned<String>, table: &RawRunner) -> Result<
 /// Why `var_dir` may not be set next to a `mailman.cfg`.
 pub(super) const CORE_VAR_DIR: &str = "var_dir comes from mailman_cfg (its [paths.LAYOUT] var_dir, or $MAILMAN_VAR_DIR): set it there";
 
+pub(super) const CORE_QUEUE_DIR: &str =
+    "queue_dir comes from mailman_cfg (its [paths.LAYOUT] queue_dir): set it there";
+
+/// `[mailman] slices` as written: each a selection, none overlapping
+/// another (the runners' names are checked against the whole
+/// configuration).
+pub(super) fn slices(list: &[String]) -> Result<(), String> {
+    let specs = list
+        .iter()
+        .map(|t| super::RunnerSpec::parse(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("slices: {e}"))?;
+    super::selection::no_overlap(&specs).map_err(|e| format!("slices: {e}"))
+}
+
 /// The keys of a runner table that a `mailman.cfg` owns for Mailman's own
 /// runners, with their spans.
 pub(super) fn core_owned_keys(table: &RawRunner) -> Vec<(Range<usize>, &'static str)> {
@@ -176,6 +191,27 @@ impl Config {
                 }
                 at = next;
             }
+        }
+        Ok(())
+    }
+
+    /// `slices` name runners there are, and the master's own files are not
+    /// in the queue directory other masters may share.
+    pub(super) fn check_sharing(&self) -> Result<(), String> {
+        for text in &self.mailman.slices {
+            let name = text.split(':').next().unwrap_or_default();
+            if self.runner(name).is_none() {
+                return Err(format!("slices: Undefined runner name: {name}"));
+            }
+        }
+        let m = &self.mailman;
+        if m.run_dir.starts_with(&m.queue_dir) {
+            return Err(format!(
+                "run_dir {} is inside queue_dir {}: the master's lock, pid file and socket must be \
+                 host-local, or two masters sharing the queue would share one lock",
+                m.run_dir.display(),
+                m.queue_dir.display()
+            ));
         }
         Ok(())
     }

@@ -182,6 +182,10 @@ pub struct SliceStatus {
     /// (only runners with `stall_after` set, while up).
     #[serde(default)]
     pub queue_wait_secs: Option<f64>,
+    /// While `waiting-for-owner`: who runs it (another master's slice,
+    /// host, pid, since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -211,6 +211,7 @@ impl Master {
                 .iter()
                 .filter_map(|s| match s.state {
                     State::BackingOff { until } => Some(until),
+                    State::WaitingForOwner { retry_at } => Some(retry_at),
                     State::Running { .. } => s.restart_asked.map(|r| r.deadline),
                     _ => None,
                 })
@@ -270,7 +271,10 @@ impl Master {
                 for idx in 0..self.slices.len() {
                     let s = &self.slices[idx];
                     match s.state {
-                        State::BackingOff { until } if until <= now && budget > 0 => {
+                        State::BackingOff { until: at }
+                        | State::WaitingForOwner { retry_at: at }
+                            if at <= now && budget > 0 =>
+                        {
                             budget -= 1;
                             self.relaunch(idx)
                         }

@@ -274,6 +274,7 @@ impl Master {
                 spec: format!("job:{name}"),
                 env: &j.cfg.env,
             },
+            None,
         );
         let now_wall = wall();
         let sp = match spawned {

@@ -25,7 +25,14 @@ use super::stall::QueueScan;
 use crate::config::{BAD_QUEUE, SHUNT_QUEUE};
 
 /// The states of `mailman_runner_state`, as `status --json` names them.
-const STATES: [&str; 5] = ["pending", "running", "backing-off", "failed", "stopped"];
+const STATES: [&str; 6] = [
+    "pending",
+    "running",
+    "backing-off",
+    "failed",
+    "stopped",
+    "waiting-for-owner",
+];
 
 #[derive(Debug)]
 struct Snapshot {
@@ -115,6 +122,7 @@ impl Master {
                         State::BackingOff { .. } => STATES[2],
                         State::Failed => STATES[3],
                         State::Stopped => STATES[4],
+                        State::WaitingForOwner { .. } => STATES[5],
                     },
                     restarts: u64::from(s.total_restarts),
                     start_time: match s.state {

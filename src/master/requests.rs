@@ -115,6 +115,12 @@ impl Master {
                     State::Pending => ("pending", None, None, None),
                     State::Failed => ("failed", None, None, None),
                     State::Stopped => ("stopped", None, None, None),
+                    State::WaitingForOwner { retry_at } => (
+                        "waiting-for-owner",
+                        None,
+                        None,
+                        Some(retry_at.saturating_duration_since(now).as_secs_f64()),
+                    ),
                 };
                 let usage = pid.and_then(crate::os::procinfo::usage);
                 SliceStatus {
@@ -142,6 +148,7 @@ impl Master {
                     cpu_secs: usage.map(|u| u.cpu_secs),
                     stalled: s.stalled,
                     queue_wait_secs: s.queue_wait.map(|w| w.as_secs_f64()),
+                    owner: s.waiting_on.clone(),
                 }
             })
             .collect();

@@ -45,7 +45,9 @@ impl Master {
         for s in &mut self.slices {
             match s.state {
                 State::Running { pid, .. } => signal_group(pid, signal),
-                State::BackingOff { .. } => s.state = State::Stopped,
+                State::BackingOff { .. } | State::WaitingForOwner { .. } => {
+                    s.state = State::Stopped
+                }
                 _ => {}
             }
         }

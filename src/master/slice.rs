@@ -53,6 +53,9 @@ pub enum State {
     Failed,
     /// Not running and not to be restarted (exit 15, `--no-restart`, stop).
     Stopped,
+    /// Another master owns the slice (its lock in the shared queue
+    /// directory): tried again at `retry_at` (docs/scaling-out.md).
+    WaitingForOwner { retry_at: Instant },
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +90,11 @@ pub struct Slice {
     pub queue_wait: Option<Duration>,
     /// That wait passed its runner's stall threshold.
     pub stalled: bool,
+    /// Its ownership lock, held from its first start until it is given up
+    /// or stopped (`slice_locks`); its runner inherits it.
+    pub owner: Option<std::sync::Arc<crate::os::owner::SliceLock>>,
+    /// Who owns it while it waits, as last logged.
+    pub waiting_on: Option<String>,
 }
 
 /// A restart the master asked of a running runner.
@@ -139,6 +147,8 @@ impl Slice {
             probe_at: None,
             queue_wait: None,
             stalled: false,
+            owner: None,
+            waiting_on: None,
         }
     }
 
@@ -221,7 +231,8 @@ impl Slice {
             .last_exit
             .map_or_else(String::new, |w| format!(", last {w}"));
         match self.state {
-            State::Pending => None,
+            // A standby: another master runs it, as meant.
+            State::Pending | State::WaitingForOwner { .. } => None,
             State::Running { .. } if !self.ready => Some(format!(
                 "runner {} not ready yet (no connection on {})",
                 self.spec(),

@@ -123,12 +123,22 @@ pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
             env: &s.runner.env,
         }
     };
-    start(ctx, &expand(ctx, s), environment)
+    // The slice's ownership lock goes with its runner: held while either
+    // lives (os::owner).
+    let keep = s.owner.as_ref().map(|l| l.fd());
+    start(ctx, &expand(ctx, s), environment, keep)
 }
 
 /// Forks and execs `argv` as a child of the master: its own process group,
-/// the parent-death signal, output on two pipes.
-pub fn start(ctx: &SpawnContext, argv: &[String], environment: Environment) -> io::Result<Spawned> {
+/// the parent-death signal, output on two pipes; `keep`, if any, is a
+/// descriptor of the master's the child inherits (all others are
+/// close-on-exec).
+pub fn start(
+    ctx: &SpawnContext,
+    argv: &[String],
+    environment: Environment,
+    keep: Option<std::os::fd::RawFd>,
+) -> io::Result<Spawned> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::other("empty command"))?;
@@ -170,9 +180,17 @@ pub fn start(ctx: &SpawnContext, argv: &[String], environment: Environment) -> i
     // waits instead of killing it.
     let ours = Path::new(program) == ctx.bin && args.first().is_some_and(|a| a == "runner");
     let cgroup = ctx.cgroup.clone();
-    // SAFETY: child_setup makes only async-signal-safe system calls.
+    // SAFETY: fcntl and child_setup are async-signal-safe system calls;
+    // `keep` is an fd the master holds open while the child is created.
     unsafe {
-        cmd.pre_exec(move || child_setup(master, nofile, ours, cgroup.as_ref()));
+        cmd.pre_exec(move || {
+            if let Some(fd) = keep
+                && libc::fcntl(fd, libc::F_SETFD, 0) == -1
+            {
+                return Err(io::Error::last_os_error());
+            }
+            child_setup(master, nofile, ours, cgroup.as_ref())
+        });
     }
     let mut child = cmd.spawn()?;
     let pid = child.id() as i32;

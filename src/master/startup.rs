@@ -209,7 +209,7 @@ impl Master {
                 env: &EMPTY_ENV,
             }
         };
-        match spawn::start(&self.ctx, &argv, environment) {
+        match spawn::start(&self.ctx, &argv, environment, None) {
             Ok(sp) => {
                 info!("Initialising: {}", argv.join(" "));
                 for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
@@ -322,9 +322,23 @@ static EMPTY_ENV: std::sync::LazyLock<indexmap::IndexMap<String, String>> =
     std::sync::LazyLock::new(indexmap::IndexMap::new);
 
 /// The slices to supervise: every started runner's instances, or those `-r`
-/// names.
+/// names, else those `[mailman] slices` names; never one part of a
+/// runner's hash space twice.
 fn select_slices(config: &Config, only: &[RunnerSpec]) -> Result<Vec<Slice>, String> {
     let mut slices = Vec::new();
+    let from_config;
+    let only = if only.is_empty() {
+        from_config = config
+            .mailman
+            .slices
+            .iter()
+            .map(|t| RunnerSpec::parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        &from_config[..]
+    } else {
+        only
+    };
+    crate::config::no_overlap(only)?;
     if only.is_empty() {
         for r in config.runners.iter().filter(|r| r.start) {
             for s in 0..r.instances {

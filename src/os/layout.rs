@@ -51,6 +51,12 @@ impl Layout {
         self
     }
 
+    /// `self` with the control socket moved.
+    pub fn with_socket(mut self, socket: PathBuf) -> Layout {
+        self.socket = socket;
+        self
+    }
+
     pub fn lock_file(&self) -> PathBuf {
         self.lock_file.clone()
     }
@@ -78,6 +84,7 @@ impl Layout {
         for dir in [
             parent(&self.lock_file),
             parent(&self.pid_file),
+            parent(&self.socket),
             self.log_dir.clone(),
         ] {
             if !dirs.contains(&dir) {

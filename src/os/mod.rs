@@ -2,7 +2,8 @@
 //! dir's files live and how they are created (`layout`), the master lock and
 //! pid file (`lock`), who a pid is (`procinfo`), a child's set-up between fork
 //! and exec (`process`), signals as events (`signals`), systemd notification
-//! (`notify`), user switching (`user`).
+//! (`notify`), user switching (`user`), slice ownership locks in a shared queue
+//! directory (`owner`).
 //!
 //! Not here: deciding what to signal or when (`master`, `commands`); these
 //! modules know nothing of runners or the configuration.
@@ -11,6 +12,7 @@ pub mod confine;
 pub mod layout;
 pub mod lock;
 pub mod notify;
+pub mod owner;
 pub mod process;
 pub mod procinfo;
 pub mod signals;
