@@ -447,8 +447,13 @@ impl Config {
         let run = Layout::new(&m.run_dir);
         let layout = Layout::new(&m.var_dir).with_socket(run.socket());
         match &self.core {
-            Some(c) => layout.with(c.lock_file(), c.pid_file(), c.log_dir(), c.queue_dir()),
-            None => layout.with(
+            // Mailman's lock_dir also holds its lists' locks, shared between
+            // hosts: a run_dir set apart takes the master's own files out
+            // of it (Mailman's `mailman status` then cannot see them).
+            Some(c) if m.run_dir == m.var_dir => {
+                layout.with(c.lock_file(), c.pid_file(), c.log_dir(), c.queue_dir())
+            }
+            _ => layout.with(
                 run.lock_file(),
                 run.pid_file(),
                 run.log_file()

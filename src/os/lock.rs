@@ -236,8 +236,11 @@ pub fn probe(layout: &Layout) -> Probe {
 /// Writes `master.pid` atomically: a temporary file, fsync, rename.
 pub fn write_pid_file(layout: &Layout) -> Result<()> {
     let path = layout.pid_file();
-    let tmp = layout
-        .var_dir
+    // Beside it: a rename cannot cross file systems (a run_dir or Mailman's
+    // pid_file apart from the var dir).
+    let tmp = path
+        .parent()
+        .unwrap_or(&layout.var_dir)
         .join(format!(".master.pid.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let write = || -> io::Result<()> {
