@@ -327,3 +327,24 @@ fn run_dir_holds_the_masters_own_files() {
     );
     assert_eq!(env.run(&["stop"]).code, 0);
 }
+
+#[test]
+fn slice_locks_are_on_only_where_the_queue_may_be_shared() {
+    // One master with its own queue: no lock, no note.
+    let env = Env::new(&only("[runner.work]\nsleep_time = \"50ms\"\n"));
+    env.start(1);
+    assert!(!env.var.join("queue/.owners").exists());
+    assert_eq!(env.run(&["stop"]).code, 0);
+    // `slices` from the environment says it may be shared: locked.
+    let env = Env::new(&only("[runner.work]\nsleep_time = \"50ms\"\n"));
+    let r = env
+        .cmd(&["start"])
+        .env("MAILMAN__MAILMAN__SLICES", "[\"work\"]")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    wait_until("the slice's lock", PATIENCE, || {
+        env.var.join("queue/.owners/work.0.1.owner").exists()
+    });
+    assert_eq!(env.run(&["stop"]).code, 0);
+}

@@ -120,6 +120,11 @@ impl Config {
         };
         let user = raw_mailman.user.unwrap_or_else(|| "mailman".into());
         let var_dir = crate::util::normalize(&var_dir);
+        // A queue that may be shared (its own run_dir, queue_dir or slices
+        // said so) is locked slice by slice unless told otherwise.
+        let shared = raw_mailman.run_dir.is_some()
+            || raw_mailman.queue_dir.is_some()
+            || raw_mailman.slices.is_some();
         let run_dir = raw_mailman
             .run_dir
             .map_or_else(|| var_dir.clone(), |d| crate::util::normalize(d.get_ref()));
@@ -135,7 +140,7 @@ impl Config {
                 .slices
                 .map(Spanned::into_inner)
                 .unwrap_or_default(),
-            slice_locks: raw_mailman.slice_locks.unwrap_or(true),
+            slice_locks: raw_mailman.slice_locks.unwrap_or(shared),
             owner_retry: raw_mailman
                 .owner_retry
                 .unwrap_or(Dur(Duration::from_secs(5))),
