@@ -227,6 +227,8 @@ fn the_runner_keeps_its_slice_lock() {
             })
             .unwrap_or(false)
     };
+    // Part of work's slices on a queue no other host can see: said.
+    a.wait_log("which other hosts cannot share, and this master runs only part of work's slices");
     assert!(held(pa), "the master holds {}", lock.display());
     assert!(held(runner), "its runner holds {} too", lock.display());
     let note = fs::read_to_string(queue.join(".owners/work.1.4.owner")).unwrap();

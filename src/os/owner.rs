@@ -131,6 +131,44 @@ pub fn try_claim(
     ))
 }
 
+/// The file system `path` (or its nearest existing ancestor) is on: its
+/// name, and whether it is one several hosts can share (NFS, SMB, CephFS,
+/// GFS2, OCFS2, Lustre, AFS). `None` where it cannot be told (FUSE: sshfs
+/// and GlusterFS alike; off Linux).
+#[cfg(target_os = "linux")]
+pub fn file_system(path: &Path) -> Option<(&'static str, bool)> {
+    let mut at = Some(path);
+    while let Some(p) = at {
+        if let Ok(fs) = nix::sys::statfs::statfs(p) {
+            // The magic numbers of statfs(2).
+            return match fs.filesystem_type().0 as i64 {
+                0x6969 => Some(("nfs", true)),
+                0x517B | 0xFF53_4D42 | 0xFE53_4D42 => Some(("smb", true)),
+                0x00C3_6400 => Some(("ceph", true)),
+                0x0116_1970 => Some(("gfs2", true)),
+                0x7461_636f => Some(("ocfs2", true)),
+                0x0BD0_0BD0 => Some(("lustre", true)),
+                0x5346_414F => Some(("afs", true)),
+                0x6573_5546 => None,
+                0xEF53 => Some(("ext4", false)),
+                0x5846_5342 => Some(("xfs", false)),
+                0x9123_683E => Some(("btrfs", false)),
+                0x0102_1994 => Some(("tmpfs", false)),
+                0x794C_7630 => Some(("overlay", false)),
+                0x2FC1_2FC1 => Some(("zfs", false)),
+                _ => Some(("a local file system", false)),
+            };
+        }
+        at = p.parent();
+    }
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn file_system(_path: &Path) -> Option<(&'static str, bool)> {
+    None
+}
+
 #[cfg(target_os = "linux")]
 fn flock(kind: libc::c_short, start: i64, len: i64) -> libc::flock {
     // SAFETY: flock is plain data; zero is a valid value for every field.
