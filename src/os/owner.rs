@@ -140,8 +140,11 @@ pub fn file_system(path: &Path) -> Option<(&'static str, bool)> {
     let mut at = Some(path);
     while let Some(p) = at {
         if let Ok(fs) = nix::sys::statfs::statfs(p) {
-            // The magic numbers of statfs(2).
-            return match fs.filesystem_type().0 as i64 {
+            // The magic numbers of statfs(2); the field's width varies by
+            // architecture (i64 here).
+            #[allow(clippy::unnecessary_cast)]
+            let magic = fs.filesystem_type().0 as i64;
+            return match magic {
                 0x6969 => Some(("nfs", true)),
                 0x517B | 0xFF53_4D42 | 0xFE53_4D42 => Some(("smb", true)),
                 0x00C3_6400 => Some(("ceph", true)),
