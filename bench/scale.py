@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -114,12 +115,17 @@ def main():
         entry.write_bytes(b"Subject: x\n\n" + b"x" * 1000 + b"\n")
         names = []
         t0 = time.monotonic()
-        batch = 5000
-        while len(names) < total:
-            n = min(batch, total - len(names))
-            out = subprocess.run(clis[0][:3] + ["inject", "in"] + [str(entry)] * n,
-                                 check=True, capture_output=True, text=True).stdout
-            names.extend(out.split())
+
+        def feed():
+            # While the masters work and die: batches of 1,000.
+            while len(names) < total:
+                n = min(1000, total - len(names))
+                out = subprocess.run(clis[0][:3] + ["inject", "in"] + [str(entry)] * n,
+                                     check=True, capture_output=True, text=True).stdout
+                names.extend(out.split())
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
         takeovers = []
         rnd = random.Random(16)
         done_kills = 0
@@ -127,11 +133,11 @@ def main():
         while True:
             lines = record.read_text().split()
             handled = set(lines)
-            if len(handled) >= total and set(names) <= handled:
+            if not feeder.is_alive() and set(names) <= handled:
                 break
             if time.monotonic() - t0 > (60 if args.smoke else 1800):
                 break
-            if done_kills < kills and len(lines) > (done_kills + 1) * total // (kills + 2):
+            if done_kills < kills and len(handled) > (done_kills + 1) * total // (kills + 2):
                 g = rnd.randrange(GROUPS)
                 pid = pid_of(active[g])
                 if pid:
@@ -150,6 +156,7 @@ def main():
                     done_kills += 1
             time.sleep(0.05)
         elapsed = time.monotonic() - t0
+        feeder.join()
         for cli in clis:
             subprocess.run(cli + ["stop", "-q"])
         lines = record.read_text().split()

@@ -230,6 +230,9 @@ fn the_runner_keeps_its_slice_lock() {
     // Part of work's slices on a queue no other host can see: said.
     a.wait_log("which other hosts cannot share, and this master runs only part of work's slices");
     assert!(held(pa), "the master holds {}", lock.display());
+    // Twelve owner_retry (200 ms) after its start: nobody runs the other
+    // three quarters of work here.
+    a.wait_log("no master owns work:0:4, work:2:4, work:3:4 in ");
     assert!(held(runner), "its runner holds {} too", lock.display());
     let note = fs::read_to_string(queue.join(".owners/work.1.4.owner")).unwrap();
     assert!(note.contains(&format!("pid {pa}, since ")), "{note}");

@@ -217,6 +217,7 @@ impl Master {
                 })
                 .chain(self.next_probe())
                 .chain(self.stall_check_at)
+                .chain(self.share_check_at)
                 .chain(self.next_job_deadline())
                 .min(),
         };
@@ -289,6 +290,7 @@ impl Master {
                 self.start_probes(now);
                 self.on_stall_timer(now);
                 self.on_job_timer(now);
+                self.on_share_check(now);
             }
             Mode::Stopping { deadline, .. } if now >= deadline => self.on_stop_deadline(now),
             Mode::Starting if self.init.is_none() => self.launch_batch(),

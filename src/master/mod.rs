@@ -17,6 +17,8 @@
 //! | back-off / stop timer    | [`Master::on_timer`] (`event_loop`)           |
 //! | stall timer              | [`Master::on_stall_timer`] (`stall`)          |
 //! | job due / job timeout    | [`Master::on_job_timer`] (`jobs`)             |
+//! | a slice's owner retry    | [`Master::on_timer`] → [`Master::claim`] (`sharing`) |
+//! | the one sharing check    | [`Master::on_share_check`] (`sharing`)        |
 //!
 //! The loop sleeps in `poll` on the signal pipe, the control socket and its
 //! clients, and the runners' output pipes, with a timeout only when a timer
@@ -31,6 +33,7 @@
 //! | `metrics`    | what `/metrics` says |
 //! | `stall`      | reading the queues for stalled slices |
 //! | `jobs`       | scheduled jobs: due times, runs, overlap, timeouts, their records |
+//! | `sharing`    | slices over several masters: owning a slice, waiting for its owner |
 //! | `shutdown`   | the stop sequence and the final sweep |
 //! | `slice`      | a slice's state and the restart rule (pure) |
 //! | `spawn`      | a runner's command line and process set-up |
@@ -51,6 +54,7 @@ mod metrics;
 mod readiness;
 mod requests;
 mod runners;
+mod sharing;
 mod shutdown;
 mod stall;
 mod startup;
@@ -189,6 +193,9 @@ struct Master {
     /// When to read the watched queues next (only while some runner has
     /// `stall_after` set).
     stall_check_at: Option<Instant>,
+    /// The one look, after start, at the slices of a shared queue that
+    /// this master does not run (`sharing`).
+    share_check_at: Option<Instant>,
     started: Instant,
     /// What keeps the runners' trees from outliving the master.
     confine: crate::os::confine::Confinement,

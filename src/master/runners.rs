@@ -15,7 +15,6 @@ use super::shutdown::signal_group;
 use super::slice::{self, Decision, RestartAsked, Slice, State, Why};
 use super::{EXIT_GAVE_UP, Master, Mode, spawn};
 use crate::config::OnGiveUp;
-use crate::os::owner::{self, Claim};
 
 impl Master {
     /// What happens when a child exits: its last output is logged, then the
@@ -139,74 +138,6 @@ impl Master {
             }
         }
         Ok(())
-    }
-
-    /// Slice `idx`'s ownership (`slice_locks`, docs/scaling-out.md): true
-    /// when this master owns it (already, or now); false when another
-    /// master does, and the slice waits, tried again after `owner_retry`
-    /// (logged when it starts waiting, when its owner changes, and when it
-    /// is taken over).
-    fn claim(&mut self, idx: usize) -> Result<bool, LaunchError> {
-        let m = &self.config.mailman;
-        let s = &self.slices[idx];
-        if !m.slice_locks || s.owner.is_some() {
-            return Ok(true);
-        }
-        let me = format!(
-            "host {}, pid {}, since {}",
-            nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "?".into()),
-            std::process::id(),
-            jiff::Timestamp::now()
-                .round(jiff::Unit::Second)
-                .unwrap_or_else(|_| jiff::Timestamp::now())
-        );
-        let claimed = owner::try_claim(
-            &self.layout.queue_dir(),
-            &s.runner.name,
-            s.slice,
-            s.range,
-            &me,
-        );
-        let retry = m.owner_retry;
-        let s = &mut self.slices[idx];
-        match claimed {
-            Ok(Claim::Mine(lock)) => {
-                if let Some(was) = s.waiting_on.take() {
-                    info!(
-                        "Slice {} is free now: taking it over (before: {was})",
-                        s.spec()
-                    );
-                }
-                s.owner = Some(std::sync::Arc::new(lock));
-                Ok(true)
-            }
-            Ok(Claim::Held(who)) => {
-                if s.waiting_on.as_deref() != Some(who.as_str()) {
-                    info!(
-                        "Slice {} is another master's ({who}): not starting it; trying again every {retry}",
-                        s.spec()
-                    );
-                }
-                s.waiting_on = Some(who);
-                s.state = State::WaitingForOwner {
-                    retry_at: Instant::now() + retry.0,
-                };
-                Ok(false)
-            }
-            // Off Linux: documented as not enforced.
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Ok(true),
-            Err(e) => Err(LaunchError {
-                message: format!(
-                    "Cannot start runner {}: cannot take its ownership lock: {}",
-                    s.spec(),
-                    crate::util::io_text(&e)
-                ),
-                lasting: true,
-            }),
-        }
     }
 
     /// Starts slice `idx` again (after a back-off, a restart): a runner that

@@ -135,7 +135,6 @@ impl Master {
         // do not pin the caller's directory).
         let _ = std::env::set_current_dir(&layout.var_dir);
         info!("Master started");
-        check_sharing(&config, &slices, &layout);
         if root && !opts.run_as_user {
             warn!(
                 "running as root; use --run-as-user to run as \"{}\"",
@@ -173,6 +172,7 @@ impl Master {
             http,
             jobs: Vec::new(),
             stall_check_at: None,
+            share_check_at: None,
             started: Instant::now(),
             init: None,
             confine,
@@ -293,6 +293,7 @@ impl Master {
             self.stall_check_at = Some(Instant::now() + self.stall_period());
         }
         self.schedule_jobs();
+        self.check_sharing();
         self.ready.ok();
         self.notifier.send(&format!(
             "READY=1\nSTATUS={} runners running\nMAINPID={}",
@@ -307,45 +308,6 @@ impl Master {
         error!("{message}");
         self.ready.fail(&StartError::new(EXIT_ERROR, &message));
         self.begin_stop(libc::SIGTERM, EXIT_ERROR);
-    }
-}
-
-/// Where slices are locked (a queue that may be shared): warns of a layout
-/// that cannot work across hosts. This master runs only part of a runner's
-/// slices on a queue directory other hosts cannot see; or its own files
-/// are on a file system other hosts share.
-fn check_sharing(config: &Config, slices: &[Slice], layout: &crate::os::layout::Layout) {
-    use crate::os::owner::file_system;
-    if !config.mailman.slice_locks {
-        return;
-    }
-    let mut share: indexmap::IndexMap<&str, f64> = indexmap::IndexMap::new();
-    for s in slices {
-        *share.entry(s.runner.name.as_str()).or_default() += 1.0 / f64::from(s.range.max(1));
-    }
-    let partial: Vec<&str> = share
-        .iter()
-        .filter(|(_, part)| **part < 0.999_999)
-        .map(|(name, _)| *name)
-        .collect();
-    let queue = layout.queue_dir();
-    if !partial.is_empty()
-        && let Some((fs, false)) = file_system(&queue)
-    {
-        warn!(
-            "queue_dir {} is on {fs}, which other hosts cannot share, and this master runs only \
-             part of {}'s slices: the others must run on this host (docs/scaling-out.md)",
-            queue.display(),
-            partial.join(", ")
-        );
-    }
-    let run = layout.lock_file();
-    if let Some((fs, true)) = file_system(&run) {
-        warn!(
-            "the master's lock {} is on a shared file system ({fs}): run_dir should be host-local, \
-             or two masters could share one lock (docs/scaling-out.md)",
-            run.display()
-        );
     }
 }
 

@@ -172,6 +172,27 @@ pub fn file_system(_path: &Path) -> Option<(&'static str, bool)> {
     None
 }
 
+/// Who holds slice `slice` of `range` of runner `name` (or a slice that
+/// overlaps it) in `queue_dir`, as its note says; `None` if nobody does.
+#[cfg(target_os = "linux")]
+pub fn holder_of(queue_dir: &Path, name: &str, slice: u32, range: u32) -> Option<String> {
+    let dir = dir(queue_dir);
+    let file = File::open(dir.join(format!("{name}.lock"))).ok()?;
+    let (start, len) = range_of(slice, range);
+    let mut fl = flock(libc::F_WRLCK as libc::c_short, start, len);
+    // SAFETY: fcntl on an fd we own, with a valid, initialised flock.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    if r == -1 || fl.l_type == libc::F_UNLCK as libc::c_short {
+        return None;
+    }
+    Some(holder(&file, &dir, name, start, len))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn holder_of(_queue_dir: &Path, _name: &str, _slice: u32, _range: u32) -> Option<String> {
+    None
+}
+
 #[cfg(target_os = "linux")]
 fn flock(kind: libc::c_short, start: i64, len: i64) -> libc::flock {
     // SAFETY: flock is plain data; zero is a valid value for every field.
@@ -218,6 +239,13 @@ mod tests {
             Claim::Held(who) => assert_eq!(who, "in:0:2 held by host a, pid 1"),
             Claim::Mine(_) => panic!("one slice locked twice"),
         }
+        // Looking does not take: held, or free.
+        assert_eq!(
+            holder_of(q, "in", 1, 4).as_deref(),
+            Some("in:0:2 held by host a, pid 1")
+        );
+        assert_eq!(holder_of(q, "in", 2, 4), None);
+        assert_eq!(holder_of(q, "nosuch", 0, 1), None);
         // in:1:4 is half of in:0:2; in:2:4 is the other half of the space.
         assert!(matches!(
             try_claim(q, "in", 1, 4, "b").unwrap(),
