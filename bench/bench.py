@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Benchmarks our master against GNU Mailman 3.3.10's master and supervisord,
-in the same run on the same machine (issue 7).
+"""Benchmarks our master against GNU Mailman 3.3.10's master, supervisord and
+s6 (s6-svscan), in the same run on the same machine (issues 7, 19), with a
+bash loop forking the 12 runners as the floor.
 
     python3 bench/bench.py             # 5 runs each; the table goes to target/bench-report.md
     python3 bench/bench.py --smoke     # 1 run, short idle window (CI)
@@ -8,14 +9,16 @@ in the same run on the same machine (issue 7).
 It builds the release binary, and creates (and caches under target/) the
 virtual environments for mailman==3.3.10 and supervisor. Processes are found
 and timed through /proc, polled every millisecond. Every master gets 12
-runners: ours and supervisord run `sleep 100000`; Mailman's master can only
-run Mailman's own runners.
+runners: ours, supervisord, s6 and the bash loop run `sleep 100000` (s6
+through a `run` script that execs it); Mailman's master can only run
+Mailman's own runners.
 """
 
 import argparse
 import os
 import platform
 import signal
+import shutil
 import socket
 import statistics
 import subprocess
@@ -49,6 +52,11 @@ def ensure():
     """Builds ours; installs the peers. Returns the peers that could be had."""
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
     peers = []
+    if shutil.which("s6-svscan"):
+        peers.append(S6)
+    else:
+        print("SKIPPED s6: no s6-svscan here (apt-get install s6)")
+    peers.append(BashLoop)
     for venv, pkg, cls in ((SV_VENV, "supervisor", Supervisord),
                            (MM_VENV, "mailman==3.3.10", Mailman)):
         stamp = venv / ".installed"
@@ -231,18 +239,83 @@ class Supervisord:
                                  "shutdown"], stdout=subprocess.DEVNULL)
 
 
+class S6:
+    """s6-svscan on a scan directory of 12 services; the runners are its
+    s6-supervise processes' children."""
+    name = "s6 2.11"
+
+    def __init__(self, tmp, n=12):
+        self.n = n
+        self.scan = tmp / "scan"
+        for i in range(n):
+            d = self.scan / f"p{i}"
+            d.mkdir(parents=True)
+            (d / "run").write_text("#!/bin/sh\nexec sleep 100000\n")
+            (d / "run").chmod(0o755)
+        self.proc = None
+
+    def start(self):
+        # -c: room for every service (the default is 500).
+        self.proc = subprocess.Popen(["s6-svscan", "-c", str(self.n + 16), str(self.scan)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(["true"])
+
+    def master(self):
+        return self.proc.pid if self.proc else None
+
+    def runners(self, pid):
+        return [r for s in children(pid) for r in children(s)]
+
+    def status(self):
+        return ["s6-svstat", str(self.scan / "p0")]
+
+    def stop(self):
+        # s6-svscan takes SIGTERM as `s6-svscanctl -t`: every service and
+        # supervisor down, then it exits (the caller times that).
+        self.proc.send_signal(signal.SIGTERM)
+        return subprocess.Popen(["true"])
+
+
+class BashLoop:
+    """The floor: bash forking the 12 runners in a loop and waiting. Its
+    `status` is `/bin/true` (the least a command can cost)."""
+    name = "bash loop"
+
+    def __init__(self, tmp, n=12):
+        self.n = n
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f"for ((i = 0; i < {self.n}; i++)); do sleep 100000 & done; "
+             "trap 'kill $(jobs -p); exit' TERM; "
+             "while :; do wait -n; sleep 100000 & done"], stderr=subprocess.DEVNULL)
+        return subprocess.Popen(["true"])
+
+    def master(self):
+        return self.proc.pid if self.proc else None
+
+    def status(self):
+        return ["/bin/true"]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        return subprocess.Popen(["true"])
+
+
 # ----------------------------------------------------------------- runs
 
 def one_run(master, idle):
     """start, RSS, status, idle wake-ups, respawn, stop for one master."""
     r = {}
     t0 = time.perf_counter()
+    runners = getattr(master, "runners", children)
     starter = master.start()
-    poll(lambda: master.master() and len(children(master.master())) >= master.n, step=0.0002)
+    poll(lambda: master.master() and len(runners(master.master())) >= master.n, step=0.0002)
     r["start_ms"] = (time.perf_counter() - t0) * 1000
     starter.wait()
     pid = master.master()
-    time.sleep(0.5 if isinstance(master, (Ours, Supervisord)) else 8)  # let runners settle
+    time.sleep(8 if isinstance(master, Mailman) else 0.5)  # let runners settle
     r["rss_mib"] = rss_kib(pid) / 1024
     t = time.perf_counter()
     run(master.status())
@@ -250,15 +323,15 @@ def one_run(master, idle):
     before = switches(pid)
     time.sleep(idle)
     r["wakeups"] = (switches(pid) - before) * 10 / idle  # per 10 s
-    kids = children(pid)
+    kids = runners(pid)
     victim = kids[0]
     t = time.perf_counter()
     os.kill(victim, signal.SIGKILL)
     # Fine-grained: the figure is a millisecond or two, and each poll costs
     # a read of /proc.
-    poll(lambda: victim not in children(pid) and len(children(pid)) >= master.n, step=0.0001)
+    poll(lambda: victim not in runners(pid) and len(runners(pid)) >= master.n, step=0.0001)
     r["respawn_ms"] = (time.perf_counter() - t) * 1000
-    everyone = [pid] + children(pid)
+    everyone = [pid] + children(pid) + runners(pid)
     t = time.perf_counter()
     stopper = master.stop()
     poll(lambda: not any(alive(p) for p in everyone))
@@ -276,6 +349,23 @@ def scale_run(n):
         start = (time.perf_counter() - t) * 1000
         pid = m.master()
         everyone = [pid] + children(pid)
+        t = time.perf_counter()
+        m.stop().wait()
+        poll(lambda: not any(alive(p) for p in everyone), step=0.002)
+        return start, (time.perf_counter() - t) * 1000
+
+
+def scale_peer(cls, n):
+    """start and stop of a peer (s6, the bash loop) with `n` runners."""
+    with tempfile.TemporaryDirectory() as tmp:
+        m = cls(Path(tmp), n)
+        runners = getattr(m, "runners", children)
+        t = time.perf_counter()
+        m.start().wait()
+        poll(lambda: m.master() and len(runners(m.master())) >= n, step=0.002)
+        start = (time.perf_counter() - t) * 1000
+        pid = m.master()
+        everyone = [pid] + children(pid) + runners(pid)
         t = time.perf_counter()
         m.stop().wait()
         poll(lambda: not any(alive(p) for p in everyone), step=0.002)
@@ -392,10 +482,18 @@ def main():
 
     scale = {}
     for n in ((100,) if args.smoke else (100, 1000)):
-        pairs = [scale_run(n) for _ in range(runs)]
-        scale[n] = (summary([p[0] for p in pairs]), summary([p[1] for p in pairs]))
-        print(f"ours, {n} runners: start {scale[n][0][0]:.0f} ms, stop {scale[n][1][0]:.0f} ms",
-              flush=True)
+        # Interleaved: ours, s6, the loop, ours, ...
+        pairs = {cls.name: [] for cls in [Ours, S6, BashLoop] if cls is Ours or cls in peers}
+        for _ in range(runs):
+            pairs["ours"].append(scale_run(n))
+            for cls in (S6, BashLoop):
+                if cls in peers:
+                    pairs[cls.name].append(scale_peer(cls, n))
+        scale[n] = {name: (summary([p[0] for p in v]), summary([p[1] for p in v]))
+                    for name, v in pairs.items()}
+        print(f"{n} runners: " + ", ".join(
+            f"{name} start {s[0][0]:.0f} ms stop {s[1][0]:.0f} ms" for name, s in scale[n].items()),
+            flush=True)
     lines = 100_000 if args.smoke else 1_000_000
     caps = [capture_run(lines) for _ in range(runs)]
     capture = summary([c[0] for c in caps])
@@ -415,8 +513,8 @@ def main():
     if args.smoke:
         print("smoke run complete")
         return
-    if len(results) < 3:
-        sys.exit("the report needs both peers")
+    if "GNU Mailman 3.3.10" not in results or "s6 2.11" not in results:
+        sys.exit("the report needs Mailman's master and s6")
     write_report(results, scale, capture, queues, runs)
 
 
@@ -436,38 +534,56 @@ QUEUE_CASES = [
 
 
 def write_report(results, scale, capture, queues, runs):
-    ours, mm = results["ours"], results["GNU Mailman 3.3.10"]
+    ours = results["ours"]
     rows = [("start: command → 12 runners forked", "start_ms", "ms"),
             ("stop: command → master and runners gone", "stop_ms", "ms"),
-            ("`status` command", "status_ms", "ms"),
+            ("`status` command (the loop: `/bin/true`)", "status_ms", "ms"),
             ("master RSS, 12 runners", "rss_mib", "MiB"),
             ("master wake-ups per 10 s idle", "wakeups", ""),
             ("kill -9 of a runner → new runner", "respawn_ms", "ms")]
+    names = [n for n in ("ours", "bash loop", "s6 2.11", "supervisord 4.3.0",
+                         "GNU Mailman 3.3.10") if n in results]
     out = ["# Benchmarks", "",
            f"Measured by `python3 bench/bench.py` ({runs} runs each; median [min..max]) on "
            f"{platform.node() or 'this machine'}: {os.cpu_count()} cores, "
            f"{platform.machine()}, Linux {platform.release()}, "
-           f"{time.strftime('%Y-%m-%d', time.gmtime())}. Ours and supervisord run 12 × "
-           "`sleep 100000`; Mailman's master runs its own 12 Python runners. Ours uses "
-           '`restart_delay = "0s"` for the respawn figure (no back-off on the first crash).', "",
-           "| figure | ours | supervisord 4.3.0 | GNU Mailman 3.3.10 | ours ÷ Mailman | target (ours) |",
-           "|---|---|---|---|---|---|"]
+           f"{time.strftime('%Y-%m-%d', time.gmtime())}. Ours, the bash loop, s6 and supervisord "
+           "run 12 × `sleep 100000` (s6 through a `run` script that execs it); Mailman's master "
+           'runs its own 12 Python runners. Ours uses `restart_delay = "0s"` for the respawn '
+           "figure (no back-off on the first crash).", "",
+           "| figure | " + " | ".join(names) + " | ours ÷ bash loop | ours ÷ s6 | target (ours) |",
+           "|---|" + "---|" * (len(names) + 3)]
     target_of = {"start_ms": "≤ 20 ms", "stop_ms": "≤ 50 ms", "status_ms": "≤ 2 ms",
                  "rss_mib": "≤ 3 MiB", "wakeups": "0", "respawn_ms": "≤ 2 ms"}
+
+    def ratio(key, name):
+        other = results.get(name, {}).get(key)
+        return f"{ours[key][0] / other[0]:.2f}" if other and other[0] else "–"
     for label, key, unit in rows:
         cells = []
-        for name in ("ours", "supervisord 4.3.0", "GNU Mailman 3.3.10"):
+        for name in names:
             med, lo, hi = results[name][key]
             u = f" {unit}" if unit else ""
             cells.append(f"{fmt(med, unit)}{u} [{fmt(lo, unit)}..{fmt(hi, unit)}]")
-        ratio = f"{ours[key][0] / mm[key][0]:.3f}" if mm[key][0] else "–"
-        out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} | {target_of[key]} |")
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio(key, 'bash loop')} | "
+                   f"{ratio(key, 's6 2.11')} | {target_of[key]} |")
+    out += ["", "With more runners (ours, s6, the bash loop; interleaved):", "",
+            "| figure | ours | s6 2.11 | bash loop | ours ÷ s6 | ours ÷ bash loop |",
+            "|---|---|---|---|---|---|"]
+    for n, by in scale.items():
+        for what, i in (("start", 0), ("stop", 1)):
+            cell = {k: v[i] for k, v in by.items()}
+
+            def show(name):
+                v = cell.get(name)
+                return f"{v[0]:.0f} ms [{v[1]:.0f}..{v[2]:.0f}]" if v else "–"
+
+            def rel(name):
+                v = cell.get(name)
+                return f"{cell['ours'][0] / v[0]:.2f}" if v and v[0] else "–"
+            out.append(f"| {what}, {n:,} runners | {show('ours')} | {show('s6 2.11')} | "
+                       f"{show('bash loop')} | {rel('s6 2.11')} | {rel('bash loop')} |")
     out += ["", "Ours only:", "", "| figure | median [min..max] | target |", "|---|---|---|"]
-    for n, (st, sp) in scale.items():
-        out.append(f"| start, {n} runners | {st[0]:.0f} ms [{st[1]:.0f}..{st[2]:.0f}] | "
-                   f"{'≤ 1000 ms' if n == 1000 else ''} |")
-        out.append(f"| stop, {n} runners | {sp[0]:.0f} ms [{sp[1]:.0f}..{sp[2]:.0f}] | "
-                   f"{'≤ 500 ms' if n == 1000 else ''} |")
     out.append(f"| log capture (100-byte lines, no line lost) | {capture[0]:.0f} MB/s "
                f"[{capture[1]:.0f}..{capture[2]:.0f}] | ≥ 100 MB/s |")
     for label, q in queues.items():

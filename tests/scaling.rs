@@ -274,6 +274,25 @@ fn bad_selections_and_layouts_are_refused() {
         assert!(r.stderr.contains(says), "{slices}: {}", r.stderr);
         assert!(!env.var.join("master.pid").exists());
     }
+    // A retry that would spin, or never come.
+    for (bad, says) in [("0s", "0s"), ("2h", "7200s")] {
+        let env = Env::with_mailman(
+            &format!(
+                "queue_dir = \"{}\"\nowner_retry = \"{bad}\"\n",
+                queue.display()
+            ),
+            &only(""),
+        );
+        let r = env.run(&["check-config"]);
+        assert_eq!(r.code, 2);
+        assert!(
+            r.stderr.contains(&format!(
+                "owner_retry must be between 100ms and 1h, not {says}"
+            )),
+            "{}",
+            r.stderr
+        );
+    }
     // On the command line: master -r, overlapping.
     let env = master(&queue, "", "");
     let r = env.run(&["master", "-r", "work:0:2", "-r", "work"]);

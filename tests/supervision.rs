@@ -335,8 +335,12 @@ fn runners_restart_after_the_binary_is_replaced() {
         "{:?}",
         exe(master)
     );
+    // A child seen between its fork and its exec still shows the master's
+    // (old) file: wait for its exec.
     let new = runners_of(master)[0];
-    assert_eq!(exe(new), bin, "the new runner runs the new binary");
+    wait_until("the new runner to run the new binary", PATIENCE, || {
+        std::fs::read_link(format!("/proc/{new}/exe")).is_ok_and(|p| p == bin)
+    });
     assert_eq!(env.run(&["stop"]).code, 0);
 }
 

@@ -143,7 +143,7 @@ impl Config {
             slice_locks: raw_mailman.slice_locks.unwrap_or(shared),
             owner_retry: raw_mailman
                 .owner_retry
-                .unwrap_or(Dur(Duration::from_secs(5))),
+                .map_or(Dur(Duration::from_secs(5)), Spanned::into_inner),
             var_dir,
             mailman_cfg: core.as_ref().map(|c| c.file.clone()),
             init: match (raw_mailman.init, &core) {

@@ -63,7 +63,7 @@ pub(super) struct RawMailman {
     /// Own each slice through a lock in the queue directory.
     pub(super) slice_locks: Option<bool>,
     /// How often a slice another master owns is tried again.
-    pub(super) owner_retry: Option<Dur>,
+    pub(super) owner_retry: Option<Spanned<Dur>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +173,19 @@ impl Layer {
                     core_owned.push((None, at(span.clone(), validate::CORE_QUEUE_DIR.to_string())));
                 }
                 *dir = Some(Spanned::new(span, base.join(v.into_inner())));
+            }
+        }
+        if let Some(r) = &mailman.owner_retry {
+            let d = r.get_ref().0;
+            if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(3600)
+            {
+                return Err(at(
+                    r.span(),
+                    format!(
+                        "owner_retry must be between 100ms and 1h, not {}",
+                        r.get_ref()
+                    ),
+                ));
             }
         }
         if let Some(s) = &mailman.slices {

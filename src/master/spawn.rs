@@ -129,6 +129,37 @@ pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
     start(ctx, &expand(ctx, s), environment, keep)
 }
 
+/// Where a bare program name (`sleep`) is found, by the `PATH` the child
+/// gets: looked up once in the master rather than by every child walking
+/// `PATH` with one failed `execve` per directory (issue 19). Forgotten when
+/// the program is not there any more.
+static RESOLVED: std::sync::Mutex<Vec<(String, std::ffi::OsString, PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn resolve(program: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    if program.contains('/') || program.is_empty() {
+        return None;
+    }
+    let mut cache = RESOLVED.lock().ok()?;
+    if let Some((_, _, found)) = cache.iter().find(|(p, ps, _)| p == program && ps == path) {
+        return Some(found.clone());
+    }
+    let found = std::env::split_paths(path)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(program))
+        .find(|f| {
+            nix::unistd::access(f.as_path(), nix::unistd::AccessFlags::X_OK).is_ok() && f.is_file()
+        })?;
+    cache.push((program.to_string(), path.to_owned(), found.clone()));
+    Some(found)
+}
+
+fn forget(program: &str) {
+    if let Ok(mut cache) = RESOLVED.lock() {
+        cache.retain(|(p, _, _)| p != program);
+    }
+}
+
 /// Forks and execs `argv` as a child of the master: its own process group,
 /// the parent-death signal, output on two pipes; `keep`, if any, is a
 /// descriptor of the master's the child inherits (all others are
@@ -142,7 +173,41 @@ pub fn start(
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::other("empty command"))?;
-    let mut cmd = Command::new(program);
+    match start_once(ctx, program, args, &environment, keep) {
+        // A program found once and gone since: look again.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !program.contains('/') => {
+            forget(program);
+            start_once(ctx, program, args, &environment, keep)
+        }
+        other => other,
+    }
+}
+
+fn start_once(
+    ctx: &SpawnContext,
+    program: &str,
+    args: &[String],
+    environment: &Environment,
+    keep: Option<std::os::fd::RawFd>,
+) -> io::Result<Spawned> {
+    // The PATH the child will have: the runner's own, else ours (Mailman's
+    // environment has none: its programs are absolute).
+    let env_path = match environment {
+        Environment::Ours { env, .. } | Environment::Mailman { env } => env.get("PATH"),
+    };
+    let path = env_path
+        .map(std::ffi::OsString::from)
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default();
+    let mut cmd = match resolve(program, &path) {
+        Some(found) => {
+            let mut c = Command::new(found);
+            // argv[0] as written: `ps` shows `sleep`, not its path.
+            c.arg0(program);
+            c
+        }
+        None => Command::new(program),
+    };
     cmd.args(args);
     match environment {
         Environment::Ours { spec, env } => {
@@ -154,7 +219,7 @@ pub fn start(
                 .env("MAILMAN_VAR_DIR", &ctx.var_dir)
                 .env("MAILMAN_RUNNER", spec)
                 .envs(ctx.overrides.iter().map(|(k, v)| (k, v)))
-                .envs(env);
+                .envs(env.iter());
         }
         Environment::Mailman { env } => {
             cmd.env_clear()
@@ -167,7 +232,7 @@ pub fn start(
                 // As Mailman's `start` does: the runners' var dir is the
                 // master's, whatever their working directory.
                 .env("MAILMAN_VAR_DIR", &ctx.var_dir)
-                .envs(env);
+                .envs(env.iter());
         }
     }
     cmd.stdin(Stdio::null())

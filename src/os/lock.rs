@@ -233,7 +233,11 @@ pub fn probe(layout: &Layout) -> Probe {
     }
 }
 
-/// Writes `master.pid` atomically: a temporary file, fsync, rename.
+/// Writes `master.pid` atomically: a temporary file renamed over it, so a
+/// reader sees the old file or the whole new one. Not fsynced: a pid file
+/// means something only while its master lives, and after a power loss it
+/// is stale whatever it holds (the lock decides who runs), so a disk flush
+/// would only delay the first runner (about a millisecond, issue 19).
 pub fn write_pid_file(layout: &Layout) -> Result<()> {
     let path = layout.pid_file();
     // Beside it: a rename cannot cross file systems (a run_dir or Mailman's
@@ -253,7 +257,6 @@ pub fn write_pid_file(layout: &Layout) -> Result<()> {
         // create_new honours the umask; the spec says 0644.
         f.set_permissions(fs::Permissions::from_mode(0o644))?;
         writeln!(f, "{}", std::process::id())?;
-        f.sync_all()?;
         fs::rename(&tmp, &path)
     };
     write().map_err(|e| {

@@ -134,9 +134,22 @@ pub fn processes() -> impl Iterator<Item = (i32, Stat)> {
 /// This process's live children, with their process groups: at the end of
 /// the master, the orphans it adopted as subreaper (a runner's or handler's
 /// children whose parent died). Not on other systems (no subreaper there).
+///
+/// Read from each of our threads' `children` list where the kernel has
+/// them (a few small files), else from a scan of `/proc` (every process's
+/// stat: tens of milliseconds on a busy host, at every stop).
 pub fn live_children() -> Vec<(i32, i32)> {
     #[cfg(target_os = "linux")]
     {
+        if let Some(kids) = children_lists() {
+            return kids
+                .into_iter()
+                .filter_map(|pid| {
+                    let st = Stat::read(pid)?;
+                    (!st.exited()).then_some((pid, st.number(5)? as i32))
+                })
+                .collect();
+        }
         let me = u64::from(std::process::id());
         processes()
             .filter(|(_, st)| !st.exited() && st.ppid() == Some(me))
@@ -147,6 +160,24 @@ pub fn live_children() -> Vec<(i32, i32)> {
     {
         Vec::new()
     }
+}
+
+/// The pids in `/proc/self/task/*/children` (CONFIG_PROC_CHILDREN); `None`
+/// where the kernel has no such file.
+#[cfg(target_os = "linux")]
+fn children_lists() -> Option<Vec<i32>> {
+    let mut kids = Vec::new();
+    let mut any = false;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            any = true;
+            kids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    any.then_some(kids)
 }
 
 /// Whether the process `recorded` describes is still running: the same pid
