@@ -431,6 +431,8 @@ fn runners_descendants_do_not_outlive_a_killed_master() {
 }
 
 /// Defect 7: Signals whose default would end the master are caught and logged.
+/// (Linux's signals: the real-time ones, SIGPWR, SIGSTKFLT.)
+#[cfg(target_os = "linux")]
 #[test]
 fn stray_signals_do_not_end_the_master() {
     let env = Env::new(&only("[runner.x]\ncommand = [\"sleep\", \"1000\"]\n"));

@@ -16,7 +16,10 @@
 //! Who holds a slice is written beside the lock (`NAME.S.R.owner`: host, pid,
 //! since), for the messages of a master that waits.
 //!
-//! Not here: when to take or wait for a lock (`master::runners`).
+//! Not here: when to take or wait for a lock (`master::sharing`).
+
+// Off Linux only the types remain (no locks to take).
+#![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
