@@ -218,7 +218,9 @@ fn mailmans_runners_under_our_master() {
 
     // 3. Our restart: every runner that honours SIGUSR1 exits 10 and comes
     // back at once, uncounted; gunicorn's rest runner takes SIGUSR1 as
-    // "reopen" and keeps its pid.
+    // "reopen" and keeps its pid until stop_timeout (10 s) has passed, when
+    // it gets SIGTERM and is restarted too (docs/mailman-core.md). On a
+    // loaded machine the eleven may take longer than that to come back.
     assert_eq!(env.run(&["restart"]).code, 0);
     core.wait_count("why: EXIT 10", 11);
     wait_until("11 new runners", SLOW, || {
@@ -226,13 +228,23 @@ fn mailmans_runners_under_our_master() {
         now.len() == 12
             && now
                 .iter()
-                .filter(|(n, p)| before.get(*n) != Some(p))
+                .filter(|(n, p)| *n != "rest" && before.get(*n) != Some(p))
                 .count()
                 == 11
     });
     let now = core.pids();
-    assert_eq!(now["rest"], before["rest"], "rest keeps its pid");
-    assert_eq!(core.count("[restarting]"), 11);
+    let escalated = || {
+        env.log()
+            .contains("did not restart on SIGUSR1 within 10s; sending SIGTERM")
+    };
+    if escalated() {
+        core.wait_count("[restarting]", 12);
+        assert!(env.log().contains("class: rest"), "{}", env.log());
+    } else {
+        assert_eq!(now["rest"], before["rest"], "rest keeps its pid");
+        let n = core.count("[restarting]");
+        assert!(n == 11 || (n == 12 && escalated()), "{}", env.log());
+    }
     assert!(!env.log().contains("maximum restart limit"));
     let json = env.run(&["status", "--json"]).stdout;
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
