@@ -26,6 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# The harness's own /proc readers (this script's folder is on sys.path).
+from bench import children, rss_kib, switches  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "x86_64-unknown-linux-gnu" / "release" / "mailman"
 VENV = ROOT / "target" / "mailman-core-3.3.10"
@@ -37,29 +40,6 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def switches(pid):
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for line in (task / "status").read_text().splitlines():
-            if "ctxt_switches" in line:
-                total += int(line.split()[1])
-    return total
-
-
-def rss_kib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def children(pid):
-    try:
-        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
 
 
 def get(port, path):

@@ -154,10 +154,14 @@ fn resolve(program: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
     Some(found)
 }
 
-fn forget(program: &str) {
-    if let Ok(mut cache) = RESOLVED.lock() {
-        cache.retain(|(p, _, _)| p != program);
-    }
+/// Drops `program`'s cached paths; whether there was one.
+fn forget(program: &str) -> bool {
+    let Ok(mut cache) = RESOLVED.lock() else {
+        return false;
+    };
+    let before = cache.len();
+    cache.retain(|(p, _, _)| p != program);
+    cache.len() != before
 }
 
 /// Forks and execs `argv` as a child of the master: its own process group,
@@ -174,9 +178,9 @@ pub fn start(
         .split_first()
         .ok_or_else(|| io::Error::other("empty command"))?;
     match start_once(ctx, program, args, &environment, keep) {
-        // A program found once and gone since: look again.
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !program.contains('/') => {
-            forget(program);
+        // A program found once and gone since: look again (once; one never
+        // found is not tried twice).
+        Err(e) if e.kind() == io::ErrorKind::NotFound && forget(program) => {
             start_once(ctx, program, args, &environment, keep)
         }
         other => other,
