@@ -378,10 +378,7 @@ fn metric(port: u16, series: &str) -> Option<f64> {
 
 #[test]
 fn job_metrics_count_runs_failures_and_successes() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
+    let port = free_port();
     let env = env_with(&format!(
         "[http]\nlisten = \"127.0.0.1:{port}\"\n\
          [job.good]\ncommand = [\"sh\", \"-c\", \"sleep 0.2\"]\nevery = \"1s\"\n\

@@ -299,10 +299,8 @@ impl Master {
         };
         let tag = format!("job:{name}");
         for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
-            match Output::new(fd, &tag, None, sp.pid, stream) {
-                Ok(o) => self.outputs.push(o),
-                Err(e) => warn!("cannot capture {stream} of job {name}: {e}"),
-            }
+            self.outputs
+                .push(Output::new(fd, &tag, None, sp.pid, stream));
         }
         self.record_stale = true;
         let now = Instant::now();

@@ -36,17 +36,15 @@ pub struct Output {
 }
 
 impl Output {
+    /// `fd`: the master's end of the pipe, non-blocking (`master::spawn`).
     pub fn new(
         fd: OwnedFd,
         runner: &str,
         slice: Option<u32>,
         pid: i32,
         stream: &'static str,
-    ) -> io::Result<Output> {
-        let flags = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_GETFL)?;
-        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
-        Ok(Output {
+    ) -> Output {
+        Output {
             file: File::from(fd),
             runner: runner.to_string(),
             slice,
@@ -54,7 +52,7 @@ impl Output {
             stream,
             quiet: false,
             buf: Vec::new(),
-        })
+        }
     }
 
     /// `self`, logging at debug level.

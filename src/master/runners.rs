@@ -116,7 +116,9 @@ impl Master {
                 message: format!(
                     "Cannot start runner {}: {}: {}",
                     s.spec(),
-                    s.runner.command.first().map_or("", String::as_str),
+                    spawn::expand(&self.ctx, s)
+                        .first()
+                        .map_or("", String::as_str),
                     crate::util::io_text(&e)
                 ),
                 lasting: lasting(&e),
@@ -132,10 +134,8 @@ impl Master {
             since: now,
         };
         for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
-            match Output::new(fd, &s.runner.name, Some(s.slice), sp.pid, stream) {
-                Ok(o) => self.outputs.push(o),
-                Err(e) => warn!("cannot capture {stream} of {}: {e}", s.spec()),
-            }
+            let o = Output::new(fd, &s.runner.name, Some(s.slice), sp.pid, stream);
+            self.outputs.push(o);
         }
         Ok(())
     }
@@ -186,7 +186,7 @@ impl Master {
     /// Where runners are confined by a record (no cgroup), writes it once
     /// a turn of the loop, if the runners changed.
     pub(super) fn keep_record(&mut self) {
-        if !std::mem::take(&mut self.record_stale) || self.confine.procs().is_some() {
+        if !std::mem::take(&mut self.record_stale) || self.confine.cgroup().is_some() {
             return;
         }
         let running: Vec<(i32, u64)> = self

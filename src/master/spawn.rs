@@ -4,15 +4,18 @@
 //! Not here: deciding when to start (`runners`), the set-up between fork and
 //! exec (`os::process`), the placeholders (`config::placeholders`).
 
+use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::slice::Slice;
 use crate::config::placeholders::{fill, placeholders};
-use crate::os::process::child_setup;
+use crate::os::process::{START_SIGNALS, child_setup};
+use crate::os::vfork;
 
 /// The environment variable that hands the master its readiness pipe; never
 /// passed on to runners.
@@ -30,8 +33,9 @@ pub struct SpawnContext {
     /// The open-file limit the master started with, given back to runners
     /// (the master raised its own: see [`crate::os::process::raise_nofile`]).
     pub nofile: Option<libc::rlimit>,
-    /// The cgroup runners join (`os::confine`), if there is one.
-    pub cgroup: Option<std::ffi::CString>,
+    /// The cgroup runners are born in (`os::confine`), if there is one:
+    /// its directory, open, and its `cgroup.procs`.
+    pub cgroup: Option<(RawFd, CString)>,
 }
 
 pub struct Spawned {
@@ -194,65 +198,203 @@ fn start_once(
     environment: &Environment,
     keep: Option<std::os::fd::RawFd>,
 ) -> io::Result<Spawned> {
+    let env = environment_of(ctx, environment);
     // The PATH the child will have: the runner's own, else ours (Mailman's
     // environment has none: its programs are absolute).
-    let env_path = match environment {
-        Environment::Ours { env, .. } | Environment::Mailman { env } => env.get("PATH"),
-    };
-    let path = env_path
-        .map(std::ffi::OsString::from)
+    let path = env
+        .get(std::ffi::OsStr::new("PATH"))
+        .cloned()
         .or_else(|| std::env::var_os("PATH"))
         .unwrap_or_default();
-    let mut cmd = match resolve(program, &path) {
-        Some(found) => {
-            let mut c = Command::new(found);
-            // argv[0] as written: `ps` shows `sleep`, not its path.
-            c.arg0(program);
-            c
-        }
-        None => Command::new(program),
-    };
-    cmd.args(args);
-    match environment {
-        Environment::Ours { spec, env } => {
-            cmd.env_remove(READY_FD_ENV)
-                // The master speaks to systemd; runners must not.
-                .env_remove("NOTIFY_SOCKET")
-                .env("MAILMAN_UNDER_MASTER_CONTROL", "1")
-                .env("MAILMAN_CONFIG_FILE", &ctx.config_arg)
-                .env("MAILMAN_VAR_DIR", &ctx.var_dir)
-                .env("MAILMAN_RUNNER", spec)
-                .envs(ctx.overrides.iter().map(|(k, v)| (k, v)))
-                .envs(env.iter());
-        }
-        Environment::Mailman { env } => {
-            cmd.env_clear()
-                .envs(
-                    std::env::vars_os().filter(|(k, _)| {
-                        k.to_str().is_some_and(|k| MAILMAN_PRESERVED.contains(&k))
-                    }),
-                )
-                .env("MAILMAN_UNDER_MASTER_CONTROL", "1")
-                // As Mailman's `start` does: the runners' var dir is the
-                // master's, whatever their working directory.
-                .env("MAILMAN_VAR_DIR", &ctx.var_dir)
-                .envs(env.iter());
-        }
+    let resolved = resolve(program, &path);
+    if resolved.is_none() && !program.contains('/') {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT));
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let master = ctx.master_pid;
-    let nofile = ctx.nofile;
+    let exe = resolved.unwrap_or_else(|| PathBuf::from(program));
     // Our own runner starts with its stop/restart/reopen signals blocked and
     // unblocks them once it handles them: one that arrives while it starts
     // waits instead of killing it.
     let ours = Path::new(program) == ctx.bin && args.first().is_some_and(|a| a == "runner");
-    let cgroup = ctx.cgroup.clone();
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let null = dev_null()?;
+    let cstr = |s: &std::ffi::OsStr| {
+        CString::new(s.as_bytes()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{:?} contains a NUL byte", s),
+            )
+        })
+    };
+    let path_c = cstr(exe.as_os_str())?;
+    // argv[0] as written: `ps` shows `sleep`, not its path.
+    let argv_c = std::iter::once(program)
+        .chain(args.iter().map(String::as_str))
+        .map(|a| cstr(a.as_ref()))
+        .collect::<io::Result<Vec<_>>>()?;
+    let envp_c = env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.clone();
+            kv.push("=");
+            kv.push(v);
+            cstr(&kv)
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let argv: Vec<_> = argv_c
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp: Vec<_> = envp_c
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let blocked: &[libc::c_int] = if ours { &START_SIGNALS } else { &[] };
+    let plan = vfork::Plan {
+        path: &path_c,
+        argv: &argv,
+        envp: &envp,
+        stdio: [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        keep,
+        master: ctx.master_pid,
+        nofile: ctx.nofile,
+        blocked,
+        cgroup: ctx
+            .cgroup
+            .as_ref()
+            .map(|(fd, procs)| (*fd, procs.as_c_str())),
+    };
+    let pid = match vfork::spawn(&plan) {
+        Some(pid) => pid?,
+        None => fork(ctx, &exe, program, args, env, ours, keep, [out_w, err_w])?,
+    };
+    Ok(Spawned {
+        pid,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
+/// The child's environment, in order, later entries replacing earlier ones.
+fn environment_of(
+    ctx: &SpawnContext,
+    environment: &Environment,
+) -> indexmap::IndexMap<OsString, OsString> {
+    let mut vars = indexmap::IndexMap::new();
+    match environment {
+        Environment::Ours { spec, env } => {
+            for (k, v) in std::env::vars_os() {
+                // The master speaks to systemd; runners must not.
+                if k != READY_FD_ENV && k != "NOTIFY_SOCKET" {
+                    vars.insert(k, v);
+                }
+            }
+            let mut set = |k: &str, v: &std::ffi::OsStr| {
+                vars.insert(OsString::from(k), v.to_owned());
+            };
+            set("MAILMAN_UNDER_MASTER_CONTROL", "1".as_ref());
+            set("MAILMAN_CONFIG_FILE", ctx.config_arg.as_os_str());
+            set("MAILMAN_VAR_DIR", ctx.var_dir.as_os_str());
+            set("MAILMAN_RUNNER", spec.as_ref());
+            for (k, v) in ctx.overrides.iter().map(|(k, v)| (k, v)).chain(env.iter()) {
+                set(k, v.as_ref());
+            }
+        }
+        Environment::Mailman { env } => {
+            for (k, v) in std::env::vars_os() {
+                if k.to_str().is_some_and(|k| MAILMAN_PRESERVED.contains(&k)) {
+                    vars.insert(k, v);
+                }
+            }
+            let mut set = |k: &str, v: &std::ffi::OsStr| {
+                vars.insert(OsString::from(k), v.to_owned());
+            };
+            set("MAILMAN_UNDER_MASTER_CONTROL", "1".as_ref());
+            // As Mailman's `start` does: the runners' var dir is the
+            // master's, whatever their working directory.
+            set("MAILMAN_VAR_DIR", ctx.var_dir.as_os_str());
+            for (k, v) in env.iter() {
+                set(k, v.as_ref());
+            }
+        }
+    }
+    vars
+}
+
+/// A pipe for a child's output: the master's end non-blocking from the
+/// start, both close-on-exec, neither among 0, 1 and 2.
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
+/// `fd`, moved to 3 or above if it is one of 0, 1, 2 (a master started with
+/// those closed): a child's `dup2` onto them must not clobber it.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let moved = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: a new descriptor F_DUPFD_CLOEXEC just made, owned by nobody.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}
+
+/// `/dev/null`, opened once, for every child's stdin.
+fn dev_null() -> io::Result<&'static OwnedFd> {
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd);
+    }
+    let file = std::fs::File::open("/dev/null")
+        .map_err(|e| io::Error::new(e.kind(), format!("/dev/null: {e}")))?;
+    let fd = above_stdio(file.into())?;
+    Ok(NULL.get_or_init(|| fd))
+}
+
+/// Where `os::vfork` cannot clone (another architecture, a seccomp profile
+/// that refuses it): a fork through the standard library, with the same
+/// environment, descriptors and set-up.
+#[allow(clippy::too_many_arguments)]
+fn fork(
+    ctx: &SpawnContext,
+    exe: &Path,
+    program: &str,
+    args: &[String],
+    env: indexmap::IndexMap<OsString, OsString>,
+    ours: bool,
+    keep: Option<std::os::fd::RawFd>,
+    [out_w, err_w]: [OwnedFd; 2],
+) -> io::Result<i32> {
+    let mut cmd = Command::new(exe);
+    cmd.arg0(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::from(dev_null()?.try_clone()?))
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w));
+    let master = ctx.master_pid;
+    let nofile = ctx.nofile;
+    let cgroup = ctx.cgroup.as_ref().map(|(_, procs)| procs.clone());
     // SAFETY: fcntl and child_setup are async-signal-safe system calls;
     // `keep` is an fd the master holds open while the child is created.
     unsafe {
         cmd.pre_exec(move || {
+            // As os::vfork's child: nothing else of ours goes with it. Marked
+            // close-on-exec rather than closed (the standard library's own
+            // pipe for exec errors is among them).
+            libc::syscall(
+                libc::SYS_close_range,
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             if let Some(fd) = keep
                 && libc::fcntl(fd, libc::F_SETFD, 0) == -1
             {
@@ -261,16 +403,7 @@ fn start_once(
             child_setup(master, nofile, ours, cgroup.as_ref())
         });
     }
-    let mut child = cmd.spawn()?;
-    let pid = child.id() as i32;
-    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(io::Error::other("runner pipes missing"));
-    };
+    let child = cmd.spawn()?;
     // The master reaps with waitpid(-1); the Child handle is dropped unwaited.
-    drop(child);
-    Ok(Spawned {
-        pid,
-        stdout: out.into(),
-        stderr: err.into(),
-    })
+    Ok(child.id() as i32)
 }

@@ -156,7 +156,7 @@ impl Master {
                 .filter_map(|s| crate::config::set_as_env(s))
                 .collect(),
             nofile,
-            cgroup: confine.procs().cloned(),
+            cgroup: confine.cgroup().map(|(fd, procs)| (fd, procs.clone())),
         };
         let mut master = Master {
             config,
@@ -214,12 +214,10 @@ impl Master {
             Ok(sp) => {
                 info!("Initialising: {}", argv.join(" "));
                 for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
-                    match Output::new(fd, "init", None, sp.pid, stream) {
-                        // Mailman's `runner --list` prints its runners.
-                        Ok(o) if core_default && stream == "stdout" => self.outputs.push(o.quiet()),
-                        Ok(o) => self.outputs.push(o),
-                        Err(e) => warn!("cannot capture {stream} of init: {e}"),
-                    }
+                    let o = Output::new(fd, "init", None, sp.pid, stream);
+                    // Mailman's `runner --list` prints its runners.
+                    let quiet = core_default && stream == "stdout";
+                    self.outputs.push(if quiet { o.quiet() } else { o });
                 }
                 self.init = Some(Init { pid: sp.pid, argv });
             }

@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 pub enum Confinement {
     Cgroup {
         dir: PathBuf,
+        /// `dir`, open: runners are born in it (`os::vfork`).
+        fd: std::os::fd::OwnedFd,
         /// `<dir>/cgroup.procs`, for the child to write "0" to (prepared
         /// before fork: nothing is allocated between fork and exec).
         procs: CString,
@@ -53,8 +55,13 @@ impl Confinement {
             && let Some(dir) = cgroup_dir(lock_file)
             && fs::create_dir_all(&dir).is_ok()
             && let Ok(procs) = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
+            && let Ok(fd) = fs::File::open(&dir)
         {
-            return Confinement::Cgroup { dir, procs };
+            return Confinement::Cgroup {
+                dir,
+                fd: fd.into(),
+                procs,
+            };
         }
         let mut file = lock_file.as_os_str().to_owned();
         file.push(".runners");
@@ -71,11 +78,13 @@ impl Confinement {
         }
     }
 
-    /// The cgroup's `cgroup.procs`, which a runner writes "0" to between
-    /// fork and exec; `None` without a cgroup.
-    pub fn procs(&self) -> Option<&CString> {
+    /// The cgroup's directory, open, and its `cgroup.procs` (which a runner
+    /// writes "0" to between fork and exec where it cannot be born in the
+    /// cgroup); `None` without a cgroup.
+    pub fn cgroup(&self) -> Option<(std::os::fd::RawFd, &CString)> {
+        use std::os::fd::AsRawFd;
         match self {
-            Confinement::Cgroup { procs, .. } => Some(procs),
+            Confinement::Cgroup { fd, procs, .. } => Some((fd.as_raw_fd(), procs)),
             Confinement::Record { .. } => None,
         }
     }

@@ -1,7 +1,8 @@
 //! The operating system's side, as small tools with no policy: where the var
 //! dir's files live and how they are created (`layout`), the master lock and
 //! pid file (`lock`), who a pid is (`procinfo`), a child's set-up between fork
-//! and exec (`process`), signals as events (`signals`), systemd notification
+//! and exec when forking (`process`), starting a child without copying the
+//! master (`vfork`), signals as events (`signals`), systemd notification
 //! (`notify`), user switching (`user`), slice ownership locks in a shared queue
 //! directory (`owner`).
 //!
@@ -17,3 +18,4 @@ pub mod process;
 pub mod procinfo;
 pub mod signals;
 pub mod user;
+pub mod vfork;

@@ -10,6 +10,21 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailman");
 
+/// A port on 127.0.0.1 free now, below the ephemeral range (32768 and up
+/// here), so that no other test's outgoing connection takes it before the
+/// master listens on it (as a port the kernel handed out for `:0` can be).
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 600) as u16 * 20;
+    loop {
+        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Generous: the machine may be a loaded 2-core box.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 

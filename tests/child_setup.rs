@@ -1,0 +1,258 @@
+//! What a runner starts with, whichever way the master creates it (issue
+//! 19: `clone3` into the cgroup, the older `clone`, a fork): its own process
+//! group, the parent-death signal, no signal blocked or ignored, the
+//! open-file limit the master started with, exactly stdin (/dev/null),
+//! stdout and stderr (pipes), its environment and argv[0]; and a program
+//! that cannot be run is reported with its cause.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Child;
+
+use common::*;
+
+/// Writes what only the process itself can tell (its parent-death signal,
+/// its limits) to the file named by its argument, then sleeps.
+const PROBE: &str = r#"import ctypes, json, resource, sys, time
+sig = ctypes.c_int()
+ctypes.CDLL(None).prctl(2, ctypes.byref(sig))  # PR_GET_PDEATHSIG
+with open(sys.argv[1] + ".tmp", "w") as f:
+    json.dump({"pdeathsig": sig.value, "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)}, f)
+import os; os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(1000)
+"#;
+
+struct Master(Child);
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `start --foreground` with `MAILMAN_SPAWN=mode`, from a parent that
+/// leaves it an untidy start: SIGUSR2 blocked, SIGPIPE ignored, an open-file
+/// limit of 1000 (hard 4096), and a descriptor (9) without close-on-exec.
+fn untidy_master(env: &Env, mode: &str) -> Master {
+    let leak = fs::File::create(env.dir.path().join("leaked")).unwrap();
+    let mut cmd = env.cmd(&["start", "--foreground"]);
+    cmd.env("MAILMAN_SPAWN", mode);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&leak);
+    // SAFETY: plain system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: 1000,
+                rlim_max: 4096,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            if libc::dup2(raw, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Master(cmd.spawn().expect("start the master"))
+}
+
+fn proc_status(pid: i32, key: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:\t")).map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn fds(pid: i32) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = fs::read_link(e.path()).ok()?;
+            let target = target.to_string_lossy();
+            let kind = if target.starts_with("pipe:") {
+                "pipe".to_string()
+            } else {
+                target.into_owned()
+            };
+            Some((e.file_name().to_string_lossy().into_owned(), kind))
+        })
+        .collect();
+    out.sort_by_key(|(fd, _)| fd.parse::<i32>().unwrap_or(-1));
+    out
+}
+
+fn cgroup(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn check_runners(mode: &str) {
+    let env = Env::new(&only(&format!(
+        "[runner.sleeper]\ncommand = [\"sleep\", \"1000\"]\n\
+         [runner.probe]\ncommand = [\"python3\", \"-c\", {PROBE:?}, \"{{var_dir}}/probe.json\"]\n"
+    )));
+    let mut master = untidy_master(&env, mode);
+    let pid = master.0.id() as i32;
+    wait_until("two runners", PATIENCE, || runners_of(pid).len() == 2);
+    let probe_file = env.var.join("probe.json");
+    wait_until("the probe's report", PATIENCE, || probe_file.exists());
+    let runners = runners_of(pid);
+    let sleeper = *runners
+        .iter()
+        .find(|&&r| cmdline(r) == "sleep 1000")
+        .expect("the sleeper");
+    let probe = *runners.iter().find(|&&r| r != sleeper).unwrap();
+
+    for r in [sleeper, probe] {
+        let (_, ppid, pgid) = stat(r).unwrap();
+        assert_eq!(
+            (ppid, pgid),
+            (pid, r),
+            "{mode}: runner {r}'s parent and group"
+        );
+        // Stdin, stdout, stderr: nothing else of the master's, not even the
+        // descriptor it inherited without close-on-exec.
+        assert_eq!(
+            fds(r)[..3],
+            [
+                ("0".to_string(), "/dev/null".to_string()),
+                ("1".to_string(), "pipe".to_string()),
+                ("2".to_string(), "pipe".to_string()),
+            ],
+            "{mode}: runner {r}'s descriptors"
+        );
+        // Python opens nothing else by itself; sleep nothing at all.
+        assert_eq!(fds(r).len(), 3, "{mode}: {:?}", fds(r));
+        assert_eq!(
+            proc_status(r, "SigBlk"),
+            "0000000000000000",
+            "{mode}: {r} mask"
+        );
+        let env_of = environ(r);
+        assert!(
+            env_of.iter().any(|v| v.starts_with("MAILMAN_RUNNER=")),
+            "{env_of:?}"
+        );
+    }
+    // What the master ignores the runner ignores too (as under any
+    // parent), but SIGPIPE (ignored by the master for itself, and here by
+    // its parent). Python ignores SIGPIPE itself: the sleeper tells.
+    let ignored = |p: i32| u64::from_str_radix(&proc_status(p, "SigIgn"), 16).unwrap();
+    let sigpipe = 1 << (libc::SIGPIPE - 1);
+    assert_ne!(ignored(pid) & sigpipe, 0, "the master ignores SIGPIPE");
+    assert_eq!(ignored(sleeper), ignored(pid) & !sigpipe, "{mode}");
+    assert_eq!(cmdline(sleeper), "sleep 1000", "{mode}: argv[0] as written");
+    // Born in the master's cgroup, where it has one.
+    let master_cgroup_dirs: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.contains("/mailman-"))
+        .collect();
+    if let Some(dir) = master_cgroup_dirs.first() {
+        let name = dir.rsplit('/').next().unwrap();
+        for r in [sleeper, probe] {
+            assert!(
+                cgroup(r).ends_with(name),
+                "{mode}: {} not in {dir}",
+                cgroup(r)
+            );
+        }
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&probe_file).unwrap()).unwrap();
+    assert_eq!(report["pdeathsig"], 9, "{mode}: {report}");
+    assert_eq!(
+        report["nofile"],
+        serde_json::json!([1000, 4096]),
+        "{mode}: the limit the master started with"
+    );
+    // The parent-death signal at work: a kill -9 of the master ends both.
+    master.0.kill().unwrap();
+    master.0.wait().unwrap();
+    wait_until("the runners to die with the master", PATIENCE, || {
+        !alive(sleeper) && !alive(probe)
+    });
+}
+
+#[test]
+fn runners_set_up_by_clone3() {
+    check_runners("clone3");
+}
+
+#[test]
+fn runners_set_up_by_clone() {
+    check_runners("clone");
+}
+
+#[test]
+fn runners_set_up_by_fork() {
+    check_runners("fork");
+}
+
+#[test]
+fn a_program_that_cannot_run_is_reported_with_its_cause() {
+    for mode in ["clone3", "clone", "fork"] {
+        // At start: the master does not start.
+        for (command, cause) in [
+            ("/dev/null", "/dev/null: Permission denied"),
+            (
+                "no-such-program-here",
+                "no-such-program-here: No such file or directory",
+            ),
+        ] {
+            let env = Env::new(&only(&format!(
+                "[runner.broken]\ncommand = [\"{command}\"]\n[runner.fine]\ncommand = [\"sleep\", \"1000\"]\n"
+            )));
+            let out = env
+                .cmd(&["start", "--foreground"])
+                .env("MAILMAN_SPAWN", mode)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_ne!(out.status.code(), Some(0), "{mode}");
+            let line = format!("Cannot start runner broken:0:1: {cause}");
+            assert!(stderr.contains(&line), "{mode}: {stderr}");
+        }
+        // Later (a program gone since): logged, retried, and the master
+        // carries on, with no child of the failed attempts left unreaped.
+        let env = Env::new(&only(
+            "[runner.flaky]\ncommand = [\"{var_dir}/flaky\"]\nrestart_delay = \"20ms\"\nrestart_delay_max = \"200ms\"\n\
+             max_restarts = 1000\n[runner.fine]\ncommand = [\"sleep\", \"1000\"]\n",
+        ));
+        fs::create_dir_all(&env.var).unwrap();
+        let flaky = env.var.join("flaky");
+        fs::write(&flaky, "#!/bin/sh\nexit 3\n").unwrap();
+        fs::set_permissions(&flaky, fs::Permissions::from_mode(0o755)).unwrap();
+        let master = untidy_master(&env, mode);
+        let pid = master.0.id() as i32;
+        env.wait_log("why: EXIT 3, class: flaky");
+        fs::set_permissions(&flaky, fs::Permissions::from_mode(0o644)).unwrap();
+        env.wait_log(&format!(
+            "Cannot start runner flaky:0:1: {}: Permission denied",
+            flaky.display()
+        ));
+        fs::remove_file(&flaky).unwrap();
+        env.wait_log(&format!(
+            "Cannot start runner flaky:0:1: {}: No such file or directory",
+            flaky.display()
+        ));
+        assert!(zombies_of(pid).is_empty(), "{mode}: {:?}", zombies_of(pid));
+        assert_eq!(runners_of(pid).len(), 1, "{mode}: the sleeper alone");
+        assert_eq!(env.run(&["status"]).code, 0, "{mode}");
+        assert_eq!(env.run(&["stop"]).code, 0, "{mode}");
+    }
+}
