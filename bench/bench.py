@@ -347,12 +347,23 @@ def scale_run(n):
         m.start().wait()
         poll(lambda: m.master() and len(children(m.master())) >= n, step=0.002)
         start = (time.perf_counter() - t) * 1000
+        status = status_ms(m)
         pid = m.master()
         everyone = [pid] + children(pid)
         t = time.perf_counter()
         m.stop().wait()
         poll(lambda: not any(alive(p) for p in everyone), step=0.002)
-        return start, (time.perf_counter() - t) * 1000
+        return start, (time.perf_counter() - t) * 1000, status
+
+
+def status_ms(master):
+    """The `status` command with the master's runners up: the median of 5."""
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        run(master.status())
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
 
 
 def scale_peer(cls, n):
@@ -364,12 +375,13 @@ def scale_peer(cls, n):
         m.start().wait()
         poll(lambda: m.master() and len(runners(m.master())) >= n, step=0.002)
         start = (time.perf_counter() - t) * 1000
+        status = status_ms(m)
         pid = m.master()
         everyone = [pid] + children(pid) + runners(pid)
         t = time.perf_counter()
         m.stop().wait()
         poll(lambda: not any(alive(p) for p in everyone), step=0.002)
-        return start, (time.perf_counter() - t) * 1000
+        return start, (time.perf_counter() - t) * 1000, status
 
 
 def capture_run(lines):
@@ -489,11 +501,11 @@ def main():
             for cls in (S6, BashLoop):
                 if cls in peers:
                     pairs[cls.name].append(scale_peer(cls, n))
-        scale[n] = {name: (summary([p[0] for p in v]), summary([p[1] for p in v]))
+        scale[n] = {name: tuple(summary([p[i] for p in v]) for i in range(3))
                     for name, v in pairs.items()}
         print(f"{n} runners: " + ", ".join(
-            f"{name} start {s[0][0]:.0f} ms stop {s[1][0]:.0f} ms" for name, s in scale[n].items()),
-            flush=True)
+            f"{name} start {s[0][0]:.0f} ms stop {s[1][0]:.0f} ms status {s[2][0]:.2f} ms"
+            for name, s in scale[n].items()), flush=True)
     lines = 100_000 if args.smoke else 1_000_000
     caps = [capture_run(lines) for _ in range(runs)]
     capture = summary([c[0] for c in caps])
@@ -567,16 +579,19 @@ def write_report(results, scale, capture, queues, runs):
             cells.append(f"{fmt(med, unit)}{u} [{fmt(lo, unit)}..{fmt(hi, unit)}]")
         out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio(key, 'bash loop')} | "
                    f"{ratio(key, 's6 2.11')} | {target_of[key]} |")
-    out += ["", "With more runners (ours, s6, the bash loop; interleaved):", "",
+    out += ["", "With more runners (ours, s6, the bash loop; interleaved; `status` is the median "
+            "of 5 calls per run, the loop's is `/bin/true`):", "",
             "| figure | ours | s6 2.11 | bash loop | ours ÷ s6 | ours ÷ bash loop |",
             "|---|---|---|---|---|---|"]
     for n, by in scale.items():
-        for what, i in (("start", 0), ("stop", 1)):
+        for what, i in (("start", 0), ("stop", 1), ("`status`", 2)):
             cell = {k: v[i] for k, v in by.items()}
+            digits = 2 if i == 2 else 0
 
             def show(name):
                 v = cell.get(name)
-                return f"{v[0]:.0f} ms [{v[1]:.0f}..{v[2]:.0f}]" if v else "–"
+                return (f"{v[0]:.{digits}f} ms [{v[1]:.{digits}f}..{v[2]:.{digits}f}]"
+                        if v else "–")
 
             def rel(name):
                 v = cell.get(name)

@@ -90,6 +90,18 @@ fn run() -> i32 {
         cli.command,
         Command::Master(_) | Command::Start(_) | Command::CheckConfig
     );
+    // `status` needs only where the master's files are (issue 19).
+    if let Command::Status(args) = &cli.command {
+        return match Config::locate(cli.config.as_deref(), &cli.set) {
+            Ok(layout) if args.json => commands::status_json(&layout),
+            Ok(layout) => commands::status(&layout, args.check),
+            // LSB's terms: it cannot tell.
+            Err(e) => {
+                eprintln!("{e}");
+                commands::lsb::UNKNOWN
+            }
+        };
+    }
     let config = match Config::discover(cli.config.as_deref(), &cli.set).and_then(|c| {
         if starts_runners {
             c.check_runnable().map(|()| c)
@@ -100,11 +112,6 @@ fn run() -> i32 {
         Ok(c) => c,
         Err(e) if matches!(cli.command, Command::Master(_)) => {
             return master::fail_early(EXIT_USAGE, &e.to_string());
-        }
-        // `status` answers in LSB's terms: it cannot tell.
-        Err(e) if matches!(cli.command, Command::Status(_)) => {
-            eprintln!("{e}");
-            return commands::lsb::UNKNOWN;
         }
         Err(e) => {
             eprintln!("{e}");
@@ -117,8 +124,7 @@ fn run() -> i32 {
         Command::Stop(args) => commands::stop(&config, &args),
         Command::Restart(args) => commands::restart(&config, &args),
         Command::Reopen(args) => commands::reopen(&config, &args),
-        Command::Status(args) if args.json => commands::status_json(&config),
-        Command::Status(args) => commands::status(&config, args.check),
+        Command::Status(_) => unreachable!("answered above"),
         Command::Master(args) => {
             let mut only = Vec::new();
             for text in &args.runners {

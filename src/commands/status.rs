@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{ASK_TIMEOUT, EXIT_UNHEALTHY, lsb, not_running, probe_settled};
-use crate::config::Config;
 use crate::control::{self, Answer, Request};
+use crate::os::layout::Layout;
 use crate::os::lock::{self, PidFile, Probe};
 
 /// How long `status` waits for the master's answer about its health.
@@ -17,9 +17,8 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// what (`GNU Mailman is degraded: …`). The exit status is LSB's; with
 /// `check`, a master that runs but is starting, stopping or degraded
 /// exits 1, and one whose health cannot be learnt exits 4.
-pub fn status(config: &Config, check: bool) -> i32 {
-    let layout = config.layout();
-    let (line, code) = match probe_settled(&layout) {
+pub fn status(layout: &Layout, check: bool) -> i32 {
+    let (line, code) = match probe_settled(layout) {
         Probe::Unknown(e) => (
             format!("GNU Mailman is in an unexpected state ({e})"),
             lsb::UNKNOWN,
@@ -47,7 +46,7 @@ pub fn status(config: &Config, check: bool) -> i32 {
                         Err(e) => e.to_string(),
                     };
                     // The lock's pid only once proven the master's.
-                    match verified_pid(&layout) {
+                    match verified_pid(layout) {
                         Some(pid) => println!("GNU Mailman is running (master pid: {pid})"),
                         None => println!("GNU Mailman is running (master pid: unknown)"),
                     }
@@ -60,8 +59,8 @@ pub fn status(config: &Config, check: bool) -> i32 {
                 }
             };
         }
-        Probe::Free => match lock::read_pid_file(&layout) {
-            Ok(PidFile::Missing) => (not_running(&layout), lsb::NOT_RUNNING),
+        Probe::Free => match lock::read_pid_file(layout) {
+            Ok(PidFile::Missing) => (not_running(layout), lsb::NOT_RUNNING),
             Ok(PidFile::Pid(pid)) => (
                 format!("GNU Mailman is stopped (stale pid: {pid})"),
                 lsb::DEAD_WITH_PID_FILE,
@@ -77,14 +76,13 @@ pub fn status(config: &Config, check: bool) -> i32 {
 }
 
 /// `status --json`: the master's own report over the socket when it runs.
-pub fn status_json(config: &Config) -> i32 {
-    let layout = config.layout();
-    let (value, code) = match probe_settled(&layout) {
+pub fn status_json(layout: &Layout) -> i32 {
+    let (value, code) = match probe_settled(layout) {
         Probe::Unknown(e) => (
             json!({"running": null, "state": "unknown", "detail": e}),
             lsb::UNKNOWN,
         ),
-        Probe::Free => match lock::read_pid_file(&layout) {
+        Probe::Free => match lock::read_pid_file(layout) {
             Ok(PidFile::Missing) => (
                 json!({"running": false, "state": "not running"}),
                 lsb::NOT_RUNNING,
@@ -112,7 +110,7 @@ pub fn status_json(config: &Config) -> i32 {
                     Err(e) => e.to_string(),
                 };
                 (
-                    json!({"running": true, "state": "running", "master": {"pid": verified_pid(&layout)}, "runners": null, "detail": detail}),
+                    json!({"running": true, "state": "running", "master": {"pid": verified_pid(layout)}, "runners": null, "detail": detail}),
                     lsb::RUNNING,
                 )
             }
@@ -123,7 +121,7 @@ pub fn status_json(config: &Config) -> i32 {
 }
 
 /// The master's pid, when the lock's record of it is proven true.
-fn verified_pid(layout: &crate::os::layout::Layout) -> Option<i32> {
+fn verified_pid(layout: &Layout) -> Option<i32> {
     match super::find_master(layout) {
         super::Target::Master(id) => Some(id.pid),
         _ => None,

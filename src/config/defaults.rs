@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use indexmap::IndexMap;
 use toml::Spanned;
 
 use super::layer::{Layer, RawRunner};
@@ -184,33 +185,35 @@ impl Config {
         };
         let mut tables = layer.runner;
         let default = tables.shift_remove("default").unwrap_or_default();
-        // (name, the runner's own defaults, its table)
-        let mut order: Vec<(String, Base, RawRunner)> = match &core {
+        // name → (the runner's own defaults, its table), in order
+        let mut order: IndexMap<String, (Base, RawRunner)> = match &core {
             Some(c) => c
                 .runners
                 .iter()
-                .map(|r| (r.name.clone(), Base::core(c, r), RawRunner::default()))
+                .map(|r| (r.name.clone(), (Base::core(c, r), RawRunner::default())))
                 .collect(),
             None => BUILTIN_RUNNERS
                 .iter()
                 .map(|(n, start)| {
                     (
                         n.to_string(),
-                        Base::builtin(n, *start),
-                        RawRunner::default(),
+                        (Base::builtin(n, *start), RawRunner::default()),
                     )
                 })
                 .collect(),
         };
         for (name, table) in tables {
-            match order.iter_mut().find(|(n, _, _)| *n == name) {
-                Some(slot) => slot.2 = table,
-                None => order.push((name.clone(), Base::builtin(&name, true), table)),
+            match order.get_mut(&name) {
+                Some(slot) => slot.1 = table,
+                None => {
+                    let base = Base::builtin(&name, true);
+                    order.insert(name, (base, table));
+                }
             }
         }
         let runners = order
             .into_iter()
-            .map(|(name, base, table)| {
+            .map(|(name, (base, table))| {
                 let r = table.over(&default);
                 let restart_delay = r.restart_delay.unwrap_or(Dur(Duration::from_millis(100)));
                 RunnerConfig {

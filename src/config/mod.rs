@@ -10,6 +10,7 @@
 //! | `validate`   | what each key may hold, in one place |
 //! | `duration`   | `"100ms"`, `"5s"`, … |
 //! | `selection`  | `NAME[:SLICE:RANGE]` |
+//! | `locate`     | only where the master's files are, cheaply (for `status`) |
 //!
 //! Reading is two passes: each layer (file, environment, `--set`) is parsed
 //! and validated on its own (so that an error names its source), the layers
@@ -23,6 +24,7 @@ mod defaults;
 mod duration;
 pub mod jobs;
 mod layer;
+mod locate;
 pub mod mailman_cfg;
 mod overrides;
 pub mod placeholders;
@@ -280,25 +282,10 @@ impl Config {
     /// `$MAILMAN_CONFIG_FILE`, then the search path, then built-in defaults;
     /// then the environment's overrides, then `sets` (`--set`).
     pub fn discover(explicit: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError> {
-        if let Some(path) = explicit {
-            return Config::load_file(path, sets);
+        match find_source(explicit) {
+            Some(path) => Config::load_file(&path, sets),
+            None => Config::build("", None, sets),
         }
-        if let Some(env) = std::env::var_os("MAILMAN_CONFIG_FILE").filter(|v| !v.is_empty()) {
-            return Config::load_file(Path::new(&env), sets);
-        }
-        for candidate in SEARCH_PATH {
-            let path = match candidate.strip_prefix("~/") {
-                Some(rest) => match std::env::var_os("HOME") {
-                    Some(home) => PathBuf::from(home).join(rest),
-                    None => continue,
-                },
-                None => PathBuf::from(candidate),
-            };
-            if path.is_file() {
-                return Config::load_file(&path, sets);
-            }
-        }
-        Config::build("", None, sets)
     }
 
     /// Loads one file. `/dev/null` (what runners get when there is no file)
@@ -444,25 +431,7 @@ impl Config {
     /// own tools look for them.
     pub fn layout(&self) -> Layout {
         let m = &self.mailman;
-        let run = Layout::new(&m.run_dir);
-        let layout = Layout::new(&m.var_dir).with_socket(run.socket());
-        match &self.core {
-            // Mailman's lock_dir also holds its lists' locks, shared between
-            // hosts: a run_dir set apart takes the master's own files out
-            // of it (Mailman's `mailman status` then cannot see them).
-            Some(c) if m.run_dir == m.var_dir => {
-                layout.with(c.lock_file(), c.pid_file(), c.log_dir(), c.queue_dir())
-            }
-            _ => layout.with(
-                run.lock_file(),
-                run.pid_file(),
-                run.log_file()
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default(),
-                m.queue_dir.clone(),
-            ),
-        }
+        layout_of(&m.var_dir, &m.run_dir, &m.queue_dir, self.core.as_ref())
     }
 
     pub fn runner(&self, name: &str) -> Option<&RunnerConfig> {
@@ -511,6 +480,52 @@ impl Config {
         })
         .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"));
         head + &body
+    }
+}
+
+/// The configuration file to read: `explicit`, else `MAILMAN_CONFIG_FILE`,
+/// else the first of [`SEARCH_PATH`] there is; `None`: the built-in defaults.
+fn find_source(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_path_buf());
+    }
+    if let Some(env) = std::env::var_os("MAILMAN_CONFIG_FILE").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(env));
+    }
+    SEARCH_PATH.iter().find_map(|candidate| {
+        let path = match candidate.strip_prefix("~/") {
+            Some(rest) => PathBuf::from(std::env::var_os("HOME")?).join(rest),
+            None => PathBuf::from(candidate),
+        };
+        path.is_file().then_some(path)
+    })
+}
+
+/// [`Config::layout`] from its parts (also `locate`'s).
+fn layout_of(
+    var_dir: &Path,
+    run_dir: &Path,
+    queue_dir: &Path,
+    core: Option<&mailman_cfg::Core>,
+) -> Layout {
+    let run = Layout::new(run_dir);
+    let layout = Layout::new(var_dir).with_socket(run.socket());
+    match core {
+        // Mailman's lock_dir also holds its lists' locks, shared between
+        // hosts: a run_dir set apart takes the master's own files out of it
+        // (Mailman's `mailman status` then cannot see them).
+        Some(c) if run_dir == var_dir => {
+            layout.with(c.lock_file(), c.pid_file(), c.log_dir(), c.queue_dir())
+        }
+        _ => layout.with(
+            run.lock_file(),
+            run.pid_file(),
+            run.log_file()
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            queue_dir.to_path_buf(),
+        ),
     }
 }
 

@@ -112,9 +112,15 @@ impl Master {
         // pipe is polled instead.
         let room = self.log_has_room();
         let first_output = fds.len();
+        let output_set = self.outputs.set_fd();
         if room {
-            for o in &self.outputs {
-                fds.push(PollFd::new(o.fd(), PollFlags::POLLIN));
+            match output_set {
+                Some(set) => fds.push(PollFd::new(set, PollFlags::POLLIN)),
+                None => {
+                    for o in self.outputs.iter() {
+                        fds.push(PollFd::new(o.fd(), PollFlags::POLLIN));
+                    }
+                }
             }
         } else if let Some(log) = &self.log {
             fds.push(PollFd::new(log.wake_fd(), PollFlags::POLLIN));
@@ -144,7 +150,11 @@ impl Master {
                     .filter(|&i| hit(&fds[i]))
                     .map(|i| i - first_client)
                     .collect();
-                if room {
+                if room && output_set.is_some() {
+                    if hit(&fds[first_output]) {
+                        ready.outputs = self.outputs.ready();
+                    }
+                } else if room {
                     ready.outputs = (first_output..first_probe)
                         .filter(|&i| hit(&fds[i]))
                         .map(|i| i - first_output)

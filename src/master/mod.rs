@@ -64,7 +64,7 @@ use std::time::Instant;
 use tracing::error;
 
 use self::log::LogHandle;
-use self::output::Output;
+use self::output::Outputs;
 use self::slice::Slice;
 use self::spawn::SpawnContext;
 use self::startup::StartPipe;
@@ -179,7 +179,7 @@ struct Master {
     layout: Layout,
     ctx: SpawnContext,
     slices: Vec<Slice>,
-    outputs: Vec<Output>,
+    outputs: Outputs,
     signals: SignalPipe,
     mode: Mode,
     restartable: bool,

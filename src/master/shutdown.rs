@@ -109,7 +109,7 @@ impl Master {
     pub(super) fn finish(mut self, code: i32) -> i32 {
         self.sweep();
         self.confine.close();
-        for o in &mut self.outputs {
+        for o in self.outputs.iter_mut() {
             o.drain(true);
         }
         lock::remove_pid_file(&self.layout);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use super::log;
-use super::output::Output;
+use super::output::{Output, Outputs};
 use super::slice::Slice;
 use super::slice::{State, Why};
 use super::spawn::{self, Environment, READY_FD_ENV, SpawnContext};
@@ -163,7 +163,7 @@ impl Master {
             layout,
             ctx,
             slices,
-            outputs: Vec::new(),
+            outputs: Outputs::new(),
             signals,
             mode: Mode::Starting,
             restartable: !opts.no_restart,
@@ -298,6 +298,8 @@ impl Master {
             self.running(),
             std::process::id()
         ));
+        // Start-up's code and heap are not the running master's.
+        crate::os::memory::trim();
     }
 
     /// Start-up failed: logged, told to `mailman start` (or stderr), and

@@ -1,10 +1,10 @@
 //! The operating system's side, as small tools with no policy: where the var
 //! dir's files live and how they are created (`layout`), the master lock and
-//! pid file (`lock`), who a pid is (`procinfo`), a child's set-up between fork
-//! and exec when forking (`process`), starting a child without copying the
-//! master (`vfork`), signals as events (`signals`), systemd notification
-//! (`notify`), user switching (`user`), slice ownership locks in a shared queue
-//! directory (`owner`).
+//! pid file (`lock`), who a pid is (`procinfo`), starting a child without
+//! copying the master (`vfork`), a child's set-up between fork and exec where
+//! we fork (`process`), giving back start-up's memory (`memory`), signals as
+//! events (`signals`), systemd notification (`notify`), user switching
+//! (`user`), slice ownership locks in a shared queue directory (`owner`).
 //!
 //! Not here: deciding what to signal or when (`master`, `commands`); these
 //! modules know nothing of runners or the configuration.
@@ -12,6 +12,7 @@
 pub mod confine;
 pub mod layout;
 pub mod lock;
+pub mod memory;
 pub mod notify;
 pub mod owner;
 pub mod process;
