@@ -326,7 +326,20 @@ fn environment_of(
 /// A pipe for a child's output: the master's end non-blocking from the
 /// start, both close-on-exec, neither among 0, 1 and 2.
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    #[cfg(target_os = "linux")]
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // No pipe2 (macOS): the event loop's thread is the only one that forks.
+    #[cfg(not(target_os = "linux"))]
+    let (r, w) = {
+        let (r, w) = nix::unistd::pipe()?;
+        for fd in [&r, &w] {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )?;
+        }
+        (r, w)
+    };
     nix::fcntl::fcntl(
         &r,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -388,7 +401,8 @@ fn fork(
         cmd.pre_exec(move || {
             // As os::vfork's child: nothing else of ours goes with it. Marked
             // close-on-exec rather than closed (the standard library's own
-            // pipe for exec errors is among them).
+            // pipe for exec errors is among them). Linux 5.11 and later.
+            #[cfg(target_os = "linux")]
             libc::syscall(
                 libc::SYS_close_range,
                 3,

@@ -43,6 +43,7 @@ pub fn trim() {
 
 /// The `start-end` ranges of `exe`'s read-only private mappings in `smaps`
 /// whose `Anonymous:` is 0 kB.
+#[cfg(target_os = "linux")]
 fn clean_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut current: Option<(usize, usize)> = None;
@@ -67,7 +68,7 @@ fn clean_mappings(smaps: &str, exe: &str) -> Vec<(usize, usize)> {
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

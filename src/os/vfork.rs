@@ -14,12 +14,15 @@
 //! (`master::spawn`); the built-in runner's handlers, which fork
 //! (`os::process`).
 
-use std::ffi::{CStr, c_char, c_int, c_void};
-use std::io;
+use std::ffi::{CStr, c_char, c_int};
 use std::os::fd::RawFd;
 
 /// Everything the child needs, prepared before the clone: the child
 /// allocates nothing and takes no lock.
+#[cfg_attr(
+    not(all(target_os = "linux", target_arch = "x86_64")),
+    allow(dead_code)
+)]
 pub struct Plan<'a> {
     /// The program, as `execve` takes it (a path: nothing searches `PATH`).
     pub path: &'a CStr,
@@ -42,365 +45,494 @@ pub struct Plan<'a> {
     pub cgroup: Option<(RawFd, &'a CStr)>,
 }
 
-/// What went wrong in the child, by step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Step {
-    ProcessGroup = 1,
-    Descriptors = 2,
-    Exec = 3,
-}
-
-/// The page the child and the caller share: the plan in, a failure out.
-#[repr(C)]
-struct Shared<'a> {
-    plan: &'a Plan<'a>,
-    /// Whether the child writes `cgroup.procs` itself.
-    join_cgroup: bool,
-    errno: c_int,
-    step: u8,
-}
-
-/// Which clone this kernel (and its seccomp profile) gives us, learnt at
-/// the first spawn: 0 not tried, 1 `clone3` into a cgroup, 2 `clone3`, 3
-/// `clone`, 4 none.
-static MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-const CLONE3_CGROUP: u8 = 1;
-const CLONE3: u8 = 2;
-const CLONE: u8 = 3;
-const NONE: u8 = 4;
-
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// The child's stack: far more than its few system calls need.
-const STACK: usize = 64 * 1024;
-
-/// Starts `plan`'s program; its pid once it has exec'd. `None`: this system
-/// cannot clone this way (the caller forks instead). A failure in the child
-/// (its process group, its descriptors, `execve`) is an error, with the child
-/// already reaped.
-pub fn spawn(plan: &Plan) -> Option<io::Result<i32>> {
-    if plan.stdio.iter().any(|&fd| fd < 3)
-        || plan.argv.last().is_none_or(|p| !p.is_null())
-        || plan.envp.last().is_none_or(|p| !p.is_null())
-    {
-        return Some(Err(io::Error::other("spawn plan malformed")));
-    }
-    use std::sync::atomic::Ordering::Relaxed;
-    loop {
-        let mode = match MODE.load(Relaxed) {
-            0 => match forced() {
-                Some(forced) => forced,
-                None if plan.cgroup.is_some() => CLONE3_CGROUP,
-                None => CLONE3,
-            },
-            // Learnt without a cgroup to go into: try it once there is one.
-            CLONE3 if plan.cgroup.is_some() && !NO_INTO_CGROUP.load(Relaxed) => CLONE3_CGROUP,
-            m => m,
-        };
-        if mode == NONE {
-            return None;
-        }
-        match attempt(plan, mode) {
-            Ok(result) => {
-                MODE.store(mode, Relaxed);
-                return Some(result);
-            }
-            Err(e) => {
-                let next = match (mode, e.raw_os_error()) {
-                    // Transient: the caller's error.
-                    (_, Some(libc::EAGAIN | libc::ENOMEM)) => return Some(Err(e)),
-                    (CLONE3_CGROUP, Some(libc::ENOSYS)) => CLONE,
-                    // An older kernel, or a cgroup it will not place us in:
-                    // the child joins by writing `cgroup.procs`.
-                    (CLONE3_CGROUP, _) => {
-                        NO_INTO_CGROUP.store(true, Relaxed);
-                        CLONE3
-                    }
-                    (CLONE3, _) => CLONE,
-                    _ => NONE,
-                };
-                MODE.store(next, Relaxed);
-            }
-        }
-    }
-}
-
-/// `MAILMAN_SPAWN=clone` or `fork`: the way a system without `clone3` (a
-/// container's seccomp profile) or without this module spawns, chosen where
-/// the better one works (to test it, or to rule this module out).
-fn forced() -> Option<u8> {
-    match std::env::var("MAILMAN_SPAWN").ok()?.as_str() {
-        "clone" => Some(CLONE),
-        "fork" => Some(NONE),
-        _ => None,
-    }
-}
-
-/// Set once `CLONE_INTO_CGROUP` failed: not tried again.
-static NO_INTO_CGROUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// One clone in `mode`. `Err`: the clone itself failed (nothing started);
-/// `Ok(Err)`: the child failed and has been reaped.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn attempt(plan: &Plan, mode: u8) -> io::Result<io::Result<i32>> {
-    use std::mem::MaybeUninit;
-    let mut shared = Shared {
-        plan,
-        join_cgroup: plan.cgroup.is_some() && mode != CLONE3_CGROUP,
-        errno: 0,
-        step: 0,
-    };
-    let mut stack = MaybeUninit::<[u128; STACK / 16]>::uninit();
-    let base = stack.as_mut_ptr().cast::<u8>();
-    // SAFETY: every signal is blocked around the clone, so no handler of
-    // ours runs in the child (which shares our memory) before it has reset
-    // them; the old mask is restored before returning.
-    let old = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        old
-    };
-    let flags = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
-    let arg = (&raw mut shared).cast::<c_void>();
-    // SAFETY: the child runs `child` on `stack`, which nothing else uses and
-    // which outlives it: with CLONE_VFORK this thread does not go on until
-    // the child has exec'd or exited, so `shared`, `plan` and `stack` stay
-    // where they are. The child only makes system calls (see `child`).
-    let ret = unsafe {
-        if mode == CLONE {
-            let top = base.add(STACK);
-            raw_clone(
-                libc::SYS_clone,
-                (flags | libc::SIGCHLD as u64) as usize,
-                top as usize,
-                arg,
-            )
-        } else {
-            let mut args = CloneArgs {
-                flags,
-                exit_signal: libc::SIGCHLD as u64,
-                stack: base as u64,
-                stack_size: STACK as u64,
-                ..CloneArgs::default()
-            };
-            if mode == CLONE3_CGROUP
-                && let Some((fd, _)) = plan.cgroup
-            {
-                args.flags |= CLONE_INTO_CGROUP;
-                args.cgroup = fd as u64;
-            }
-            raw_clone(
-                libc::SYS_clone3,
-                (&raw mut args) as usize,
-                std::mem::size_of::<CloneArgs>(),
-                arg,
-            )
-        }
-    };
-    // SAFETY: restores the mask saved above.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-    }
-    if ret < 0 {
-        return Err(io::Error::from_raw_os_error(-ret as i32));
-    }
-    let pid = ret as i32;
-    // SAFETY: the child has exec'd or exited: it writes nothing any more.
-    let (errno, step) = unsafe {
-        (
-            std::ptr::read_volatile(&raw const shared.errno),
-            std::ptr::read_volatile(&raw const shared.step),
-        )
-    };
-    if step == 0 {
-        return Ok(Ok(pid));
-    }
-    // SAFETY: our own child, which has exited (or is about to): reaped here
-    // so that the event loop never sees a runner it did not start.
-    unsafe {
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
-    let e = io::Error::from_raw_os_error(errno);
-    Ok(Err(if step == Step::Exec as u8 {
-        e
-    } else {
-        let what = if step == Step::ProcessGroup as u8 {
-            "process group"
-        } else {
-            "descriptors"
-        };
-        io::Error::new(e.kind(), format!("setting up the child's {what}: {e}"))
-    }))
-}
+pub use imp::spawn;
 
+/// Elsewhere: never; the caller forks.
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-fn attempt(_plan: &Plan, _mode: u8) -> io::Result<io::Result<i32>> {
-    Err(io::Error::from_raw_os_error(libc::ENOSYS))
+pub fn spawn(_plan: &Plan) -> Option<std::io::Result<i32>> {
+    None
 }
 
-/// Closes `first..=last` (none open is not an error); where the kernel has
-/// no `close_range` (before 5.9), the descriptors stay for `execve` to close
-/// (all of ours are close-on-exec).
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-unsafe fn close_range(first: libc::c_uint, last: libc::c_uint) {
-    if first <= last {
-        // SAFETY: a system call on this process's descriptor table.
-        unsafe {
-            libc::syscall(libc::SYS_close_range, first, last, 0);
-        }
+mod imp {
+    use std::ffi::{c_int, c_void};
+    use std::io;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::Plan;
+
+    /// What went wrong in the child, by step.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(u8)]
+    pub enum Step {
+        ProcessGroup = 1,
+        Descriptors = 2,
+        Exec = 3,
+        /// `close_range(CLOSE_RANGE_UNSHARE)` refused (before Linux 5.9).
+        Unshare = 4,
     }
-}
 
-/// `struct clone_args`, as far as `cgroup` (CLONE_ARGS_SIZE_VER2).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-/// `clone` or `clone3` with `a0`, `a1` as its first two arguments (the
-/// others zero); in the child, on the new stack, calls `child(arg)` and
-/// exits with what it returns. Returns the child's pid, or `-errno`.
-///
-/// # Safety
-/// For a clone sharing our memory: the new stack must be unused and outlive
-/// the child; `arg` must be valid for `child`.
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-unsafe fn raw_clone(nr: libc::c_long, a0: usize, a1: usize, arg: *mut c_void) -> isize {
-    let f: unsafe extern "C" fn(*mut c_void) -> c_int = child;
-    let ret: isize;
-    // SAFETY: a system call; the child never returns into this function's
-    // code: it calls `child`, which execs or exits, and exits itself if
-    // `child` ever returned. The kernel keeps every register but rax, rcx and
-    // r11 in the child, so `f` and `arg` are there; the new stack's top is
-    // 16-byte aligned, as `call` needs. rcx and r11 are plain outputs (not
-    // late) so that neither holds `f` or `arg`.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            "test rax, rax",
-            "jnz 2f",
-            "mov rdi, {arg}",
-            "call {f}",
-            "mov edi, eax",
-            "mov eax, 60",
-            "syscall",
-            "ud2",
-            "2:",
-            f = in(reg) f,
-            arg = in(reg) arg,
-            inlateout("rax") nr as isize => ret,
-            in("rdi") a0,
-            in("rsi") a1,
-            in("rdx") 0usize,
-            in("r10") 0usize,
-            in("r8") 0usize,
-            out("rcx") _,
-            out("r11") _,
-        );
+    /// The page the child and the caller share: the plan in, a failure out.
+    #[repr(C)]
+    struct Shared<'a> {
+        plan: &'a Plan<'a>,
+        /// Whether the child writes `cgroup.procs` itself.
+        join_cgroup: bool,
+        /// The signals to set back to their default ([`handled`]).
+        handled: &'a [c_int],
+        /// Where the child shares our descriptor table until its first
+        /// system call makes it a copy of the few below the [`slots`]': the
+        /// slots holding its stdin, stdout, stderr and kept descriptor.
+        slots: Option<&'static [c_int; 5]>,
+        errno: c_int,
+        step: u8,
     }
-    ret
-}
 
-/// The child, between clone and `execve`. It shares the caller's memory
-/// (which waits) and thread-local storage, so it only makes system calls
-/// through libc's thin wrappers: no allocation, no lock, no Rust runtime.
-/// A failure is written to the shared page before `_exit(127)`.
-///
-/// # Safety
-/// `arg` is the caller's `Shared`, alive until this process execs or exits.
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-unsafe extern "C" fn child(arg: *mut c_void) -> c_int {
-    // SAFETY: see above; each call is a system call on this process.
-    unsafe {
-        let shared = arg.cast::<Shared>();
-        let plan = (*shared).plan;
-        let fail = |step: Step| -> ! {
-            let errno = *libc::__errno_location();
-            std::ptr::write_volatile(&raw mut (*shared).errno, errno);
-            std::ptr::write_volatile(&raw mut (*shared).step, step as u8);
-            libc::_exit(127)
-        };
-        if (*shared).join_cgroup
-            && let Some((_, procs)) = plan.cgroup
+    /// Which clone this kernel (and its seccomp profile) gives us, learnt at
+    /// the first spawn: 0 not tried, 1 `clone3` into a cgroup, 2 `clone3`, 3
+    /// `clone`, 4 none.
+    static MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    const CLONE3_CGROUP: u8 = 1;
+    const CLONE3: u8 = 2;
+    const CLONE: u8 = 3;
+    const NONE: u8 = 4;
+
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+    /// The child's stack: far more than its few system calls need.
+    const STACK: usize = 64 * 1024;
+
+    /// Starts `plan`'s program; its pid once it has exec'd. `None`: this system
+    /// cannot clone this way (the caller forks instead). A failure in the child
+    /// (its process group, its descriptors, `execve`) is an error, with the child
+    /// already reaped.
+    pub fn spawn(plan: &Plan) -> Option<io::Result<i32>> {
+        if plan.stdio.iter().any(|&fd| fd < 3)
+            || plan.argv.last().is_none_or(|p| !p.is_null())
+            || plan.envp.last().is_none_or(|p| !p.is_null())
         {
-            // As before issue 19: a failure leaves the child unconfined.
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
+            return Some(Err(io::Error::other("spawn plan malformed")));
+        }
+        loop {
+            let mode = match MODE.load(Relaxed) {
+                0 => match forced() {
+                    Some(forced) => forced,
+                    None if plan.cgroup.is_some() => CLONE3_CGROUP,
+                    None => CLONE3,
+                },
+                // Learnt without a cgroup to go into: try it once there is one.
+                CLONE3 if plan.cgroup.is_some() && !NO_INTO_CGROUP.load(Relaxed) => CLONE3_CGROUP,
+                m => m,
+            };
+            if mode == NONE {
+                return None;
+            }
+            match attempt(plan, mode) {
+                Ok(result) => {
+                    MODE.store(mode, Relaxed);
+                    return Some(result);
+                }
+                Err(e) => {
+                    let next = match (mode, e.raw_os_error()) {
+                        // Transient: the caller's error.
+                        (_, Some(libc::EAGAIN | libc::ENOMEM)) => return Some(Err(e)),
+                        (CLONE3_CGROUP, Some(libc::ENOSYS)) => CLONE,
+                        // An older kernel, or a cgroup it will not place us in:
+                        // the child joins by writing `cgroup.procs`.
+                        (CLONE3_CGROUP, _) => {
+                            NO_INTO_CGROUP.store(true, Relaxed);
+                            CLONE3
+                        }
+                        (CLONE3, _) => CLONE,
+                        _ => NONE,
+                    };
+                    MODE.store(next, Relaxed);
+                }
             }
         }
-        if let Some(lim) = plan.nofile {
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+
+    /// `MAILMAN_SPAWN=clone` or `fork`: the way a system without `clone3` (a
+    /// container's seccomp profile) or without this module spawns, chosen where
+    /// the better one works (to test it, or to rule this module out).
+    fn forced() -> Option<u8> {
+        match std::env::var("MAILMAN_SPAWN").ok()?.as_str() {
+            "clone" => Some(CLONE),
+            "fork" => Some(NONE),
+            _ => None,
         }
-        // Own process group, so that a stop reaches the runner's children.
-        if libc::setpgid(0, 0) != 0 {
-            fail(Step::ProcessGroup);
+    }
+
+    /// Set once `CLONE_INTO_CGROUP` failed: not tried again.
+    static NO_INTO_CGROUP: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    /// One clone in `mode`. `Err`: the clone itself failed (nothing started);
+    /// `Ok(Err)`: the child failed and has been reaped.
+    fn attempt(plan: &Plan, mode: u8) -> io::Result<io::Result<i32>> {
+        use std::mem::MaybeUninit;
+        let mut shared = Shared {
+            plan,
+            join_cgroup: plan.cgroup.is_some() && mode != CLONE3_CGROUP,
+            handled: handled(),
+            slots: SHARE_FILES.load(Relaxed).then(slots).flatten(),
+            errno: 0,
+            step: 0,
+        };
+        let mut flags = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+        if let Some(s) = shared.slots {
+            // SAFETY: dup3 onto descriptors this process reserved for it
+            // (`slots`) and that nothing else uses; each stays close-on-exec.
+            let moved = unsafe {
+                let mut ok = true;
+                for (i, fd) in plan.stdio.iter().chain(plan.keep.as_ref()).enumerate() {
+                    ok &= libc::dup3(*fd, s[i], libc::O_CLOEXEC) >= 0;
+                }
+                ok
+            };
+            if !moved {
+                let e = io::Error::last_os_error();
+                put_back(s);
+                return Ok(Err(e));
+            }
+            flags |= libc::CLONE_FILES as u64;
         }
-        // Our handlers are not the child's (it shares our memory until it
-        // execs): each one goes back to the default; what we ignore stays
-        // ignored, but SIGPIPE, which the master ignores for itself.
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        for sig in 1..=libc::SIGRTMAX() {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
+        let mut stack = MaybeUninit::<[u128; STACK / 16]>::uninit();
+        let base = stack.as_mut_ptr().cast::<u8>();
+        // SAFETY: every signal is blocked around the clone, so no handler of
+        // ours runs in the child (which shares our memory) before it has reset
+        // them; the old mask is restored before returning.
+        let old = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            old
+        };
+        let arg = (&raw mut shared).cast::<c_void>();
+        // SAFETY: the child runs `child` on `stack`, which nothing else uses and
+        // which outlives it: with CLONE_VFORK this thread does not go on until
+        // the child has exec'd or exited, so `shared`, `plan` and `stack` stay
+        // where they are. The child only makes system calls (see `child`).
+        let ret = unsafe {
+            if mode == CLONE {
+                let top = base.add(STACK);
+                raw_clone(
+                    libc::SYS_clone,
+                    (flags | libc::SIGCHLD as u64) as usize,
+                    top as usize,
+                    arg,
+                )
+            } else {
+                let mut args = CloneArgs {
+                    flags,
+                    exit_signal: libc::SIGCHLD as u64,
+                    stack: base as u64,
+                    stack_size: STACK as u64,
+                    ..CloneArgs::default()
+                };
+                if mode == CLONE3_CGROUP
+                    && let Some((fd, _)) = plan.cgroup
+                {
+                    args.flags |= CLONE_INTO_CGROUP;
+                    args.cgroup = fd as u64;
+                }
+                raw_clone(
+                    libc::SYS_clone3,
+                    (&raw mut args) as usize,
+                    std::mem::size_of::<CloneArgs>(),
+                    arg,
+                )
             }
-            if libc::sigaction(sig, std::ptr::null(), &mut sa) != 0 {
-                continue;
+        };
+        // SAFETY: restores the mask saved above.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+        if let Some(s) = shared.slots {
+            put_back(s);
+        }
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret as i32));
+        }
+        let pid = ret as i32;
+        // SAFETY: the child has exec'd or exited: it writes nothing any more.
+        let (errno, step) = unsafe {
+            (
+                std::ptr::read_volatile(&raw const shared.errno),
+                std::ptr::read_volatile(&raw const shared.step),
+            )
+        };
+        if step == 0 {
+            return Ok(Ok(pid));
+        }
+        // SAFETY: our own child, which has exited (or is about to): reaped here
+        // so that the event loop never sees a runner it did not start.
+        unsafe {
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        if step == Step::Unshare as u8 {
+            // An older kernel: the child gets a copy of the whole table.
+            SHARE_FILES.store(false, Relaxed);
+            return attempt(plan, mode);
+        }
+        let e = io::Error::from_raw_os_error(errno);
+        Ok(Err(if step == Step::Exec as u8 {
+            e
+        } else {
+            let what = if step == Step::ProcessGroup as u8 {
+                "process group"
+            } else {
+                "descriptors"
+            };
+            io::Error::new(e.kind(), format!("setting up the child's {what}: {e}"))
+        }))
+    }
+
+    /// Whether children share our descriptor table until they unshare the
+    /// few they need (see [`slots`]); off once a kernel refused.
+    static SHARE_FILES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+    /// Five descriptors reserved once, as low as they come (on /dev/null,
+    /// close-on-exec): four for a child's stdin, stdout, stderr and kept
+    /// descriptor, the fifth stays on /dev/null to put them back with; a child that shares our table unshares only what lies below
+    /// them, so that it never copies nor closes the other runners' pipes (at
+    /// 1,000 runners, 2,000 of them: a cost per spawn that grew with their
+    /// number). `None` if they cannot be had.
+    fn slots() -> Option<&'static [c_int; 5]> {
+        static SLOTS: std::sync::OnceLock<Option<[c_int; 5]>> = std::sync::OnceLock::new();
+        SLOTS
+            .get_or_init(|| {
+                let mut s = [-1; 5];
+                for slot in &mut s {
+                    // SAFETY: opens a descriptor this module keeps for good.
+                    *slot = unsafe {
+                        libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
+                    };
+                }
+                if s.iter().all(|&fd| fd >= 3) {
+                    Some(s)
+                } else {
+                    for fd in s.into_iter().filter(|&fd| fd >= 0) {
+                        // SAFETY: closes what was just opened above.
+                        unsafe { libc::close(fd) };
+                    }
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// The slots back on /dev/null: no runner's pipe stays open in them.
+    fn put_back(s: &[c_int; 5]) {
+        for &slot in &s[..4] {
+            // SAFETY: dup3 between our own reserved descriptors.
+            unsafe {
+                libc::dup3(s[4], slot, libc::O_CLOEXEC);
             }
-            let handler = sa.sa_sigaction;
-            if handler != libc::SIG_DFL && (handler != libc::SIG_IGN || sig == libc::SIGPIPE) {
-                sa.sa_sigaction = libc::SIG_DFL;
-                sa.sa_flags = 0;
+        }
+    }
+
+    /// Closes `first..=last` (none open is not an error); where the kernel has
+    /// no `close_range` (before 5.9), the descriptors stay for `execve` to close
+    /// (all of ours are close-on-exec).
+    unsafe fn close_range(first: libc::c_uint, last: libc::c_uint) {
+        if first <= last {
+            // SAFETY: a system call on this process's descriptor table.
+            unsafe {
+                libc::syscall(libc::SYS_close_range, first, last, 0);
+            }
+        }
+    }
+
+    /// The signals this process handles (its handlers are in place before it
+    /// starts anything: the master installs them first of all), and SIGPIPE:
+    /// what the child sets back to the default. Learnt once, in the parent, so
+    /// that a child makes a few system calls here rather than two per signal.
+    fn handled() -> &'static [c_int] {
+        static HANDLED: std::sync::OnceLock<Vec<c_int>> = std::sync::OnceLock::new();
+        HANDLED.get_or_init(|| {
+            let mut out = vec![libc::SIGPIPE];
+            for sig in 1..=libc::SIGRTMAX() {
+                if [libc::SIGKILL, libc::SIGSTOP, libc::SIGPIPE].contains(&sig) {
+                    continue;
+                }
+                // SAFETY: a query of this process's disposition into a local.
+                let handler = unsafe {
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    if libc::sigaction(sig, std::ptr::null(), &mut sa) != 0 {
+                        continue;
+                    }
+                    sa.sa_sigaction
+                };
+                if handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+                    out.push(sig);
+                }
+            }
+            out
+        })
+    }
+
+    /// `struct clone_args`, as far as `cgroup` (CLONE_ARGS_SIZE_VER2).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+
+    /// `clone` or `clone3` with `a0`, `a1` as its first two arguments (the
+    /// others zero); in the child, on the new stack, calls `child(arg)` and
+    /// exits with what it returns. Returns the child's pid, or `-errno`.
+    ///
+    /// # Safety
+    /// For a clone sharing our memory: the new stack must be unused and outlive
+    /// the child; `arg` must be valid for `child`.
+    unsafe fn raw_clone(nr: libc::c_long, a0: usize, a1: usize, arg: *mut c_void) -> isize {
+        let f: unsafe extern "C" fn(*mut c_void) -> c_int = child;
+        let ret: isize;
+        // SAFETY: a system call; the child never returns into this function's
+        // code: it calls `child`, which execs or exits, and exits itself if
+        // `child` ever returned. The kernel keeps every register but rax, rcx and
+        // r11 in the child, so `f` and `arg` are there; the new stack's top is
+        // 16-byte aligned, as `call` needs. rcx and r11 are plain outputs (not
+        // late) so that neither holds `f` or `arg`.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "mov rdi, {arg}",
+                "call {f}",
+                "mov edi, eax",
+                "mov eax, 60",
+                "syscall",
+                "ud2",
+                "2:",
+                f = in(reg) f,
+                arg = in(reg) arg,
+                inlateout("rax") nr as isize => ret,
+                in("rdi") a0,
+                in("rsi") a1,
+                in("rdx") 0usize,
+                in("r10") 0usize,
+                in("r8") 0usize,
+                out("rcx") _,
+                out("r11") _,
+            );
+        }
+        ret
+    }
+
+    /// The child, between clone and `execve`. It shares the caller's memory
+    /// (which waits) and thread-local storage, so it only makes system calls
+    /// through libc's thin wrappers: no allocation, no lock, no Rust runtime.
+    /// A failure is written to the shared page before `_exit(127)`.
+    ///
+    /// # Safety
+    /// `arg` is the caller's `Shared`, alive until this process execs or exits.
+    unsafe extern "C" fn child(arg: *mut c_void) -> c_int {
+        // SAFETY: see above; each call is a system call on this process.
+        unsafe {
+            let shared = arg.cast::<Shared>();
+            let plan = (*shared).plan;
+            let fail = |step: Step| -> ! {
+                let errno = *libc::__errno_location();
+                std::ptr::write_volatile(&raw mut (*shared).errno, errno);
+                std::ptr::write_volatile(&raw mut (*shared).step, step as u8);
+                libc::_exit(127)
+            };
+            // Sharing our table, first of all: a table of its own holding
+            // only what lies below the slots (nothing here may open or
+            // close a descriptor before this).
+            let below = (*shared)
+                .slots
+                .map(|s| s[..4].iter().max().map_or(3, |&m| m + 1) as libc::c_uint);
+            if let Some(k) = below
+                && libc::syscall(
+                    libc::SYS_close_range,
+                    k,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_UNSHARE,
+                ) != 0
+            {
+                fail(Step::Unshare);
+            }
+            if (*shared).join_cgroup
+                && let Some((_, procs)) = plan.cgroup
+            {
+                // As before issue 19: a failure leaves the child unconfined.
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+            if let Some(lim) = plan.nofile {
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+            // Own process group, so that a stop reaches the runner's children.
+            if libc::setpgid(0, 0) != 0 {
+                fail(Step::ProcessGroup);
+            }
+            // Our handlers are not the child's (it shares our memory until it
+            // execs): each one goes back to the default; what we ignore stays
+            // ignored, but SIGPIPE, which the master ignores for itself.
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = libc::SIG_DFL;
+            for &sig in (*shared).handled {
                 libc::sigaction(sig, &sa, std::ptr::null_mut());
             }
-        }
-        // No runner outlives the master, even a kill -9 of it; then check the
-        // master did not die before it took effect.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        if libc::getppid() != plan.master {
-            libc::_exit(1);
-        }
-        for (target, &fd) in plan.stdio.iter().enumerate() {
-            if libc::dup2(fd, target as c_int) < 0 {
-                fail(Step::Descriptors);
+            // No runner outlives the master, even a kill -9 of it; then check the
+            // master did not die before it took effect.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != plan.master {
+                libc::_exit(1);
             }
-        }
-        // Nothing else of ours goes with it: not the other runners' pipes
-        // (at 1,000 runners, 2,000 of them), nor what the master inherited
-        // without close-on-exec.
-        let (first, last) = (3, c_int::MAX as libc::c_uint);
-        match plan.keep {
-            Some(fd) if fd >= 3 => {
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+            // Where the child's descriptors are now: in the slots, or where
+            // the plan has them.
+            let (stdio, keep) = match (*shared).slots {
+                Some(s) => ([s[0], s[1], s[2]], plan.keep.map(|_| s[3])),
+                None => (plan.stdio, plan.keep),
+            };
+            for (target, &fd) in stdio.iter().enumerate() {
+                if libc::dup2(fd, target as c_int) < 0 {
                     fail(Step::Descriptors);
                 }
-                close_range(first, fd as libc::c_uint - 1);
-                close_range(fd as libc::c_uint + 1, last);
             }
-            _ => close_range(first, last),
+            // Nothing else of ours goes with it: not the other runners' pipes
+            // (at 1,000 runners, 2,000 of them, which a child sharing our
+            // table never had), nor what the master inherited without
+            // close-on-exec.
+            let (first, last) = (3, below.map_or(c_int::MAX as libc::c_uint, |k| k - 1));
+            match keep {
+                Some(fd) if fd >= 3 => {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        fail(Step::Descriptors);
+                    }
+                    close_range(first, fd as libc::c_uint - 1);
+                    close_range(fd as libc::c_uint + 1, last);
+                }
+                _ => close_range(first, last),
+            }
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut mask);
+            for &sig in plan.blocked {
+                libc::sigaddset(&mut mask, sig);
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+            libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+            fail(Step::Exec)
         }
-        let mut mask: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut mask);
-        for &sig in plan.blocked {
-            libc::sigaddset(&mut mask, sig);
-        }
-        libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
-        libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
-        fail(Step::Exec)
     }
 }
