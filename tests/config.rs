@@ -9,18 +9,38 @@ mod common;
 
 use common::*;
 
+/// `body`'s error, outside `[mailman]`, stops every command but `status`,
+/// which reads only `[mailman]` (docs/commands.md) unless the file cannot be
+/// parsed at all (`syntax`).
 fn config_error(body: &str, line: usize, col: usize, message: &str) {
+    config_error_of(body, line, col, message, false);
+}
+
+fn config_error_of(body: &str, line: usize, col: usize, message: &str, syntax: bool) {
     let env = Env::new(body);
     let file = env.config.display().to_string();
     // The [mailman]/[logging] header Env writes is 7 lines long.
     let expected = format!("{file}:{}:{col}: {message}", line + 7);
+    if !syntax {
+        let r = env.run(&["status"]);
+        assert_eq!(
+            (r.code, r.stdout),
+            (3, env.not_running()),
+            "{body:?}: {}",
+            r.stderr
+        );
+    }
+    let status: &[&str] = if syntax { &["status"] } else { &[] };
     for cmd in [
         &["start"][..],
         &["start", "--foreground"],
         &["master"],
         &["check-config"],
-        &["status"],
+        status,
     ] {
+        if cmd.is_empty() {
+            continue;
+        }
         let r = env.run(cmd);
         // `status` keeps to LSB's codes: 4, "cannot tell".
         let want = if cmd == ["status"] { 4 } else { 2 };
@@ -43,7 +63,21 @@ fn config_error(body: &str, line: usize, col: usize, message: &str) {
 
 #[test]
 fn syntax_error() {
-    config_error("[runner.in\n", 1, 11, "");
+    config_error_of("[runner.in\n", 1, 11, "", true);
+}
+
+#[test]
+fn status_reports_an_error_in_mailman_table() {
+    let env = Env::with_mailman("stop_timout = \"3s\"\n", "");
+    let r = env.run(&["status"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    let file = env.config.display();
+    assert!(
+        r.stderr
+            .starts_with(&format!("{file}:3:1: unknown field `stop_timout`")),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
