@@ -92,15 +92,7 @@ fn run() -> i32 {
     );
     // `status` needs only where the master's files are (issue 19).
     if let Command::Status(args) = &cli.command {
-        return match Config::locate(cli.config.as_deref(), &cli.set) {
-            Ok(layout) if args.json => commands::status_json(&layout),
-            Ok(layout) => commands::status(&layout, args.check),
-            // LSB's terms: it cannot tell.
-            Err(e) => {
-                eprintln!("{e}");
-                commands::lsb::UNKNOWN
-            }
-        };
+        return status_command(cli.config.as_deref(), &cli.set, args);
     }
     let config = match Config::discover(cli.config.as_deref(), &cli.set).and_then(|c| {
         if starts_runners {
@@ -124,7 +116,7 @@ fn run() -> i32 {
         Command::Stop(args) => commands::stop(&config, &args),
         Command::Restart(args) => commands::restart(&config, &args),
         Command::Reopen(args) => commands::reopen(&config, &args),
-        Command::Status(_) => unreachable!("answered above"),
+        Command::Status(args) => status_command(cli.config.as_deref(), &cli.set, &args),
         Command::Master(args) => {
             let mut only = Vec::new();
             for text in &args.runners {
@@ -160,5 +152,23 @@ fn run() -> i32 {
             0
         }
         Command::Completions { .. } | Command::Man { .. } => 0,
+    }
+}
+
+/// `status`, from the configuration's `[mailman]` table alone
+/// (`config::locate`).
+fn status_command(
+    config: Option<&std::path::Path>,
+    sets: &[String],
+    args: &cli::StatusArgs,
+) -> i32 {
+    match Config::locate(config, sets) {
+        Ok(layout) if args.json => commands::status_json(&layout),
+        Ok(layout) => commands::status(&layout, args.check),
+        // LSB's terms: it cannot tell.
+        Err(e) => {
+            eprintln!("{e}");
+            commands::lsb::UNKNOWN
+        }
     }
 }
