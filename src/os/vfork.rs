@@ -5,7 +5,11 @@
 //! reported through memory the child shares with us rather than a pipe.
 //! Where the kernel has `clone3` and the child joins a cgroup, it is born in
 //! it (`CLONE_INTO_CGROUP`): no migration, whose first write to
-//! `cgroup.procs` costs a whole RCU grace period.
+//! `cgroup.procs` costs a whole RCU grace period. The child shares our
+//! descriptor table too, and its first system call gives it a table of its
+//! own holding only what lies below five descriptors reserved for its stdio
+//! (`slots`): at 1,000 runners it neither copies nor closes the others'
+//! 2,000 pipes.
 //!
 //! Linux on x86_64 only; elsewhere, or where clone is refused (a seccomp
 //! profile), [`spawn`] says so and the caller forks (`master::spawn`).
