@@ -200,12 +200,13 @@ fn start_once(
 ) -> io::Result<Spawned> {
     let env = environment_of(ctx, environment);
     // The PATH the child will have: the runner's own, else ours (Mailman's
-    // environment has none: its programs are absolute).
+    // environment has none: its programs are absolute), else the C
+    // library's default, as `execvp` would search.
     let path = env
         .get(std::ffi::OsStr::new("PATH"))
         .cloned()
         .or_else(|| std::env::var_os("PATH"))
-        .unwrap_or_default();
+        .unwrap_or_else(|| OsString::from("/bin:/usr/bin"));
     let resolved = resolve(program, &path);
     if resolved.is_none() && !program.contains('/') {
         return Err(io::Error::from_raw_os_error(libc::ENOENT));
