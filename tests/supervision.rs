@@ -172,10 +172,15 @@ start = true
         ),
     );
     let master = env.start(2);
-    let stubborn = runners_of(master)
-        .into_iter()
-        .find(|p| cmdline(*p).starts_with("sh -c"))
-        .expect("the stubborn runner");
+    // A child is seen before it has exec'd: wait for its command line.
+    let mut stubborn = 0;
+    wait_until("the stubborn runner", PATIENCE, || {
+        stubborn = runners_of(master)
+            .into_iter()
+            .find(|p| cmdline(*p).starts_with("sh -c"))
+            .unwrap_or(0);
+        stubborn != 0
+    });
     wait_until("its background child", PATIENCE, || {
         group_members(stubborn).len() >= 2
     });
@@ -285,10 +290,15 @@ command = ["sh", "-c", "(sleep 1000 &); trap 'exit 0' TERM; while true; do sleep
 "#,
     ));
     let master = env.start(2);
-    let orphan = runners_of(master)
-        .into_iter()
-        .find(|p| cmdline(*p) == "sleep 1000")
-        .expect("the orphan re-parented to the master");
+    // Seen as the master's child maybe before it has exec'd `sleep`.
+    let mut orphan = 0;
+    wait_until("the orphan re-parented to the master", PATIENCE, || {
+        orphan = runners_of(master)
+            .into_iter()
+            .find(|p| cmdline(*p) == "sleep 1000")
+            .unwrap_or(0);
+        orphan != 0
+    });
     assert_eq!(env.run(&["stop"]).code, 0);
     assert!(!alive(orphan), "the orphan survived the stop");
     assert!(!alive(master));
