@@ -153,13 +153,16 @@ impl Env {
     }
 
     /// `start`, checked; returns the master's pid once its runners are up
-    /// (`expect` children).
+    /// (`expect` children, each past its `execve`: a child is seen before
+    /// it, still with the master's command line).
     pub fn start(&self, expect: usize) -> i32 {
         let r = self.run(&["start"]);
         assert_eq!(r.code, 0, "start failed: {}{}", r.stdout, r.stderr);
         let pid = self.pid_from_file().expect("pid file after start");
+        let own = cmdline(pid);
         wait_until("runners to start", PATIENCE, || {
-            runners_of(pid).len() == expect
+            let runners = runners_of(pid);
+            runners.len() == expect && runners.iter().all(|&p| cmdline(p) != own)
         });
         pid
     }
