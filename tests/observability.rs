@@ -141,6 +141,14 @@ fn metrics_livez_and_readyz() {
     wait_until("the runner to come back", PATIENCE, || {
         runners_of(master).len() == 3 && !runners_of(master).contains(&victim)
     });
+    // Seen as a child before the master has it as `running`: wait for that.
+    wait_until("the runner to be running again", PATIENCE, || {
+        let m = get(port, "/metrics");
+        value(
+            &m.body,
+            r#"mailman_runner_state{runner="in",slice="0",state="running"}"#,
+        ) == Some(1.0)
+    });
     let bad = env.var.join("queue/bad");
     std::fs::create_dir_all(&bad).unwrap();
     let old = format!("1700000000.5+{}.psv", "ab".repeat(20));
