@@ -340,22 +340,6 @@ def one_run(master, idle):
     return r
 
 
-def scale_run(n):
-    with tempfile.TemporaryDirectory() as tmp:
-        m = Ours(Path(tmp), runners=n)
-        t = time.perf_counter()
-        m.start().wait()
-        poll(lambda: m.master() and len(children(m.master())) >= n, step=0.002)
-        start = (time.perf_counter() - t) * 1000
-        status = status_ms(m)
-        pid = m.master()
-        everyone = [pid] + children(pid)
-        t = time.perf_counter()
-        m.stop().wait()
-        poll(lambda: not any(alive(p) for p in everyone), step=0.002)
-        return start, (time.perf_counter() - t) * 1000, status
-
-
 def status_ms(master):
     """The `status` command with the master's runners up: the median of 5."""
     times = []
@@ -367,7 +351,7 @@ def status_ms(master):
 
 
 def scale_peer(cls, n):
-    """start and stop of a peer (s6, the bash loop) with `n` runners."""
+    """start, `status` and stop of a master (ours, s6, the bash loop) with `n` runners."""
     with tempfile.TemporaryDirectory() as tmp:
         m = cls(Path(tmp), n)
         runners = getattr(m, "runners", children)
@@ -497,7 +481,7 @@ def main():
         # Interleaved: ours, s6, the loop, ours, ...
         pairs = {cls.name: [] for cls in [Ours, S6, BashLoop] if cls is Ours or cls in peers}
         for _ in range(runs):
-            pairs["ours"].append(scale_run(n))
+            pairs["ours"].append(scale_peer(Ours, n))
             for cls in (S6, BashLoop):
                 if cls in peers:
                     pairs[cls.name].append(scale_peer(cls, n))
