@@ -64,6 +64,8 @@ pub(super) struct RawMailman {
     pub(super) slice_locks: Option<bool>,
     /// How often a slice another master owns is tried again.
     pub(super) owner_retry: Option<Spanned<Dur>>,
+    /// Fork Mailman Core's runners from one preloaded Python helper.
+    pub(super) preload: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,6 +264,7 @@ impl Layer {
             slices: m.slices.or(b.slices),
             slice_locks: m.slice_locks.or(b.slice_locks),
             owner_retry: m.owner_retry.or(b.owner_retry),
+            preload: m.preload.or(b.preload),
         };
         let (l, b) = (self.logging, base.logging);
         base.logging = RawLogging {

@@ -150,6 +150,9 @@ pub struct MailmanSection {
     pub slice_locks: bool,
     /// How often a slice that another master owns is tried again.
     pub owner_retry: Dur,
+    /// Mailman Core's runners are forked from one Python helper that has
+    /// imported Mailman's code (docs/mailman-core.md, "Preloaded runners").
+    pub preload: bool,
 }
 
 /// The master's HTTP endpoint (docs/observability.md).
@@ -410,6 +413,7 @@ impl Config {
             .check_queues()
             .and_then(|()| config.check_runner_count())
             .and_then(|()| config.check_sharing())
+            .and_then(|()| config.check_preload())
             .map_err(|message| ConfigError::File {
                 file: file.clone(),
                 message,
@@ -421,9 +425,34 @@ impl Config {
     /// runner program is there.
     pub fn check_runnable(&self) -> Result<(), ConfigError> {
         match &self.core {
-            Some(core) => core.check_runner_program(),
+            Some(core) => {
+                core.check_runner_program()?;
+                if self.mailman.preload && core.python().is_none() {
+                    return Err(ConfigError::File {
+                        file: self
+                            .source
+                            .as_ref()
+                            .unwrap_or(&core.file)
+                            .display()
+                            .to_string(),
+                        message: format!(
+                            "preload: cannot tell which Python runs {} (no #! line naming a python)",
+                            core.runner_program().display()
+                        ),
+                    });
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
+    }
+
+    /// The Python the preload helper runs with, when runners are preloaded.
+    pub fn preload_python(&self) -> Option<PathBuf> {
+        self.core
+            .as_ref()
+            .filter(|_| self.mailman.preload)
+            .and_then(|c| c.python())
     }
 
     /// Where the master's files are: under the var dir, or, with a

@@ -216,6 +216,19 @@ impl Config {
         Ok(())
     }
 
+    /// `preload` is for Mailman Core's runners, which only `mailman_cfg`
+    /// brings.
+    pub(super) fn check_preload(&self) -> Result<(), String> {
+        if self.mailman.preload && self.core.is_none() {
+            return Err(
+                "preload = true needs mailman_cfg: it preloads Mailman Core's \
+                        runners (its Python code), and this configuration runs none"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The slices that would start stay under `max_runners`: a typo such as
     /// `instances = 2147483648` must not make the master try.
     pub(super) fn check_runner_count(&self) -> Result<(), String> {

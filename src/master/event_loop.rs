@@ -27,6 +27,7 @@ struct Ready {
     probes: Vec<usize>,
     http_listener: bool,
     http: Vec<usize>,
+    helper: bool,
 }
 
 impl Master {
@@ -55,6 +56,9 @@ impl Master {
             self.finish_probes(&ready.probes);
             for sig in self.signals.take() {
                 self.on_signal(sig);
+            }
+            if ready.helper {
+                self.on_helper_answer();
             }
             self.serve(ready.listener, &ready.clients);
             self.serve_http(ready.http_listener, &ready.http);
@@ -95,9 +99,16 @@ impl Master {
                     .unwrap_or(PollTimeout::MAX)
             }
         };
-        // Layout: [signals, listener?, clients…, outputs…].
-        let mut fds = Vec::with_capacity(2 + self.clients.len() + self.outputs.len());
+        // Layout: [signals, helper?, listener?, clients…, outputs…, probes…, http…].
+        let mut fds = Vec::with_capacity(3 + self.clients.len() + self.outputs.len());
         fds.push(PollFd::new(self.signals.fd(), PollFlags::POLLIN));
+        let helper = self
+            .preload
+            .as_ref()
+            .and_then(|p| p.fd())
+            .map(|fd| fds.push(PollFd::new(fd, PollFlags::POLLIN)))
+            .is_some();
+        let at_listener = fds.len();
         let listening = self
             .control
             .as_ref()
@@ -145,7 +156,8 @@ impl Master {
         match poll(&mut fds, timeout) {
             Ok(_) => {
                 let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                ready.listener = listening && hit(&fds[1]);
+                ready.helper = helper && hit(&fds[1]);
+                ready.listener = listening && hit(&fds[at_listener]);
                 ready.clients = (first_client..first_output)
                     .filter(|&i| hit(&fds[i]))
                     .map(|i| i - first_client)
@@ -231,6 +243,12 @@ impl Master {
                 .chain(self.next_job_deadline())
                 .min(),
         };
+        // While stopping, the stop's deadline covers the helper too.
+        let helper = match self.mode {
+            Mode::Stopping { .. } => None,
+            _ => self.preload.as_ref().and_then(|p| p.next_deadline()),
+        };
+        let own = own.into_iter().chain(helper).min();
         own.into_iter().chain(http).min()
     }
 
@@ -301,10 +319,16 @@ impl Master {
                 self.on_stall_timer(now);
                 self.on_job_timer(now);
                 self.on_share_check(now);
+                self.on_helper_timer(now);
             }
             Mode::Stopping { deadline, .. } if now >= deadline => self.on_stop_deadline(now),
-            Mode::Starting if self.init.is_none() => self.launch_batch(),
-            Mode::Stopping { .. } | Mode::Starting => {}
+            Mode::Starting => {
+                self.on_helper_timer(now);
+                if self.init.is_none() {
+                    self.launch_batch();
+                }
+            }
+            Mode::Stopping { .. } => {}
         }
     }
 }

@@ -25,13 +25,14 @@ use super::stall::QueueScan;
 use crate::config::{BAD_QUEUE, SHUNT_QUEUE};
 
 /// The states of `mailman_runner_state`, as `status --json` names them.
-const STATES: [&str; 6] = [
+const STATES: [&str; 7] = [
     "pending",
     "running",
     "backing-off",
     "failed",
     "stopped",
     "waiting-for-owner",
+    "starting",
 ];
 
 #[derive(Debug)]
@@ -123,6 +124,7 @@ impl Master {
                         State::Failed => STATES[3],
                         State::Stopped => STATES[4],
                         State::WaitingForOwner { .. } => STATES[5],
+                        State::Forking { .. } => STATES[6],
                     },
                     restarts: u64::from(s.total_restarts),
                     start_time: match s.state {

@@ -19,6 +19,8 @@
 //! | job due / job timeout    | [`Master::on_job_timer`] (`jobs`)             |
 //! | a slice's owner retry    | [`Master::on_timer`] → [`Master::claim`] (`sharing`) |
 //! | the one sharing check    | [`Master::on_share_check`] (`sharing`)        |
+//! | preload helper's answer  | [`Master::on_helper_answer`] (`preload`)      |
+//! | preload helper's timer   | [`Master::on_helper_timer`] (`preload`)       |
 //!
 //! The loop sleeps in `poll` on the signal pipe, the control socket and its
 //! clients, and the runners' output pipes, with a timeout only when a timer
@@ -34,6 +36,7 @@
 //! | `stall`      | reading the queues for stalled slices |
 //! | `jobs`       | scheduled jobs: due times, runs, overlap, timeouts, their records |
 //! | `sharing`    | slices over several masters: owning a slice, waiting for its owner |
+//! | `preload`    | Mailman Core's runners forked from one preloaded Python helper |
 //! | `shutdown`   | the stop sequence and the final sweep |
 //! | `slice`      | a slice's state and the restart rule (pure) |
 //! | `spawn`      | a runner's command line and process set-up |
@@ -51,6 +54,7 @@ pub mod spawn;
 mod event_loop;
 mod jobs;
 mod metrics;
+mod preload;
 mod readiness;
 mod requests;
 mod runners;
@@ -205,6 +209,8 @@ struct Master {
     probes: Vec<readiness::Probe>,
     /// The `init` command, while it runs.
     init: Option<startup::Init>,
+    /// The preload helper (`[mailman] preload`), if configured.
+    preload: Option<preload::Preload>,
     /// How `mailman start` learns that start-up is over (once).
     ready: StartPipe,
     notifier: crate::os::notify::Notifier,

@@ -113,6 +113,12 @@ impl Master {
                         Some(until.saturating_duration_since(now).as_secs_f64()),
                     ),
                     State::Pending => ("pending", None, None, None),
+                    State::Forking { since } => (
+                        "starting",
+                        None,
+                        Some(now.saturating_duration_since(since).as_secs_f64()),
+                        None,
+                    ),
                     State::Failed => ("failed", None, None, None),
                     State::Stopped => ("stopped", None, None, None),
                     State::WaitingForOwner { retry_at } => (

@@ -31,8 +31,14 @@ impl Master {
         if let Some(idx) = self.jobs.iter().position(|j| j.pid() == Some(pid)) {
             return self.on_job_exit(idx, why);
         }
+        if self.preload.as_ref().and_then(|p| p.pid()) == Some(pid) {
+            return self.on_helper_exit(why);
+        }
         let Some(idx) = self.slices.iter().position(|s| s.pid() == Some(pid)) else {
             debug!("reaped pid {pid} ({why}), not a runner");
+            if let Some(p) = &mut self.preload {
+                p.note_unknown_exit(pid, why, now);
+            }
             return;
         };
         self.record_stale = true;
@@ -110,6 +116,15 @@ impl Master {
         if !self.claim(idx)? {
             return Ok(());
         }
+        if self.fork_from_helper(idx) {
+            return Ok(());
+        }
+        self.launch_plain(idx)
+    }
+
+    /// Starts slice `idx` now as a process of its own (not from the
+    /// preload helper); its slice is claimed.
+    pub(super) fn launch_plain(&mut self, idx: usize) -> Result<(), LaunchError> {
         let sp = spawn::spawn(&self.ctx, &self.slices[idx]).map_err(|e| {
             let s = &self.slices[idx];
             LaunchError {
@@ -194,6 +209,7 @@ impl Master {
             .iter()
             .filter_map(|s| s.pid())
             .chain(self.jobs.iter().filter_map(|j| j.pid()))
+            .chain(self.preload.as_ref().and_then(|p| p.pid()))
             .filter_map(|pid| Some((pid, crate::os::procinfo::Identity::of(pid)?.start_time)))
             .collect();
         self.confine.record(&running);
@@ -201,7 +217,14 @@ impl Master {
 
     /// Live processes the master still has to see exit: runners and `init`.
     pub(super) fn alive(&self) -> usize {
+        let forking = self
+            .slices
+            .iter()
+            .filter(|s| matches!(s.state, State::Forking { .. }))
+            .count();
         self.running()
+            + forking
+            + usize::from(self.preload.as_ref().is_some_and(|p| p.pid().is_some()))
             + usize::from(self.init.is_some())
             + self.jobs.iter().filter(|j| j.run.is_some()).count()
     }

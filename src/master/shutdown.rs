@@ -52,6 +52,8 @@ impl Master {
             }
         }
         self.stop_jobs(signal);
+        // Slices it is forking come back as runners, and are signalled then.
+        self.stop_helper(signal);
     }
 
     /// The stop deadline passed: SIGKILL to every runner still there, then,
@@ -77,6 +79,9 @@ impl Master {
                 j.run = None;
             }
             self.init = None;
+            if let Some(p) = &mut self.preload {
+                p.give_up();
+            }
             return;
         }
         if let Some(init) = &self.init {
@@ -97,6 +102,7 @@ impl Master {
             }
         }
         self.kill_jobs();
+        self.stop_helper(Signal::SIGKILL);
         self.mode = Mode::Stopping {
             deadline: now + KILL_GRACE,
             killed: true,

@@ -45,6 +45,9 @@ pub enum State {
     /// `master::startup`), so that a master of thousands of runners answers
     /// `status` and `stop` meanwhile.
     Pending,
+    /// Asked of the preload helper (`master::preload`) at `since`; its pid
+    /// is not known yet.
+    Forking { since: Instant },
     /// A live process.
     Running { pid: i32, since: Instant },
     /// Waiting out the back-off before the next start.
@@ -233,6 +236,7 @@ impl Slice {
         match self.state {
             // A standby: another master runs it, as meant.
             State::Pending | State::WaitingForOwner { .. } => None,
+            State::Forking { .. } => Some(format!("runner {} starting", self.spec())),
             State::Running { .. } if !self.ready => Some(format!(
                 "runner {} not ready yet (no connection on {})",
                 self.spec(),

@@ -324,6 +324,14 @@ fn environment_of(
     vars
 }
 
+/// Two pipes for a child's output: `[stdout read, stdout write, stderr
+/// read, stderr write]`, as [`pipe`] makes them.
+pub(super) fn pipes() -> io::Result<[OwnedFd; 4]> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    Ok([out_r, out_w, err_r, err_w])
+}
+
 /// A pipe for a child's output: the master's end non-blocking from the
 /// start, both close-on-exec, neither among 0, 1 and 2.
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -360,7 +368,7 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
 }
 
 /// `/dev/null`, opened once, for every child's stdin.
-fn dev_null() -> io::Result<&'static OwnedFd> {
+pub(super) fn dev_null() -> io::Result<&'static OwnedFd> {
     static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
     if let Some(fd) = NULL.get() {
         return Ok(fd);

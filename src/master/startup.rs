@@ -175,6 +175,7 @@ impl Master {
             share_check_at: None,
             started: Instant::now(),
             init: None,
+            preload: None,
             confine,
             record_stale: false,
             probes: Vec::new(),
@@ -190,6 +191,13 @@ impl Master {
             .iter()
             .map(|c| super::jobs::Job::new(c.clone(), &dir))
             .collect();
+        // Loading Mailman's code while `init` runs.
+        master.preload = master
+            .config
+            .preload_python()
+            .zip(master.config.mailman.mailman_cfg.clone())
+            .map(|(python, cfg)| super::preload::Preload::new(python, cfg));
+        master.start_helper();
         master.begin_start();
         Ok(master)
     }
@@ -240,6 +248,7 @@ impl Master {
         }
         if why == Why::Exit(0) {
             info!("Initialised ({})", init.argv.join(" "));
+            self.helper_go();
             return self.launch_all();
         }
         let how = match why {

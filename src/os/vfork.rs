@@ -505,14 +505,22 @@ mod imp {
             }
             // Where the child's descriptors are now: in the slots, or where
             // the plan has them.
-            let (stdio, keep) = match (*shared).slots {
-                Some(s) => ([s[0], s[1], s[2]], plan.keep.map(|_| s[3])),
-                None => (plan.stdio, plan.keep),
+            let stdio = match (*shared).slots {
+                Some(s) => [s[0], s[1], s[2]],
+                None => plan.stdio,
             };
             for (target, &fd) in stdio.iter().enumerate() {
                 if libc::dup2(fd, target as c_int) < 0 {
                     fail(Step::Descriptors);
                 }
+            }
+            // The kept descriptor under its own number (a child may be told
+            // it): back from its slot, where there is one.
+            let keep = plan.keep;
+            if let (Some(s), Some(k)) = ((*shared).slots, keep)
+                && libc::dup2(s[3], k) < 0
+            {
+                fail(Step::Descriptors);
             }
             // Nothing else of ours goes with it: not the other runners' pipes
             // (at 1,000 runners, 2,000 of them, which a child sharing our

@@ -92,6 +92,11 @@ impl Core {
     pub fn runner_program(&self) -> PathBuf {
         self.bin_dir().join("runner")
     }
+    /// The Python that runs Mailman's `runner` program (its `#!` line).
+    pub fn python(&self) -> Option<PathBuf> {
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+        paths::script_interpreter(&self.runner_program(), &path)
+    }
     pub fn runner(&self, name: &str) -> Option<&CoreRunner> {
         self.runners.iter().find(|r| r.name == name)
     }

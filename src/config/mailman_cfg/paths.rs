@@ -194,7 +194,7 @@ pub fn python_bin_dir(path: Option<&std::ffi::OsStr>) -> Option<String> {
 /// The Python interpreter a script runs with: its `#!` line (`#!/x/python3`,
 /// or `#!/usr/bin/env python3` looked up on `path`), or pip's `/bin/sh`
 /// trampoline for long paths (`'''exec' /x/python3 "$0" "$@"`).
-fn script_interpreter(script: &Path, path: &std::ffi::OsStr) -> Option<PathBuf> {
+pub(super) fn script_interpreter(script: &Path, path: &std::ffi::OsStr) -> Option<PathBuf> {
     use std::io::Read;
     let mut head = [0u8; 512];
     let n = std::fs::File::open(script).ok()?.read(&mut head).ok()?;

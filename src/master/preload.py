@@ -1,0 +1,239 @@
+# The preload helper (docs/mailman-core.md, "Preloaded runners"): imports
+# Mailman's code once, then forks Mailman's runners on the master's request.
+#
+# Run by the master as `python3 -c 'exec(os.environ.pop(...))' FD MASTER CFG`,
+# where FD is its end of a SOCK_SEQPACKET socket pair and CFG Mailman's
+# configuration file. Before forking it only does what needs no database,
+# socket or log: imports Mailman's modules and runs Mailman's first
+# initialisation step (`initialize_1`: the component registry, the event
+# subscribers, the configuration read from CFG). Each runner then runs
+# Mailman's own `runner` entry point, which does the rest of the
+# initialisation (logging, plugins, database, rules, chains, pipelines)
+# itself, exactly as the `runner` program would.
+#
+# The configuration is read once: if CFG changes (its inode, size or
+# modification time), the helper forks nothing more, answers the request
+# with an error and exits 75, and the master starts a new one.
+#
+# Wire format, one datagram each:
+#   master -> helper: JSON {"id": N, "argv": [...], "env": {...}} with the
+#                     runner's stdin, stdout, stderr (and its slice lock) as
+#                     SCM_RIGHTS.
+#   master -> helper: "go" once Mailman is initialised (`init` has run): the
+#                     helper reads the configuration only then.
+#   helper -> master: "ready" once the code is loaded; "N PID" once runner N
+#                     is forked; "N error TEXT" if it could not be.
+# The runner is forked twice: its first parent exits at once, so that the
+# master (a child subreaper, or PID 1) adopts it and reaps it as any runner.
+# It goes on only once the master has its pid and it is the master's child.
+
+import ctypes
+import gc
+import importlib
+import json
+import os
+import pkgutil
+import socket
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+SIGKILL = 9
+# Packages whose modules are Mailman's test suite, documentation, database
+# migration scripts (which initialise Mailman as they are imported) or
+# translations: never imported by a runner.
+SKIP = ("tests", "testing", "docs", "messages", "alembic")
+
+
+def load():
+    """Imports every module of Mailman a runner may use (and, through them,
+    their libraries): what each runner would otherwise import for itself."""
+    import mailman
+    import mailman.bin.runner  # noqa: F401
+    import zope.event
+
+    count = walk(mailman.__path__, "mailman.")
+    # Nothing may have started Mailman's initialisation: each runner does it
+    # once, and twice would register its event subscribers twice.
+    if zope.event.subscribers:
+        sys.exit("preload: importing Mailman's modules initialised it; not preloading")
+    return count
+
+
+def walk(path, prefix):
+    """Imports the modules under `path` (skipping SKIP before importing
+    anything of theirs); returns how many."""
+    count = 0
+    for info in pkgutil.iter_modules(path, prefix):
+        if any(part in SKIP for part in info.name.split(".")):
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except BaseException:  # an optional database driver, a missing extra
+            continue
+        count += 1
+        if info.ispkg:
+            count += walk(module.__path__, info.name + ".")
+    return count
+
+
+# The exit status that asks the master for a new helper at once.
+RELOAD = 75
+
+
+def identity(path):
+    """What tells a changed configuration file from the one loaded."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def initialise(cfg):
+    """Mailman's first initialisation step, once for every runner; each
+    runner's own `initialize` then skips it."""
+    from mailman.core.initialize import initialize_1, initialize_2, initialize_3
+    import mailman.bin.runner
+
+    initialize_1(cfg)
+    # The database's object mapping, built in memory (no connection): what
+    # each runner would otherwise build for itself on its first query.
+    try:
+        import sqlalchemy.orm
+
+        sqlalchemy.orm.configure_mappers()
+    except Exception:
+        pass
+
+    def rest(config_path=None, propagate_logs=None):
+        initialize_2(propagate_logs=propagate_logs)
+        initialize_3()
+
+    return lambda: setattr(mailman.bin.runner, "initialize", rest)
+
+
+def intermediate(sock, request, fds, master):
+    """In the first child: fork the runner, tell the master its pid, then
+    let it go on and exit (the runner is adopted by the master)."""
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        sock.send(f"{request['id']} error fork: {e.strerror}".encode())
+        os._exit(1)
+    if pid == 0:
+        os.close(w)
+        sock.close()
+        return runner(r, request, fds, master)
+    os.close(r)
+    try:
+        # Its own group before the master hears of it: a stop reaches it.
+        os.setpgid(pid, pid)
+        sock.send(f"{request['id']} {pid}".encode())
+    except OSError:
+        os._exit(1)  # the runner reads end-of-file and exits
+    os.write(w, b"1")
+    os._exit(0)
+
+
+def runner(r, request, fds, master):
+    """In the runner: wait until the master knows it and is its parent, then
+    take its descriptors and environment."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    go = os.read(r, 1)
+    os.close(r)
+    if go != b"1":
+        os._exit(1)
+    deadline = time.monotonic() + 30
+    while os.getppid() != master:
+        if time.monotonic() > deadline:
+            os._exit(1)
+        time.sleep(0.0005)
+    # As every runner of the master's: killed if the master dies. Set only
+    # now (it is its parent's death that counts), then checked once more.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
+    if os.getppid() != master:
+        os._exit(1)
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+    for fd in fds[:3]:
+        if fd > 2:
+            os.close(fd)
+    # The slice lock (fds[3], if any) stays open: held while the runner lives.
+    for key, value in request["env"].items():
+        os.environ[key] = value
+    sys.argv = request["argv"]
+    return True
+
+
+def serve(sock, master, cfg, loaded):
+    """Forks a runner per request; returns only in a runner."""
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+        except InterruptedError:
+            continue
+        if not message:
+            os._exit(0)  # the master closed its end
+        request = json.loads(message)
+        if identity(cfg) != loaded:
+            sock.send(f"{request['id']} error {cfg} changed".encode())
+            print(f"preload: {cfg} changed; a new helper reads it", file=sys.stderr)
+            sys.exit(RELOAD)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            if intermediate(sock, request, fds, master):
+                return
+        for fd in fds:
+            os.close(fd)
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break
+
+
+def main():
+    fd, master, cfg = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    os.set_inheritable(fd, False)
+    started = time.monotonic()
+    count = load()
+    while True:
+        go = sock.recv(16)
+        if not go:
+            os._exit(0)  # the master closed its end
+        if go == b"go":
+            break
+    loaded = identity(cfg)
+    finish = initialise(cfg)
+    # What was loaded stays out of the collector's reach: a collection in a
+    # runner does not touch (and so copy) these pages.
+    gc.collect()
+    gc.freeze()
+    print(
+        f"preloaded {count} modules and {cfg} in {time.monotonic() - started:.2f}s",
+        file=sys.stderr,
+        flush=True,
+    )
+    sock.send(b"ready")
+    serve(sock, master, cfg, loaded)
+    # A runner, now: Mailman's own entry point, as the `runner` program.
+    del sock
+    finish()
+    from mailman.bin.runner import main as run
+
+    sys.exit(run())
+
+
+main()
