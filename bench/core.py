@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""GNU Mailman Core in its container, under our master and under Mailman's
-own, side by side in one run on this machine: the same image
+"""GNU Mailman Core in its container, under our master (its runners started
+plainly, and preloaded: `MAILMAN__MAILMAN__PRELOAD=true`) and under
+Mailman's own, side by side in one run on this machine: the same image
 (contrib/mailman-core, built by build.sh), the same mailman.cfg, the same
 SMTP sink; only PID 1 differs (ours: `mailmanctl master`; Mailman's:
 `master --force`, as docker-mailman starts it).
@@ -12,8 +13,11 @@ Per run, on a container that was started once before (database and a list
 made, then stopped), from `docker start`:
   ready    LMTP (8024) and REST (8001) accept connections
   message  a message sent by LMTP as soon as it is accepted is at the sink
+  cpu      CPU seconds the container has used once it is ready
 then, settled: the master's RSS, the container's total RSS and PSS (every
-process), and `docker stop`'s duration.
+process), the runners' PSS (every process but PID 1: with preload, the
+helper too); then the runners' PSS again once MESSAGES more messages have
+reached the sink (1,000; 20 in a smoke run); and `docker stop`'s duration.
 """
 
 import argparse
@@ -51,10 +55,19 @@ elif what == "send":
            "Message-ID: <b%s@example.org>\r\n\r\nx\r\n" % (n, n))
     lmtp = smtplib.LMTP("127.0.0.1", 8024)
     sys.exit(1 if lmtp.sendmail("bart@example.org", ["test@example.com"], msg) else 0)
+elif what == "many":
+    first, count = int(sys.argv[2]), int(sys.argv[3])
+    lmtp = smtplib.LMTP("127.0.0.1", 8024)
+    for n in range(first, first + count):
+        msg = ("From: bart@example.org\r\nTo: test@example.com\r\nSubject: many %d\r\n"
+               "Message-ID: <m%d@example.org>\r\n\r\nx\r\n" % (n, n))
+        if lmtp.sendmail("bart@example.org", ["test@example.com"], msg):
+            sys.exit(1)
+    lmtp.quit()
 elif what == "memory":
     import os
     rss = pss = 0
-    master = 0
+    master = master_pss = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             status = open("/proc/%s/status" % pid).read()
@@ -68,15 +81,19 @@ elif what == "memory":
         rss += kb
         pss += p
         if pid == "1":
-            master = kb
-    print(json.dumps({"master_kib": master, "rss_kib": rss, "pss_kib": pss}))
+            master, master_pss = kb, p
+    print(json.dumps({"master_kib": master, "rss_kib": rss, "pss_kib": pss,
+                      "runners_pss_kib": pss - master_pss}))
 '''
 
+# Name → (docker run options, the command's arguments).
 MASTERS = {
-    "ours": [],  # the image's entrypoint: mailmanctl master
-    "Mailman's master": ["--entrypoint", "/opt/mailman/bin/master", "--no-healthcheck"],
+    "ours": ([], []),  # the image's entrypoint: mailmanctl master
+    "ours, preloaded": (["-e", "MAILMAN__MAILMAN__PRELOAD=true"], []),
+    "Mailman's master": (["--entrypoint", "/opt/mailman/bin/master", "--no-healthcheck"],
+                         ["--force", "-C", "/etc/mailman.cfg"]),
 }
-MAILMAN_ARGS = ["--force", "-C", "/etc/mailman.cfg"]
+MESSAGES = 1000
 
 
 def sh(*args, check=True, **kw):
@@ -101,15 +118,36 @@ def delivered(sink, n):
               "/var/lib/mailman/sink", check=False).returncode == 0
 
 
-def one(name, extra, round_no):
-    tag = f"mmbench{round_no}{'o' if name == 'ours' else 'm'}"
+def sink_count(sink):
+    r = sh("docker", "exec", sink, "sh", "-c", "ls /var/lib/mailman/sink/new | wc -l",
+           check=False)
+    return int(r.stdout.strip() or 0)
+
+
+def cpu_seconds(container):
+    """CPU the container's cgroup has used (cgroup v1 or v2), in seconds."""
+    cid = sh("docker", "inspect", "-f", "{{.Id}}", container).stdout.strip()
+    for path, scale in ((f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage", 1e9),
+                        (f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat", 1e6)):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith("cpu.stat"):
+            text = text.split("usage_usec")[1].split()[0]
+        return int(text) / scale
+    return float("nan")
+
+
+def one(name, round_no, messages):
+    extra, tail = MASTERS[name]
+    tag = f"mmbench{round_no}{list(MASTERS).index(name)}"
     net, core, sink = tag, tag + "-core", "smtp"
     sh("docker", "rm", "-f", core, f"{tag}-smtp", check=False)
     sh("docker", "network", "create", net, check=False)
     sh("docker", "run", "-d", "--name", f"{tag}-smtp", "--network", net, "--network-alias", sink,
        "--entrypoint", "/opt/mailman/bin/python3", IMAGE, "-m", "aiosmtpd", "-n", "-l",
        "0.0.0.0:8025", "-c", "aiosmtpd.handlers.Mailbox", "/var/lib/mailman/sink")
-    tail = MAILMAN_ARGS if extra else []
     sh("docker", "run", "-d", "--name", core, "--network", net, *extra, IMAGE, *tail)
     try:
         poll(lambda: flow(core, "ready").returncode == 0)
@@ -121,6 +159,7 @@ def one(name, extra, round_no):
         sh("docker", "start", core)
         poll(lambda: flow(core, "ready").returncode == 0, step=0.05)
         r["ready_s"] = time.monotonic() - t0
+        r["cpu_s"] = cpu_seconds(core)
         poll(lambda: flow(core, "send", str(round_no)).returncode == 0, step=0.05)
         poll(lambda: delivered(f"{tag}-smtp", round_no), step=0.05)
         r["message_s"] = time.monotonic() - t0
@@ -129,6 +168,14 @@ def one(name, extra, round_no):
         r["master_mib"] = mem["master_kib"] / 1024
         r["rss_mib"] = mem["rss_kib"] / 1024
         r["pss_mib"] = mem["pss_kib"] / 1024
+        r["runners_mib"] = mem["runners_pss_kib"] / 1024
+        before = sink_count(f"{tag}-smtp")
+        if flow(core, "many", "1000000", str(messages)).returncode != 0:
+            raise RuntimeError("sending many messages failed")
+        poll(lambda: sink_count(f"{tag}-smtp") >= before + messages, limit=1800, step=1)
+        time.sleep(5)
+        mem = json.loads(flow(core, "memory").stdout)
+        r["runners_after_mib"] = mem["runners_pss_kib"] / 1024
         t = time.monotonic()
         sh("docker", "stop", "-t", "30", core)
         r["stop_s"] = time.monotonic() - t
@@ -140,6 +187,9 @@ def one(name, extra, round_no):
 
 ROWS = [("`docker start` → LMTP and REST accept", "ready_s", "s"),
         ("`docker start` → first message at the sink", "message_s", "s"),
+        ("CPU used by then (`docker start` → ready)", "cpu_s", "s"),
+        ("runners' PSS (all but PID 1), settled", "runners_mib", "MiB"),
+        ("runners' PSS after 1,000 more messages", "runners_after_mib", "MiB"),
         ("`docker stop`", "stop_s", "s"),
         ("master (PID 1) RSS", "master_mib", "MiB"),
         ("container, all processes: RSS", "rss_mib", "MiB"),
@@ -158,21 +208,24 @@ def main():
         # Alternate who goes first, so that the machine's drift spreads.
         order = list(MASTERS) if i % 2 == 0 else list(reversed(MASTERS))
         for name in order:
-            r = one(name, MASTERS[name], i + 1)
+            r = one(name, i + 1, 20 if args.smoke else MESSAGES)
             rows[name].append(r)
             print(f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
     if args.smoke:
         print("smoke run complete")
         return
     med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in rows.items()}
-    out = ["| figure | ours | Mailman's master | ours ÷ Mailman's |", "|---|---|---|---|"]
+    out = ["| figure | ours | ours, preloaded | Mailman's master "
+           "| ours ÷ Mailman's | preloaded ÷ Mailman's |", "|---|---|---|---|---|---|"]
+    theirs = "Mailman's master"
     for label, key, unit in ROWS:
         cells = []
         for name in MASTERS:
             vals = [r[key] for r in rows[name]]
             cells.append(f"{med[name][key]:.2f} {unit} [{min(vals):.2f}..{max(vals):.2f}]")
-        ratio = med["ours"][key] / med["Mailman's master"][key]
-        out.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio:.2f} |")
+        ratios = [med[n][key] / med[theirs][key] for n in ("ours", "ours, preloaded")]
+        out.append(f"| {label} | {' | '.join(cells)} | "
+                   + " | ".join(f"{x:.2f}" for x in ratios) + " |")
     report = "\n".join(out)
     (ROOT / "target" / "bench-core-report.md").write_text(report + "\n")
     print(report)

@@ -308,3 +308,21 @@ fn runners_see_the_masters_overrides() {
     assert!(!env.log().contains("Undefined runner name"));
     assert_eq!(env.run(&["stop"]).code, 0);
 }
+
+/// `preload` is for Mailman Core's runners: without `mailman_cfg` it is a
+/// mistake, said in one line, and nothing starts.
+#[test]
+fn preload_without_mailman_cfg_is_an_error() {
+    let env = Env::with_mailman("preload = true\n", "");
+    for cmd in [&["start"][..], &["master"], &["check-config"]] {
+        let r = env.run(cmd);
+        assert_eq!(r.code, 2, "{cmd:?}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("preload = true needs mailman_cfg"),
+            "{cmd:?}: {}",
+            r.stderr
+        );
+    }
+    assert!(!env.var.join("master.pid").exists());
+}

@@ -445,3 +445,120 @@ fn two_slices_of_in_and_out_run_and_mail_arrives() {
         stack.send_and_receive(n);
     }
 }
+
+/// `[mailman] preload` in the image (set through the environment): every
+/// runner is forked from the preload helper, mail flows; a runner killed
+/// comes back from the helper; the helper killed comes back, runners
+/// meanwhile starting without it; a restart replaces every runner; a stop
+/// ends everything with no SIGKILL.
+#[test]
+fn preloaded_runners_carry_mail_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let over = dir.path().join("override.yaml");
+    std::fs::write(
+        &over,
+        "services:\n  mailman-core:\n    environment:\n      MAILMAN__MAILMAN__PRELOAD: \"true\"\n",
+    )
+    .unwrap();
+    let stack = Stack::up("pre", &[&over]);
+    stack.wait_healthy("first start");
+    let logs = stack.logs();
+    assert!(logs.contains("is ready: runners are forked from it"), "{logs}");
+    // Forked, not exec'd: a runner's command line is the helper's.
+    let forked = |pid: i64| {
+        stack
+            .exec(&["cat", &format!("/proc/{pid}/cmdline")])
+            .stdout
+            .contains("MAILMAN_PRELOAD_SCRIPT")
+    };
+    let parent = |pid: i64| {
+        let stat = stack.exec(&["cat", &format!("/proc/{pid}/stat")]).stdout;
+        let after = stat.rsplit_once(") ").map_or("", |(_, a)| a).to_string();
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        (
+            fields.get(1).and_then(|f| f.parse::<i64>().ok()),
+            fields.get(2).and_then(|f| f.parse::<i64>().ok()),
+        )
+    };
+    let before = stack.pids();
+    assert_eq!(before.len(), 12, "{before:?}");
+    for (spec, &pid) in &before {
+        assert!(forked(pid), "{spec} (pid {pid}) was not forked by the helper");
+        // The master's child (PID 1 here), in a process group of its own.
+        assert_eq!(parent(pid), (Some(1), Some(pid)), "{spec}");
+    }
+    let setup = stack.flow(&["setup"]);
+    assert_eq!(setup.code, 0, "REST set-up: {}", setup.stderr);
+    stack.send_and_receive(1);
+
+    // kill -9 of a runner: back, from the helper.
+    let victim = before["in:0"];
+    assert_eq!(stack.exec(&["kill", "-9", &victim.to_string()]).code, 0);
+    wait_until("a new in runner", SLOW, || {
+        stack.pids().get("in:0").is_some_and(|p| *p != victim)
+    });
+    assert!(forked(stack.pids()["in:0"]));
+    stack.send_and_receive(2);
+
+    // kill -9 of the helper: a new one loads; a runner that exits
+    // meanwhile starts without it; mail flows.
+    let helper = |logs: &str| -> Vec<i64> {
+        logs.lines()
+            .filter_map(|l| l.split("Preload helper started (pid ").nth(1))
+            .filter_map(|r| r.split(')').next()?.parse().ok())
+            .collect()
+    };
+    let first = helper(&stack.logs());
+    assert_eq!(first.len(), 1, "{}", stack.logs());
+    assert_eq!(stack.exec(&["kill", "-9", &first[0].to_string()]).code, 0);
+    wait_until("the helper's exit seen", SLOW, || {
+        stack
+            .logs()
+            .contains("exited (SIGNAL 9); runners start without it")
+    });
+    // It is started again a second later at the earliest, then loads for
+    // seconds: a runner that exits now (restarted after 100 ms) cannot wait.
+    let victim = stack.pids()["out:0"];
+    assert_eq!(stack.exec(&["kill", "-9", &victim.to_string()]).code, 0);
+    wait_until("a new out runner", SLOW, || {
+        stack.pids().get("out:0").is_some_and(|p| *p != victim)
+    });
+    let plain = stack.pids()["out:0"];
+    assert!(!forked(plain), "out:0 (pid {plain}) waited for the helper");
+    assert_eq!(parent(plain), (Some(1), Some(plain)));
+    wait_until("the helper back and ready", SLOW, || {
+        let logs = stack.logs();
+        helper(&logs).len() == 2
+            && logs
+                .matches("is ready: runners are forked from it")
+                .count()
+                == 2
+    });
+    stack.send_and_receive(3);
+
+    // A restart replaces every runner, each forked by the new helper.
+    let before = stack.pids();
+    let r = stack.exec(&["mailmanctl", "restart"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    wait_until("every runner replaced", SLOW, || {
+        let now = stack.pids();
+        now.len() == 12 && now.iter().all(|(k, p)| before.get(k) != Some(p))
+    });
+    wait_until("every runner ready again", SLOW, || {
+        stack.exec(&["mailmanctl", "status", "--check"]).code == 0
+    });
+    for (spec, pid) in stack.pids() {
+        assert!(forked(pid), "{spec} (pid {pid}) was not forked by the helper");
+    }
+    stack.send_and_receive(4);
+
+    // docker stop: the runners and the helper end on their own.
+    let since = stack.logs().len();
+    assert_eq!(docker(&["stop", &stack.core]).code, 0);
+    let logs = stack.logs();
+    let last = &logs[since.min(logs.len())..];
+    assert!(last.contains("Master stopped"), "{last}");
+    assert!(!last.contains("SIGKILL"), "{last}");
+    let exit = docker(&["inspect", "-f", "{{.State.ExitCode}}", &stack.core]);
+    assert_eq!(exit.stdout.trim(), "0");
+}

@@ -903,3 +903,164 @@ for n in (1, 2, 4, 8, 16):
         total > 300 + 24 + 3
     }));
 }
+
+/// `[mailman] preload`: Mailman's runners forked from one helper that has
+/// imported Mailman and read its configuration; each is the master's child
+/// in a group of its own, logs as itself, and is supervised as any runner.
+/// A change to mailman.cfg makes the helper step down (the runner asked for
+/// meanwhile starts without it) and a new one read it. A stop leaves nothing.
+#[test]
+fn preloaded_runners_are_mailmans_own_under_our_master() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = venv();
+    let env = Env::new("");
+    let dir = env.dir.path();
+    let lmtp = free_port();
+    let rest = (0..100)
+        .map(|_| free_port())
+        .find(|p| *p != lmtp)
+        .unwrap_or(lmtp + 1);
+    std::fs::write(
+        dir.join("gunicorn.cfg"),
+        "[gunicorn]\ncontrol_socket_disable = true\n",
+    )
+    .unwrap();
+    let cfg = dir.join("mailman.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[mailman]\nlayout: here\nsite_owner: postmaster@example.com\n\
+             [paths.here]\nvar_dir: {var}\n\
+             [mta]\nincoming: mailman.mta.null.NullMTA\nlmtp_port: {lmtp}\n\
+             [webservice]\nport: {rest}\nconfiguration: {dir}/gunicorn.cfg\n",
+            var = env.var.display(),
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let toml = dir.join("preload.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[mailman]\nmailman_cfg = \"{}\"\npreload = true\nstop_timeout = \"10s\"\n",
+            cfg.display()
+        ),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let ours = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("-C")
+            .arg(&toml)
+            .args(args)
+            .env("PATH", &path)
+            .env_remove("MAILMAN_CONFIG_FILE")
+            .env_remove("MAILMAN_VAR_DIR")
+            .env_remove("NOTIFY_SOCKET")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let pids = || -> std::collections::BTreeMap<String, i32> {
+        let v: serde_json::Value =
+            serde_json::from_str(&ours(&["status", "--json"]).stdout).unwrap_or_default();
+        v["runners"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .filter_map(|r| Some((r["name"].as_str()?.into(), r["pid"].as_i64()? as i32)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let forked = |pid: i32| cmdline(pid).contains("MAILMAN_PRELOAD_SCRIPT");
+    let started = ours(&["start"]);
+    assert_eq!(started.code, 0, "{}{}", started.stdout, started.stderr);
+    let master = env.pid_from_file().expect("master.pid");
+    wait_until("every runner to be ready", SLOW, || {
+        ours(&["status", "--check"]).code == 0
+    });
+    let log = env.log();
+    let ready = log
+        .find("is ready: runners are forked from it")
+        .expect("the helper loaded");
+    assert!(
+        log.find("Initialised (").is_some_and(|i| i < ready),
+        "the helper read the configuration after init: {log}"
+    );
+    let before = pids();
+    assert_eq!(before.len(), 12, "{before:?}");
+    for (name, &pid) in &before {
+        assert!(forked(pid), "{name} (pid {pid}): {}", cmdline(pid));
+        assert_eq!(stat(pid).map(|s| (s.1, s.2)), Some((master, pid)), "{name}");
+        let needle = format!("({pid}) {name} runner started.");
+        wait_until(&needle, SLOW, || env.log().contains(&needle));
+        // Mailman's runners' environment, as a plain spawn gives it.
+        assert!(environ(pid).contains(&"MAILMAN_UNDER_MASTER_CONTROL=1".to_string()));
+    }
+
+    // kill -9: back, from the helper, logged as itself.
+    let victim = before["command"];
+    assert!(send(victim, 9));
+    wait_until("a new command runner", SLOW, || {
+        pids().get("command").is_some_and(|p| *p != victim)
+    });
+    let fresh = pids()["command"];
+    assert!(forked(fresh));
+    let needle = format!("({fresh}) command runner started.");
+    wait_until(&needle, SLOW, || env.log().contains(&needle));
+
+    // mailman.cfg changes: the next runner asked for starts without the
+    // helper, which makes way for one that reads the file again.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{text}# changed\n")).unwrap();
+    let victim = fresh;
+    assert!(send(victim, 9));
+    wait_until("a new command runner", SLOW, || {
+        pids().get("command").is_some_and(|p| *p != victim)
+    });
+    let plain = pids()["command"];
+    assert!(!forked(plain), "{}", cmdline(plain));
+    wait_until("a new helper, ready", SLOW, || {
+        env.log()
+            .matches("is ready: runners are forked from it")
+            .count()
+            == 2
+    });
+    assert!(
+        env.log()
+            .contains("saw Mailman's configuration change: starting a new one"),
+        "{}",
+        env.log()
+    );
+    let victim = pids()["archive"];
+    assert!(send(victim, 9));
+    wait_until("a new archive runner", SLOW, || {
+        pids().get("archive").is_some_and(|p| *p != victim)
+    });
+    assert!(forked(pids()["archive"]));
+
+    // Stop: every runner and the helper end; nothing is left.
+    let r = ours(&["stop"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!alive(master));
+    let log = env.log();
+    let after = &log[log.rfind("Master watcher got a stop request").unwrap_or(0)..];
+    assert!(!after.contains("SIGKILL"), "{after}");
+    let marker = format!("MAILMAN_VAR_DIR={}", env.var.display());
+    let left: Vec<i32> = all_pids()
+        .into_iter()
+        .filter(|p| alive(*p) && environ(*p).contains(&marker))
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
+}
