@@ -463,7 +463,10 @@ fn preloaded_runners_carry_mail_and_come_back() {
     let stack = Stack::up("pre", &[&over]);
     stack.wait_healthy("first start");
     let logs = stack.logs();
-    assert!(logs.contains("is ready: runners are forked from it"), "{logs}");
+    assert!(
+        logs.contains("is ready: runners are forked from it"),
+        "{logs}"
+    );
     // Forked, not exec'd: a runner's command line is the helper's.
     let forked = |pid: i64| {
         stack
@@ -483,7 +486,10 @@ fn preloaded_runners_carry_mail_and_come_back() {
     let before = stack.pids();
     assert_eq!(before.len(), 12, "{before:?}");
     for (spec, &pid) in &before {
-        assert!(forked(pid), "{spec} (pid {pid}) was not forked by the helper");
+        assert!(
+            forked(pid),
+            "{spec} (pid {pid}) was not forked by the helper"
+        );
         // The master's child (PID 1 here), in a process group of its own.
         assert_eq!(parent(pid), (Some(1), Some(pid)), "{spec}");
     }
@@ -493,7 +499,12 @@ fn preloaded_runners_carry_mail_and_come_back() {
 
     // kill -9 of a runner: back, from the helper.
     let victim = before["in:0"];
-    assert_eq!(stack.exec(&["kill", "-9", &victim.to_string()]).code, 0);
+    assert_eq!(
+        stack
+            .exec(&["sh", "-c", &format!("kill -9 {}", victim)])
+            .code,
+        0
+    );
     wait_until("a new in runner", SLOW, || {
         stack.pids().get("in:0").is_some_and(|p| *p != victim)
     });
@@ -510,7 +521,12 @@ fn preloaded_runners_carry_mail_and_come_back() {
     };
     let first = helper(&stack.logs());
     assert_eq!(first.len(), 1, "{}", stack.logs());
-    assert_eq!(stack.exec(&["kill", "-9", &first[0].to_string()]).code, 0);
+    assert_eq!(
+        stack
+            .exec(&["sh", "-c", &format!("kill -9 {}", first[0])])
+            .code,
+        0
+    );
     wait_until("the helper's exit seen", SLOW, || {
         stack
             .logs()
@@ -519,7 +535,12 @@ fn preloaded_runners_carry_mail_and_come_back() {
     // It is started again a second later at the earliest, then loads for
     // seconds: a runner that exits now (restarted after 100 ms) cannot wait.
     let victim = stack.pids()["out:0"];
-    assert_eq!(stack.exec(&["kill", "-9", &victim.to_string()]).code, 0);
+    assert_eq!(
+        stack
+            .exec(&["sh", "-c", &format!("kill -9 {}", victim)])
+            .code,
+        0
+    );
     wait_until("a new out runner", SLOW, || {
         stack.pids().get("out:0").is_some_and(|p| *p != victim)
     });
@@ -529,10 +550,7 @@ fn preloaded_runners_carry_mail_and_come_back() {
     wait_until("the helper back and ready", SLOW, || {
         let logs = stack.logs();
         helper(&logs).len() == 2
-            && logs
-                .matches("is ready: runners are forked from it")
-                .count()
-                == 2
+            && logs.matches("is ready: runners are forked from it").count() == 2
     });
     stack.send_and_receive(3);
 
@@ -548,7 +566,10 @@ fn preloaded_runners_carry_mail_and_come_back() {
         stack.exec(&["mailmanctl", "status", "--check"]).code == 0
     });
     for (spec, pid) in stack.pids() {
-        assert!(forked(pid), "{spec} (pid {pid}) was not forked by the helper");
+        assert!(
+            forked(pid),
+            "{spec} (pid {pid}) was not forked by the helper"
+        );
     }
     stack.send_and_receive(4);
 
