@@ -76,7 +76,7 @@ elif what == "memory":
             p = int(roll.split("\nPss:")[1].split()[0])
         except (OSError, IndexError, ValueError):
             continue
-        if "python3 -" in open("/proc/%s/cmdline" % pid).read().replace("\0", " "):
+        if open("/proc/%s/cmdline" % pid).read().split("\0")[:2] == ["python3", "-"]:
             continue  # this script
         rss += kb
         pss += p
