@@ -256,3 +256,33 @@ fn a_program_that_cannot_run_is_reported_with_its_cause() {
         assert_eq!(env.run(&["stop"]).code, 0, "{mode}");
     }
 }
+
+/// A descriptor the master hands a runner (its slice's ownership lock
+/// here; the preload helper's socket, whose number it is told) keeps its
+/// number in the runner, whichever way the runner is created.
+#[test]
+fn a_kept_descriptor_keeps_its_number() {
+    for mode in ["clone3", "clone", "fork"] {
+        let env = Env::with_mailman(
+            "slice_locks = true\n",
+            &only("[runner.sleeper]\ncommand = [\"sleep\", \"1000\"]\n"),
+        );
+        let master = untidy_master(&env, mode);
+        let pid = master.0.id() as i32;
+        wait_until("the runner", PATIENCE, || {
+            runners_of(pid)
+                .first()
+                .is_some_and(|&r| cmdline(r) == "sleep 1000")
+        });
+        let runner = runners_of(pid)[0];
+        let lock_of = |p: i32| {
+            fds(p)
+                .into_iter()
+                .find(|(_, target)| target.contains(".owners"))
+        };
+        let in_master = lock_of(pid).expect("the master holds the slice lock");
+        assert_eq!(lock_of(runner), Some(in_master.clone()), "{mode}");
+        assert_eq!(fds(runner).len(), 4, "{mode}: {:?}", fds(runner));
+        assert_eq!(env.run(&["stop"]).code, 0, "{mode}");
+    }
+}

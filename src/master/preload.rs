@@ -199,6 +199,7 @@ impl Master {
         match spawn_helper(&self.ctx, &preload.python, &preload.cfg) {
             Ok((sp, sock)) => {
                 info!("Preload helper started (pid {})", sp.pid);
+                self.record_stale = true;
                 for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
                     self.outputs
                         .push(Output::new(fd, "preload", None, sp.pid, stream));

@@ -262,6 +262,8 @@ impl Master {
                 continue;
             }
             match self.slices[idx].state {
+                // Being forked by the preload helper: a new runner already.
+                State::Forking { .. } => {}
                 State::Running { pid, .. } => {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGUSR1);
                     self.slices[idx].restart_asked = Some(RestartAsked {
