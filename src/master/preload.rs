@@ -38,6 +38,10 @@ const SCRIPT_ENV: &str = "MAILMAN_PRELOAD_SCRIPT";
 /// The helper's command line: its script comes from the environment.
 const BOOT: &str = "import os; exec(os.environ.pop('MAILMAN_PRELOAD_SCRIPT'))";
 
+/// How the master sends to the helper: never waiting (a helper that does
+/// not read is one that hangs; the timeouts deal with it). A helper gone
+/// is EPIPE, not a signal: the master ignores SIGPIPE.
+const SEND: MsgFlags = MsgFlags::MSG_DONTWAIT;
 /// How long a loading helper may take to import Mailman before it is
 /// thought hung, and how long a loaded one may take to answer a request.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -241,11 +245,7 @@ impl Master {
             ..
         }) = &self.preload
         {
-            let _ = nix::sys::socket::send(
-                sock.as_raw_fd(),
-                b"go",
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-            );
+            let _ = nix::sys::socket::send(sock.as_raw_fd(), b"go", SEND);
         }
     }
 
@@ -274,7 +274,7 @@ impl Master {
                 sock,
                 &[IoSlice::new(&bytes)],
                 &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                SEND,
                 None,
             )?;
             Ok(pipes)
