@@ -234,6 +234,21 @@ impl Stack {
         });
     }
 
+    /// `mailmanctl restart`, then waits until each of the twelve runners
+    /// is a new process and every one is ready.
+    fn restart_every_runner(&self) {
+        let before = self.pids();
+        let r = self.exec(&["mailmanctl", "restart"]);
+        assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+        wait_until("every runner replaced", SLOW, || {
+            let now = self.pids();
+            now.len() == 12 && now.iter().all(|(k, p)| before.get(k) != Some(p))
+        });
+        wait_until("every runner ready again", SLOW, || {
+            self.exec(&["mailmanctl", "status", "--check"]).code == 0
+        });
+    }
+
     fn logs(&self) -> String {
         let r = docker(&["logs", &self.core]);
         format!("{}{}", r.stdout, r.stderr)
@@ -352,17 +367,8 @@ fn a_message_travels_through_mailman_core_under_our_master() {
     // A restart through our CLI replaces every runner, REST's included
     // (gunicorn takes SIGUSR1 as "reopen logs": it gets SIGTERM after
     // stop_timeout), and mail flows again once they are ready.
-    let before = stack.pids();
-    assert_eq!(before.len(), 12, "{before:?}");
-    let r = stack.exec(&["mailmanctl", "restart"]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    wait_until("every runner replaced", SLOW, || {
-        let now = stack.pids();
-        now.len() == 12 && now.iter().all(|(k, p)| before.get(k) != Some(p))
-    });
-    wait_until("every runner ready again", SLOW, || {
-        stack.exec(&["mailmanctl", "status", "--check"]).code == 0
-    });
+    assert_eq!(stack.pids().len(), 12, "{:?}", stack.pids());
+    stack.restart_every_runner();
     stack.send_and_receive(2);
 
     // docker kill, then docker start: back healthy, no --force, mail flows.
@@ -497,18 +503,23 @@ fn preloaded_runners_carry_mail_and_come_back() {
     assert_eq!(setup.code, 0, "REST set-up: {}", setup.stderr);
     stack.send_and_receive(1);
 
+    // kill -9 in the container (it has no `kill` program).
+    let kill = |pid: i64| {
+        let r = stack.exec(&["sh", "-c", &format!("kill -9 {pid}")]);
+        assert_eq!(r.code, 0, "kill -9 {pid}: {}", r.stderr);
+    };
+    // kill -9 of slice `spec`'s runner; its successor's pid.
+    let respawned = |spec: &str| -> i64 {
+        let victim = stack.pids()[spec];
+        kill(victim);
+        wait_until(&format!("a new {spec} runner"), SLOW, || {
+            stack.pids().get(spec).is_some_and(|p| *p != victim)
+        });
+        stack.pids()[spec]
+    };
+
     // kill -9 of a runner: back, from the helper.
-    let victim = before["in:0"];
-    assert_eq!(
-        stack
-            .exec(&["sh", "-c", &format!("kill -9 {}", victim)])
-            .code,
-        0
-    );
-    wait_until("a new in runner", SLOW, || {
-        stack.pids().get("in:0").is_some_and(|p| *p != victim)
-    });
-    assert!(forked(stack.pids()["in:0"]));
+    assert!(forked(respawned("in:0")));
     stack.send_and_receive(2);
 
     // kill -9 of the helper: a new one loads; a runner that exits
@@ -521,12 +532,7 @@ fn preloaded_runners_carry_mail_and_come_back() {
     };
     let first = helper(&stack.logs());
     assert_eq!(first.len(), 1, "{}", stack.logs());
-    assert_eq!(
-        stack
-            .exec(&["sh", "-c", &format!("kill -9 {}", first[0])])
-            .code,
-        0
-    );
+    kill(first[0]);
     wait_until("the helper's exit seen", SLOW, || {
         stack
             .logs()
@@ -534,17 +540,7 @@ fn preloaded_runners_carry_mail_and_come_back() {
     });
     // It is started again a second later at the earliest, then loads for
     // seconds: a runner that exits now (restarted after 100 ms) cannot wait.
-    let victim = stack.pids()["out:0"];
-    assert_eq!(
-        stack
-            .exec(&["sh", "-c", &format!("kill -9 {}", victim)])
-            .code,
-        0
-    );
-    wait_until("a new out runner", SLOW, || {
-        stack.pids().get("out:0").is_some_and(|p| *p != victim)
-    });
-    let plain = stack.pids()["out:0"];
+    let plain = respawned("out:0");
     assert!(!forked(plain), "out:0 (pid {plain}) waited for the helper");
     assert_eq!(parent(plain), (Some(1), Some(plain)));
     wait_until("the helper back and ready", SLOW, || {
@@ -555,16 +551,7 @@ fn preloaded_runners_carry_mail_and_come_back() {
     stack.send_and_receive(3);
 
     // A restart replaces every runner, each forked by the new helper.
-    let before = stack.pids();
-    let r = stack.exec(&["mailmanctl", "restart"]);
-    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    wait_until("every runner replaced", SLOW, || {
-        let now = stack.pids();
-        now.len() == 12 && now.iter().all(|(k, p)| before.get(k) != Some(p))
-    });
-    wait_until("every runner ready again", SLOW, || {
-        stack.exec(&["mailmanctl", "status", "--check"]).code == 0
-    });
+    stack.restart_every_runner();
     for (spec, pid) in stack.pids() {
         assert!(
             forked(pid),

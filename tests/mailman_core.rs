@@ -699,17 +699,9 @@ fn a_broken_mailman_cfg_is_one_line_and_nothing_starts() {
     }
 }
 
-/// `-C mailman.cfg` alone runs Mailman's own runners as Mailman's master
-/// would: Mailman initialised once first, then every runner; health waits
-/// for the LMTP and REST runners to accept connections (again after a
-/// restart); Mailman's own CLI agrees with ours.
-#[test]
-fn a_bare_mailman_cfg_runs_mailmans_own_runners() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let venv = venv();
-    // For its temporary dir and its drop guard (it kills what runs with
-    // MAILMAN_VAR_DIR=<its var>); its TOML config is not used.
-    let env = Env::new("");
+/// A `mailman.cfg` in `env`'s directory: Mailman's own runners with
+/// `env.var` as their var dir, LMTP and REST on two free ports (returned).
+fn mailman_cfg_in(env: &Env) -> (PathBuf, u16, u16) {
     let dir = env.dir.path();
     let lmtp = free_port();
     let rest = (0..100)
@@ -734,30 +726,49 @@ fn a_bare_mailman_cfg_runs_mailmans_own_runners() {
         ),
     )
     .unwrap();
+    (cfg, lmtp, rest)
+}
+
+/// Our CLI with `-C config`, in `dir`, Mailman's `venv` first on `PATH`.
+fn our_cli(config: &Path, venv: &Path, dir: &Path, args: &[&str]) -> Ran {
     let path = format!(
         "{}:{}",
         venv.join("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let ours = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("-C")
-            .arg(&cfg)
-            .args(args)
-            .env("PATH", &path)
-            .env_remove("MAILMAN_CONFIG_FILE")
-            .env_remove("MAILMAN_VAR_DIR")
-            .env_remove("NOTIFY_SOCKET")
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    };
+    let out = Command::new(BIN)
+        .arg("-C")
+        .arg(config)
+        .args(args)
+        .env("PATH", &path)
+        .env_remove("MAILMAN_CONFIG_FILE")
+        .env_remove("MAILMAN_VAR_DIR")
+        .env_remove("NOTIFY_SOCKET")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `-C mailman.cfg` alone runs Mailman's own runners as Mailman's master
+/// would: Mailman initialised once first, then every runner; health waits
+/// for the LMTP and REST runners to accept connections (again after a
+/// restart); Mailman's own CLI agrees with ours.
+#[test]
+fn a_bare_mailman_cfg_runs_mailmans_own_runners() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = venv();
+    // For its temporary dir and its drop guard (it kills what runs with
+    // MAILMAN_VAR_DIR=<its var>); its TOML config is not used.
+    let env = Env::new("");
+    let dir = env.dir.path();
+    let (cfg, lmtp, rest) = mailman_cfg_in(&env);
+    let ours = |args: &[&str]| our_cli(&cfg, &venv, dir, args);
     let mailman = |args: &[&str]| {
         let out = Command::new(venv.join("bin/mailman"))
             .arg("-C")
@@ -915,29 +926,7 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
     let venv = venv();
     let env = Env::new("");
     let dir = env.dir.path();
-    let lmtp = free_port();
-    let rest = (0..100)
-        .map(|_| free_port())
-        .find(|p| *p != lmtp)
-        .unwrap_or(lmtp + 1);
-    std::fs::write(
-        dir.join("gunicorn.cfg"),
-        "[gunicorn]\ncontrol_socket_disable = true\n",
-    )
-    .unwrap();
-    let cfg = dir.join("mailman.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[mailman]\nlayout: here\nsite_owner: postmaster@example.com\n\
-             [paths.here]\nvar_dir: {var}\n\
-             [mta]\nincoming: mailman.mta.null.NullMTA\nlmtp_port: {lmtp}\n\
-             [webservice]\nport: {rest}\nconfiguration: {dir}/gunicorn.cfg\n",
-            var = env.var.display(),
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
+    let (cfg, _, _) = mailman_cfg_in(&env);
     let toml = dir.join("preload.toml");
     std::fs::write(
         &toml,
@@ -947,30 +936,7 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
         ),
     )
     .unwrap();
-    let path = format!(
-        "{}:{}",
-        venv.join("bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let ours = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("-C")
-            .arg(&toml)
-            .args(args)
-            .env("PATH", &path)
-            .env_remove("MAILMAN_CONFIG_FILE")
-            .env_remove("MAILMAN_VAR_DIR")
-            .env_remove("NOTIFY_SOCKET")
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    };
+    let ours = |args: &[&str]| our_cli(&toml, &venv, dir, args);
     let pids = || -> std::collections::BTreeMap<String, i32> {
         let v: serde_json::Value =
             serde_json::from_str(&ours(&["status", "--json"]).stdout).unwrap_or_default();
