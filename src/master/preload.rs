@@ -42,8 +42,10 @@ const BOOT: &str = "import os; exec(os.environ.pop('MAILMAN_PRELOAD_SCRIPT'))";
 /// not read is one that hangs; the timeouts deal with it). A helper gone
 /// is EPIPE, not a signal: the master ignores SIGPIPE.
 const SEND: MsgFlags = MsgFlags::MSG_DONTWAIT;
-/// How long a loading helper may take to import Mailman before it is
-/// thought hung, and how long a loaded one may take to answer a request.
+/// How long a loading helper may take to load once told to go on (when
+/// `init` is over: that may migrate a database for minutes) before it is
+/// thought hung,
+/// and how long a loaded one may take to answer a request.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The helper's restart back-off: doubled per death in a row, capped.
@@ -81,7 +83,8 @@ enum Helper {
     Loading {
         pid: i32,
         sock: OwnedFd,
-        since: Instant,
+        /// When it was told to go on (`init` over); until then it waits.
+        told: Option<Instant>,
     },
     Ready {
         pid: i32,
@@ -146,7 +149,7 @@ impl Preload {
         match self.helper {
             Helper::Down { retry_at } => retry_at,
             _ if self.killed => None,
-            Helper::Loading { since, .. } => Some(since + LOAD_TIMEOUT),
+            Helper::Loading { told, .. } => told.map(|t| t + LOAD_TIMEOUT),
             Helper::Ready { .. } => self.pending.first().map(|p| p.sent + ANSWER_TIMEOUT),
         }
     }
@@ -211,7 +214,7 @@ impl Master {
                 preload.helper = Helper::Loading {
                     pid: sp.pid,
                     sock,
-                    since: Instant::now(),
+                    told: None,
                 };
                 preload.killed = false;
                 // Mailman is initialised (`init`) before the helper reads
@@ -238,13 +241,15 @@ impl Master {
     }
 
     /// Tells a loading helper that `init` is over: it may read Mailman's
-    /// configuration now.
+    /// configuration now. Its time to load counts from here (`init` may
+    /// migrate a database for minutes).
     pub(super) fn helper_go(&mut self) {
         if let Some(Preload {
-            helper: Helper::Loading { sock, .. },
+            helper: Helper::Loading { sock, told, .. },
             ..
-        }) = &self.preload
+        }) = &mut self.preload
         {
+            *told = Some(Instant::now());
             let _ = nix::sys::socket::send(sock.as_raw_fd(), b"go", SEND);
         }
     }
