@@ -186,7 +186,13 @@ def serve(sock, master, cfg, loaded):
             sys.exit(RELOAD)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            sock.send(f"{request['id']} error fork: {e.strerror}".encode())
+            for fd in fds:
+                os.close(fd)
+            continue
         if pid == 0:
             if intermediate(sock, request, fds, master):
                 return

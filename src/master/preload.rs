@@ -69,6 +69,9 @@ pub(super) struct Preload {
     deaths: u32,
     /// The helper was killed for not answering; its exit is awaited.
     killed: bool,
+    /// Mailman is initialised (`init` has succeeded, or there is none): a
+    /// helper may read its configuration.
+    init_over: bool,
     /// Exits reaped of children that were nobody's yet: a forked runner's
     /// exit may come before its pid.
     unknown_exits: Vec<(i32, Why, Instant)>,
@@ -101,8 +104,10 @@ struct Pending {
 }
 
 impl Preload {
-    pub(super) fn new(python: PathBuf, cfg: PathBuf) -> Preload {
+    /// `init_over`: there is no `init` to wait for.
+    pub(super) fn new(python: PathBuf, cfg: PathBuf, init_over: bool) -> Preload {
         Preload {
+            init_over,
             python,
             cfg,
             helper: Helper::Down {
@@ -219,9 +224,7 @@ impl Master {
                 preload.killed = false;
                 // Mailman is initialised (`init`) before the helper reads
                 // its configuration: both would create its directories.
-                let initialising =
-                    self.mode == Mode::Starting && !self.config.mailman.init.is_empty();
-                if !initialising {
+                if preload.init_over {
                     self.helper_go();
                 }
             }
@@ -244,6 +247,9 @@ impl Master {
     /// configuration now. Its time to load counts from here (`init` may
     /// migrate a database for minutes).
     pub(super) fn helper_go(&mut self) {
+        if let Some(p) = &mut self.preload {
+            p.init_over = true;
+        }
         if let Some(Preload {
             helper: Helper::Loading { sock, told, .. },
             ..

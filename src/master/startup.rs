@@ -196,7 +196,10 @@ impl Master {
             .config
             .preload_python()
             .zip(master.config.mailman.mailman_cfg.clone())
-            .map(|(python, cfg)| super::preload::Preload::new(python, cfg));
+            .map(|(python, cfg)| {
+                let init_over = master.config.mailman.init.is_empty();
+                super::preload::Preload::new(python, cfg, init_over)
+            });
         master.start_helper();
         master.begin_start();
         Ok(master)
