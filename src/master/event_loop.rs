@@ -248,8 +248,7 @@ impl Master {
             Mode::Stopping { .. } => None,
             _ => self.preload.as_ref().and_then(|p| p.next_deadline()),
         };
-        let own = own.into_iter().chain(helper).min();
-        own.into_iter().chain(http).min()
+        own.into_iter().chain(helper).chain(http).min()
     }
 
     fn pump(&mut self, readable: &[usize]) {

@@ -44,8 +44,7 @@ const BOOT: &str = "import os; exec(os.environ.pop('MAILMAN_PRELOAD_SCRIPT'))";
 const SEND: MsgFlags = MsgFlags::MSG_DONTWAIT;
 /// How long a loading helper may take to load once told to go on (when
 /// `init` is over: that may migrate a database for minutes) before it is
-/// thought hung,
-/// and how long a loaded one may take to answer a request.
+/// thought hung, and how long a loaded one may take to answer a request.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The helper's restart back-off: doubled per death in a row, capped.
@@ -159,6 +158,12 @@ impl Preload {
         }
     }
 
+    /// Request `id`, answered: no longer pending.
+    fn take(&mut self, id: u64) -> Option<Pending> {
+        let at = self.pending.iter().position(|p| p.id == id)?;
+        Some(self.pending.remove(at))
+    }
+
     /// A stop that SIGKILL did not finish: the helper is not waited for.
     pub(super) fn give_up(&mut self) {
         self.helper = Helper::Down { retry_at: None };
@@ -247,14 +252,11 @@ impl Master {
     /// configuration now. Its time to load counts from here (`init` may
     /// migrate a database for minutes).
     pub(super) fn helper_go(&mut self) {
-        if let Some(p) = &mut self.preload {
-            p.init_over = true;
-        }
-        if let Some(Preload {
-            helper: Helper::Loading { sock, told, .. },
-            ..
-        }) = &mut self.preload
-        {
+        let Some(p) = &mut self.preload else {
+            return;
+        };
+        p.init_over = true;
+        if let Helper::Loading { sock, told, .. } = &mut p.helper {
             *told = Some(Instant::now());
             let _ = nix::sys::socket::send(sock.as_raw_fd(), b"go", SEND);
         }
@@ -354,16 +356,15 @@ impl Master {
         let Some(preload) = &mut self.preload else {
             return;
         };
-        if let Helper::Loading { pid, .. } = preload.helper {
-            let Helper::Loading { sock, .. } =
-                std::mem::replace(&mut preload.helper, Helper::Down { retry_at: None })
-            else {
-                return;
+        preload.helper =
+            match std::mem::replace(&mut preload.helper, Helper::Down { retry_at: None }) {
+                Helper::Loading { pid, sock, .. } => {
+                    preload.deaths = 0;
+                    info!("Preload helper (pid {pid}) is ready: runners are forked from it");
+                    Helper::Ready { pid, sock }
+                }
+                other => other,
             };
-            preload.helper = Helper::Ready { pid, sock };
-            preload.deaths = 0;
-            info!("Preload helper (pid {pid}) is ready: runners are forked from it");
-        }
     }
 
     /// Runner `id` is forked as `pid`: a running runner from now on.
@@ -371,23 +372,15 @@ impl Master {
         let Some(preload) = &mut self.preload else {
             return;
         };
-        let Some(at) = preload.pending.iter().position(|p| p.id == id) else {
+        let Some(p) = preload.take(id) else {
             return;
         };
-        let p = preload.pending.remove(at);
         let exited = preload
             .unknown_exits
             .iter()
             .position(|(q, _, _)| *q == pid)
             .map(|i| preload.unknown_exits.swap_remove(i).1);
-        let s = &mut self.slices[p.idx];
-        s.state = State::Running { pid, since: p.sent };
-        for (fd, stream) in [(p.stdout, "stdout"), (p.stderr, "stderr")] {
-            let o = Output::new(fd, &s.runner.name, Some(s.slice), pid, stream);
-            self.outputs.push(o);
-        }
-        self.record_stale = true;
-        self.expect_ready(p.idx, p.sent);
+        self.now_running(p.idx, pid, p.sent, [p.stdout, p.stderr]);
         if let Some(why) = exited {
             return self.on_runner_exit(pid, why);
         }
@@ -398,13 +391,9 @@ impl Master {
     }
 
     fn fork_failed(&mut self, id: u64, text: &str) {
-        let Some(preload) = &mut self.preload else {
+        let Some(p) = self.preload.as_mut().and_then(|pre| pre.take(id)) else {
             return;
         };
-        let Some(at) = preload.pending.iter().position(|p| p.id == id) else {
-            return;
-        };
-        let p = preload.pending.remove(at);
         warn!(
             "the preload helper could not start runner {}: {text}; starting it without",
             self.slices[p.idx].spec()

@@ -139,20 +139,28 @@ impl Master {
                 lasting: lasting(&e),
             }
         })?;
-        let now = Instant::now();
+        self.now_running(idx, sp.pid, Instant::now(), [sp.stdout, sp.stderr]);
+        Ok(())
+    }
+
+    /// Slice `idx` runs as `pid` since `since` (started plainly, or forked
+    /// by the preload helper), its output on these pipes.
+    pub(super) fn now_running(
+        &mut self,
+        idx: usize,
+        pid: i32,
+        since: Instant,
+        [stdout, stderr]: [std::os::fd::OwnedFd; 2],
+    ) {
         self.record_stale = true;
-        self.expect_ready(idx, now);
+        self.expect_ready(idx, since);
         let s = &mut self.slices[idx];
-        debug!("[{}] {}", sp.pid, s.spec());
-        s.state = State::Running {
-            pid: sp.pid,
-            since: now,
-        };
-        for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
-            let o = Output::new(fd, &s.runner.name, Some(s.slice), sp.pid, stream);
+        debug!("[{pid}] {}", s.spec());
+        s.state = State::Running { pid, since };
+        for (fd, stream) in [(stdout, "stdout"), (stderr, "stderr")] {
+            let o = Output::new(fd, &s.runner.name, Some(s.slice), pid, stream);
             self.outputs.push(o);
         }
-        Ok(())
     }
 
     /// Starts slice `idx` again (after a back-off, a restart): a runner that

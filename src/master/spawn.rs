@@ -216,8 +216,7 @@ fn start_once(
     // unblocks them once it handles them: one that arrives while it starts
     // waits instead of killing it.
     let ours = Path::new(program) == ctx.bin && args.first().is_some_and(|a| a == "runner");
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
+    let [out_r, out_w, err_r, err_w] = pipes()?;
     let null = dev_null()?;
     let cstr = |s: &std::ffi::OsStr| {
         CString::new(s.as_bytes()).map_err(|_| {
