@@ -162,7 +162,13 @@ impl Env {
         let own = cmdline(pid);
         wait_until("runners to start", PATIENCE, || {
             let runners = runners_of(pid);
-            runners.len() == expect && runners.iter().all(|&p| cmdline(p) != own)
+            // Past its exec: not the master's command line, and not the
+            // empty one /proc shows while the exec replaces it.
+            runners.len() == expect
+                && runners.iter().all(|&p| {
+                    let line = cmdline(p);
+                    !line.is_empty() && line != own
+                })
         });
         pid
     }
