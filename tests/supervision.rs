@@ -396,6 +396,56 @@ fn many_runners_past_a_low_open_file_limit() {
     assert!(runners_of(master).is_empty());
 }
 
+/// The master's descriptor table is grown once, before its log's thread
+/// starts, to hold two pipes per runner and more: a table shared by two
+/// threads grows only after an RCU grace period, which the start of
+/// hundreds of runners would otherwise wait for several times
+/// (BENCHMARKS.md, issue 19). The kernel sizes tables in powers of two: 64
+/// runners need ~150 descriptors (a table of 256), the reserve is 256 (a
+/// table of 512). `start` is run with a fresh, small table (a process
+/// inherits the size of its parent's).
+#[test]
+#[cfg(target_os = "linux")]
+fn the_descriptor_table_is_grown_before_runners_start() {
+    let env = Env::new(&only(
+        "[runner.many]\ninstances = 64\ncommand = [\"sleep\", \"1000\"]\n",
+    ));
+    let mut cmd = env.cmd(&["start"]);
+    // SAFETY: one system call between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::syscall(
+                libc::SYS_close_range,
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_UNSHARE,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    assert!(cmd.status().unwrap().success());
+    let master = env.pid_from_file().unwrap();
+    wait_until("64 runners", PATIENCE, || runners_of(master).len() == 64);
+    let status = std::fs::read_to_string(format!("/proc/{master}/status")).unwrap();
+    let size: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("FDSize in /proc/PID/status");
+    let open = std::fs::read_dir(format!("/proc/{master}/fd"))
+        .unwrap()
+        .count();
+    assert!(
+        open <= 256,
+        "{open} descriptors: the test needs at most 256"
+    );
+    assert!(size > 2 * 64 + 128, "FDSize {size}");
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
 /// A SIGSEGV sent to the built-in runner ends it at once, as it would end
 /// any program (Rust's runtime used to swallow the first one).
 #[test]

@@ -30,6 +30,38 @@ pub fn raise_nofile() -> Option<libc::rlimit> {
     }
 }
 
+/// Grows this process's descriptor table at once to hold `n` descriptors
+/// (as far as the open-file limit allows). Called while the process has
+/// one thread: the kernel grows a table that several threads share (the
+/// master's log has a thread of its own) only after an RCU grace period,
+/// milliseconds here, and the master's table, two pipes a runner, would
+/// otherwise double several times while its runners start (issue 19). A
+/// table is never shrunk; it costs the kernel 8 bytes per descriptor.
+/// Failures are ignored: it only saves time.
+pub fn reserve_fds(n: usize) {
+    // SAFETY: plain system calls on descriptors opened and closed here.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let top = (n as u64).min(lim.rlim_cur.saturating_sub(1)) as libc::c_int;
+        // The table a process starts with holds 64.
+        if top < 64 {
+            return;
+        }
+        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return;
+        }
+        let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, top);
+        if high >= 0 {
+            libc::close(high);
+        }
+        libc::close(fd);
+    }
+}
+
 /// Runs in the child between fork and exec: async-signal-safe calls only.
 /// `master` is the parent the child must not outlive (for a queue entry's
 /// handler, its runner).
