@@ -45,8 +45,11 @@ pub fn reserve_fds(n: usize) {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return;
         }
-        let top = (n as u64).min(lim.rlim_cur.saturating_sub(1)) as libc::c_int;
+        let top = (n as u64).min(lim.rlim_cur.saturating_sub(1));
         // The table a process starts with holds 64.
+        let Ok(top) = libc::c_int::try_from(top) else {
+            return;
+        };
         if top < 64 {
             return;
         }
