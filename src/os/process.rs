@@ -46,10 +46,10 @@ pub fn reserve_fds(n: usize) {
             return;
         }
         let top = (n as u64).min(lim.rlim_cur.saturating_sub(1));
-        // The table a process starts with holds 64.
         let Ok(top) = libc::c_int::try_from(top) else {
             return;
         };
+        // The table a process starts with holds 64.
         if top < 64 {
             return;
         }
