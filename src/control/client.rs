@@ -57,10 +57,22 @@ pub fn ask(path: &Path, request: &Request, timeout: Duration) -> io::Result<Answ
         ),
         _ => e,
     };
-    stream.write_all(line.as_bytes()).map_err(slow)?;
+    // A master that turned the connection away (it answers, then closes)
+    // may have closed before the request was all written: its answer is
+    // read all the same, and the write's error said only if there is none.
+    let sent = match stream.write_all(line.as_bytes()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => return Err(slow(e)),
+        sent => sent,
+    };
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut reply = String::new();
-    reader.read_line(&mut reply).map_err(slow)?;
+    let read = reader.read_line(&mut reply);
+    if reply.is_empty()
+        && let Err(e) = sent
+    {
+        return Err(slow(e));
+    }
+    read.map_err(slow)?;
     if reply.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,

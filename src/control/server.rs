@@ -1,45 +1,84 @@
 //! The master's side of the control socket: binding it (mode 0600),
-//! accepting clients (peer uid checked), reading requests without blocking
-//! and writing answers with a bound.
+//! accepting clients (peer uid checked), reading requests and writing
+//! answers without ever waiting on a client.
+//!
+//! What no client can do: hold the loop (every read and write is
+//! non-blocking; an answer the client has not taken waits in its buffer,
+//! and none of its further requests is read until it has), grow memory (a
+//! request is at most [`MAX_REQUEST`] bytes, one answer is kept per client,
+//! at most [`MAX_CLIENTS`] clients), or keep others out (when every place is
+//! taken, the client idle longest makes room; a `stop` waiting for the
+//! master's end keeps its place).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::Instant;
 
 use super::{Request, Response};
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
-/// Clients served at once; more are turned away.
+/// Clients kept at once; a new one makes room (see the module's text).
 const MAX_CLIENTS: usize = 64;
 
 /// One connected client.
 pub struct Client {
     stream: UnixStream,
+    /// What it sent that is not handled yet.
     buf: Vec<u8>,
+    /// Its answer, written up to `written`.
+    out: Vec<u8>,
+    written: usize,
+    /// When it connected or last sent a request: the longest idle makes room.
+    active: Instant,
     /// Kept open until the master has stopped (a `stop` request).
     pub waits_for_stop: bool,
 }
 
 impl Client {
+    fn new(stream: UnixStream) -> Client {
+        Client {
+            stream,
+            buf: Vec::new(),
+            out: Vec::new(),
+            written: 0,
+            active: Instant::now(),
+            waits_for_stop: false,
+        }
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
     }
 
-    /// Reads what arrived. Returns the request once a whole line is in,
-    /// `Ok(None)` if more is needed, and an error when the client is gone or
+    /// Whether to wait for room to write rather than for a request: its
+    /// answer is not all written, or its next request is already in (it is
+    /// handled once an answer can go out).
+    pub fn wants_to_write(&self) -> bool {
+        self.written < self.out.len() || self.buf.contains(&b'\n')
+    }
+
+    /// For a ready client: writes what is left of its answer, then, once it
+    /// is all out, returns its next whole request (reading if none is in).
+    /// `Ok(None)`: nothing to do yet; an error: the client is gone or
     /// misbehaves (drop it).
-    pub fn read_request(&mut self) -> Result<Option<Request>, String> {
-        let mut chunk = [0u8; 4096];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => return Err("closed".into()),
-            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
-            Err(e) => return Err(e.to_string()),
+    pub fn next_request(&mut self) -> Result<Option<Request>, String> {
+        self.flush()?;
+        if self.written < self.out.len() {
+            return Ok(None);
+        }
+        if !self.buf.contains(&b'\n') {
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err("closed".into()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            }
         }
         let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
             if self.buf.len() > MAX_REQUEST {
@@ -49,6 +88,7 @@ impl Client {
             return Ok(None);
         };
         let line: Vec<u8> = self.buf.drain(..=nl).collect();
+        self.active = Instant::now();
         match serde_json::from_slice::<Request>(&line) {
             Ok(r) => Ok(Some(r)),
             Err(e) => {
@@ -58,15 +98,36 @@ impl Client {
         }
     }
 
-    /// Writes one response line (blocking, bounded by a timeout: a client
-    /// that does not read is dropped rather than stalling the master).
+    /// Queues one response line and writes what the socket takes now; the
+    /// rest goes out as the client reads (`next_request`).
     pub fn reply(&mut self, response: &Response) {
-        let mut line = serde_json::to_string(response).unwrap_or_else(|_| "{\"ok\":false}".into());
-        line.push('\n');
-        let _ = self.stream.set_nonblocking(false);
-        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(2)));
-        let _ = self.stream.write_all(line.as_bytes());
-        let _ = self.stream.set_nonblocking(true);
+        let mut line = serde_json::to_vec(response).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+        line.push(b'\n');
+        if self.written == self.out.len() {
+            self.out = line;
+            self.written = 0;
+        } else {
+            self.out.extend_from_slice(&line);
+        }
+        // An error shows again at the next write, which drops the client.
+        let _ = self.flush();
+    }
+
+    /// Writes without waiting; `Ok` with some left when the socket is full.
+    fn flush(&mut self) -> Result<(), String> {
+        while self.written < self.out.len() {
+            match self.stream.write(&self.out[self.written..]) {
+                Ok(0) => return Err("closed".into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        // All out: a large answer's memory goes now, not at the next one.
+        self.out = Vec::new();
+        self.written = 0;
+        Ok(())
     }
 }
 
@@ -137,11 +198,11 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
-            let mut client = Client {
-                stream,
-                buf: Vec::new(),
-                waits_for_stop: false,
-            };
+            // Non-blocking from the start: even a refusal never waits.
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let mut client = Client::new(stream);
             match peer_uid(&client.stream) {
                 Some(uid) if uid == self.uid || uid == 0 => {}
                 other => {
@@ -153,9 +214,20 @@ impl Server {
                     continue;
                 }
             }
-            if clients.len() >= MAX_CLIENTS || client.stream.set_nonblocking(true).is_err() {
-                client.reply(&Response::error("busy: too many control connections"));
-                continue;
+            if clients.len() >= MAX_CLIENTS {
+                // Room is made by the client idle longest, never by a `stop`
+                // waiting for the master's end: a client that holds many
+                // places cannot keep `stop` or `status` out.
+                let idle = (0..clients.len())
+                    .filter(|&i| !clients[i].waits_for_stop)
+                    .min_by_key(|&i| clients[i].active);
+                match idle {
+                    Some(i) => drop(clients.swap_remove(i)),
+                    None => {
+                        client.reply(&Response::error("busy: too many control connections"));
+                        continue;
+                    }
+                }
             }
             clients.push(client);
         }
@@ -184,6 +256,8 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::control::{Answer, ask, socket_path};
 
@@ -206,7 +280,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         let request = loop {
-            if let Some(r) = clients[0].read_request().unwrap() {
+            if let Some(r) = clients[0].next_request().unwrap() {
                 break r;
             }
             std::thread::sleep(Duration::from_millis(5));

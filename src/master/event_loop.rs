@@ -116,7 +116,12 @@ impl Master {
             .is_some();
         let first_client = fds.len();
         for c in &self.clients {
-            fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
+            let want = if c.wants_to_write() {
+                PollFlags::POLLOUT
+            } else {
+                PollFlags::POLLIN
+            };
+            fds.push(PollFd::new(c.fd(), want));
         }
         // While the log's queue is full, runners' pipes are left unread
         // (a runner that floods waits on its own pipe) and the writer's wake
@@ -202,7 +207,7 @@ impl Master {
     fn serve(&mut self, listener: bool, ready: &[usize]) {
         let mut gone = Vec::new();
         for &i in ready {
-            match self.clients[i].read_request() {
+            match self.clients[i].next_request() {
                 Ok(Some(request)) => {
                     let response = self.on_request(&request);
                     let client = &mut self.clients[i];
