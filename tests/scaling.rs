@@ -9,8 +9,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -74,27 +74,44 @@ fn overlap(live: &[(String, u64, u64)]) -> Option<String> {
     None
 }
 
-/// Watches every 5 ms, until told to stop, that no slice runs twice.
-fn watchdog(
-    configs: Vec<String>,
-) -> (
-    Arc<AtomicBool>,
-    std::thread::JoinHandle<(usize, Option<String>)>,
-) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = std::thread::spawn(move || {
-        let mut looks = 0;
-        while !flag.load(Ordering::Relaxed) {
-            looks += 1;
-            if let Some(o) = overlap(&live_slices(&configs)) {
-                return (looks, Some(o));
+/// Looks every 5 ms, until stopped, that no slice runs twice; records the
+/// first overlap and every slice it has seen run.
+struct Watchdog {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<BTreeSet<(String, u64, u64)>>>,
+    thread: std::thread::JoinHandle<Option<String>>,
+}
+
+impl Watchdog {
+    fn spawn(configs: Vec<String>) -> Watchdog {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let (flag, record) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let mut first = None;
+            while !flag.load(Ordering::Relaxed) {
+                let live = live_slices(&configs);
+                first = first.or_else(|| overlap(&live));
+                record.lock().unwrap().extend(live);
+                std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        (looks, None)
-    });
-    (stop, handle)
+            first
+        });
+        Watchdog { stop, seen, thread }
+    }
+
+    /// How many of `env`'s slices it has seen run.
+    fn saw(&self, env: &Env) -> usize {
+        let config = env.config.display().to_string();
+        let seen = self.seen.lock().unwrap();
+        seen.iter().filter(|(c, _, _)| *c == config).count()
+    }
+
+    /// The first overlap it saw, if any.
+    fn finish(self) -> Option<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
 }
 
 fn states(env: &Env) -> Vec<(String, String)> {
@@ -137,7 +154,7 @@ fn a_slice_runs_under_one_master_and_is_taken_over_when_it_dies() {
         "\"work:0:4\", \"work:1:4\", \"work:2:4\", \"work:3:4\"",
         &handler,
     );
-    let (stop, dog) = watchdog(
+    let dog = Watchdog::spawn(
         [&a, &b]
             .iter()
             .map(|e| e.config.display().to_string())
@@ -178,10 +195,17 @@ fn a_slice_runs_under_one_master_and_is_taken_over_when_it_dies() {
         .collect();
     assert_eq!(injected.len(), 400);
     wait_until("A to handle some", DRAIN, || lines(&record).len() >= 20);
+    // The watchdog has looked while A ran (however slow the machine).
+    wait_until("the watchdog to see A's two slices", PATIENCE, || {
+        dog.saw(&a) == 2
+    });
     assert!(send(pa, 9));
     wait_until("B to run all four slices", PATIENCE, || {
         let s = states(&b);
         s.len() == 4 && s.iter().all(|(_, st)| st == "running")
+    });
+    wait_until("the watchdog to see B's four slices", PATIENCE, || {
+        dog.saw(&b) == 4
     });
     b.wait_log("Slice work:0:4 is free now: taking it over (before: work:0:2 held by host ");
     wait_until("every entry handled", DRAIN, || {
@@ -203,10 +227,7 @@ fn a_slice_runs_under_one_master_and_is_taken_over_when_it_dies() {
         s.len() == 2 && s.iter().all(|(_, st)| st == "running")
     });
     assert_eq!(a.run(&["stop"]).code, 0);
-    stop.store(true, Ordering::Relaxed);
-    let (looks, seen) = dog.join().unwrap();
-    assert_eq!(seen, None, "one slice ran twice");
-    assert!(looks > 100, "the watchdog looked only {looks} times");
+    assert_eq!(dog.finish(), None, "one slice ran twice");
 }
 
 #[test]
