@@ -169,8 +169,12 @@ enum Asked {
     Done(UnixStream),
     /// No socket: fall back to signals.
     NoSocket,
-    /// The master said no, or the socket failed: the message, exit 1.
+    /// The master said no: the message, exit 1.
     Failed(String),
+    /// The socket failed (no answer in time, closed without one): the
+    /// checked signal path may still reach the master; the message says
+    /// why the socket did not.
+    Unreachable(String),
 }
 
 /// Asks the master that holds the lock. Never asks when the lock is free: a
@@ -185,6 +189,6 @@ fn ask(config: &Config, request: &Request) -> Asked {
         // A socket we may not use (another user's) tells nothing: signals
         // will give the real error.
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Asked::NoSocket,
-        Err(e) => Asked::Failed(format!("cannot talk to the master: {e}")),
+        Err(e) => Asked::Unreachable(format!("cannot talk to the master: {e}")),
     }
 }

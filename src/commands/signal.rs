@@ -45,6 +45,12 @@ pub fn restart(config: &Config, args: &RestartArgs) -> i32 {
             eprintln!("{e}");
             1
         }
+        // One runner has no signal of its own.
+        Asked::Unreachable(e) if runner.is_some() => {
+            eprintln!("{e}");
+            1
+        }
+        Asked::Unreachable(_) => signal_master(config, args.quiet, Signal::SIGUSR1, &line),
         Asked::NoSocket if runner.is_some() => {
             eprintln!(
                 "cannot restart one runner: the master has no control socket ({})",
@@ -88,7 +94,9 @@ pub fn reopen(config: &Config, args: &QuietArgs) -> i32 {
             eprintln!("{e}");
             1
         }
-        Asked::NoSocket => signal_master(config, args.quiet, Signal::SIGHUP, line),
+        Asked::NoSocket | Asked::Unreachable(_) => {
+            signal_master(config, args.quiet, Signal::SIGHUP, line)
+        }
     }
 }
 

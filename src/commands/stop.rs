@@ -36,10 +36,11 @@ pub fn stop(config: &Config, args: &StopArgs) -> i32 {
         Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
         _ => config.mailman.stop_timeout.0 + Duration::from_secs(8),
     };
-    let deadline = Instant::now() + limit;
+    let mut deadline = Instant::now() + limit;
     let line = "Shutting down Mailman's master runner";
     // The socket first: it works across PID namespaces and tells us when
     // the runners are gone.
+    let mut socket_error = None;
     match ask(config, &Request::Stop) {
         Asked::Done(stream) => {
             if !args.quiet {
@@ -64,6 +65,13 @@ pub fn stop(config: &Config, args: &StopArgs) -> i32 {
             return 1;
         }
         Asked::NoSocket => {}
+        // No answer on the socket (a master out of descriptors takes no
+        // connection): SIGTERM after the identity check, with the whole
+        // limit to stop in.
+        Asked::Unreachable(e) => {
+            socket_error = Some(e);
+            deadline = Instant::now() + limit;
+        }
     }
     let master = match find_master(&layout) {
         Target::NotRunning => {
@@ -71,7 +79,10 @@ pub fn stop(config: &Config, args: &StopArgs) -> i32 {
             return 0;
         }
         Target::Refuse(msg) => {
-            eprintln!("{msg}");
+            match socket_error {
+                Some(e) => eprintln!("{e}; {msg}"),
+                None => eprintln!("{msg}"),
+            }
             return 1;
         }
         Target::Master(master) => master,

@@ -117,14 +117,16 @@ impl Http {
 
     /// One turn: new connections, then the ready ones (by index into
     /// [`Http::client_fds`] as polled); `answer` is called once per whole
-    /// request. Connections done or out of time are closed.
+    /// request. Connections done or out of time are closed. Returns `true`
+    /// if accepting ran out of descriptors (the listener should rest:
+    /// [`super::AcceptPause`]).
     pub fn turn(
         &mut self,
         listener: bool,
         ready: &[usize],
         now: Instant,
         answer: &mut dyn FnMut(Route) -> Answer,
-    ) {
+    ) -> bool {
         for &i in ready {
             let Some(c) = self.clients.get_mut(i) else {
                 continue;
@@ -138,19 +140,26 @@ impl Http {
         }
         self.clients
             .retain(|c| !c.done() && now.saturating_duration_since(c.since) < DEADLINE);
-        if listener {
-            self.accept(now);
-        }
+        listener && self.accept(now)
     }
 
-    fn accept(&mut self, now: Instant) {
+    /// The connection open longest.
+    fn oldest(&self) -> Option<usize> {
+        (0..self.clients.len()).min_by_key(|&i| self.clients[i].since)
+    }
+
+    /// Accepts every waiting connection; `true` if it ran out (see `turn`).
+    fn accept(&mut self, now: Instant) -> bool {
         loop {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // WouldBlock: none left; anything else (EMFILE, …) is tried
-                // again when the listener is next readable.
-                Err(_) => return,
+                // Out of descriptors: closing a connection for room would
+                // only close one that came a moment before (each lasts at
+                // most DEADLINE); the listener rests.
+                Err(e) if super::out_of_room(&e) => return true,
+                // WouldBlock: none left.
+                Err(_) => return false,
             };
             if stream.set_nonblocking(true).is_err() {
                 continue;
@@ -158,8 +167,7 @@ impl Http {
             if self.clients.len() >= MAX_CLIENTS {
                 // Room is made by the oldest connection: a slow client
                 // holding many cannot keep a scraper out.
-                let oldest = (0..self.clients.len()).min_by_key(|&i| self.clients[i].since);
-                if let Some(i) = oldest {
+                if let Some(i) = self.oldest() {
                     self.clients.swap_remove(i);
                 }
             }

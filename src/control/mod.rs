@@ -234,6 +234,54 @@ pub(crate) fn reachable(
     ))
 }
 
+/// Whether an `accept` failed for want of a descriptor (the process's or
+/// the system's), memory or buffers: the connection stays in the backlog and
+/// the listener stays readable, so polling it again at once would spin.
+pub(crate) fn out_of_room(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// The master's listeners (control socket and HTTP) left unpolled for a
+/// moment after an `accept` found no descriptor to spare and no connection
+/// of theirs to close for one: connections wait in the backlog meanwhile,
+/// and the master wakes a few times a second instead of spinning.
+#[derive(Debug, Default)]
+pub struct AcceptPause {
+    until: Option<std::time::Instant>,
+    warned: bool,
+}
+
+impl AcceptPause {
+    /// How long listeners rest after running out.
+    pub const REST: std::time::Duration = std::time::Duration::from_millis(250);
+
+    /// Whether to leave the listeners unpolled now.
+    pub fn resting(&self, now: std::time::Instant) -> bool {
+        self.until.is_some_and(|u| now < u)
+    }
+
+    /// When to poll them again (`None` unless resting).
+    pub fn deadline(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        self.until.filter(|&u| now < u)
+    }
+
+    /// After accepting: `ran_out` says whether it did. Returns `true` the
+    /// first time it runs out after having had room (to warn once).
+    pub fn record(&mut self, ran_out: bool, now: std::time::Instant) -> bool {
+        if ran_out {
+            self.until = Some(now + Self::REST);
+            !std::mem::replace(&mut self.warned, true)
+        } else {
+            self.until = None;
+            self.warned = false;
+            false
+        }
+    }
+}
+
 /// The control socket of the default layout (`$var_dir/master.sock`).
 #[cfg(test)]
 pub fn socket_path(var_dir: &Path) -> PathBuf {

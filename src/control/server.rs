@@ -131,6 +131,14 @@ impl Client {
     }
 }
 
+/// The client idle longest that may be closed to make room (not a `stop`
+/// waiting for the master's end).
+fn idle_longest(clients: &[Client]) -> Option<usize> {
+    (0..clients.len())
+        .filter(|&i| !clients[i].waits_for_stop)
+        .min_by_key(|&i| clients[i].active)
+}
+
 /// The master's listening socket.
 pub struct Server {
     listener: UnixListener,
@@ -190,13 +198,22 @@ impl Server {
     }
 
     /// Accepts every waiting connection. Clients of another user (not root)
-    /// are answered with an error and dropped.
-    pub fn accept(&self, clients: &mut Vec<Client>) {
+    /// are answered with an error and dropped. Out of descriptors, the
+    /// client idle longest is closed to make room; returns `true` if there
+    /// was none to close (the listener should rest: [`super::AcceptPause`]).
+    pub fn accept(&self, clients: &mut Vec<Client>) -> bool {
         loop {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(e) if super::out_of_room(&e) => match idle_longest(clients) {
+                    Some(i) => {
+                        drop(clients.swap_remove(i));
+                        continue;
+                    }
+                    None => return true,
+                },
+                Err(_) => return false,
             };
             // Non-blocking from the start: even a refusal never waits.
             if stream.set_nonblocking(true).is_err() {
@@ -218,10 +235,7 @@ impl Server {
                 // Room is made by the client idle longest, never by a `stop`
                 // waiting for the master's end: a client that holds many
                 // places cannot keep `stop` or `status` out.
-                let idle = (0..clients.len())
-                    .filter(|&i| !clients[i].waits_for_stop)
-                    .min_by_key(|&i| clients[i].active);
-                match idle {
+                match idle_longest(clients) {
                     Some(i) => drop(clients.swap_remove(i)),
                     None => {
                         client.reply(&Response::error("busy: too many control connections"));

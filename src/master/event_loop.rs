@@ -108,11 +108,18 @@ impl Master {
             .and_then(|p| p.fd())
             .map(|fd| fds.push(PollFd::new(fd, PollFlags::POLLIN)))
             .is_some();
+        // Listeners resting (out of descriptors) stay in the table, asking
+        // for nothing.
+        let accepting = if self.accept_pause.resting(Instant::now()) {
+            PollFlags::empty()
+        } else {
+            PollFlags::POLLIN
+        };
         let at_listener = fds.len();
         let listening = self
             .control
             .as_ref()
-            .map(|c| fds.push(PollFd::new(c.fd(), PollFlags::POLLIN)))
+            .map(|c| fds.push(PollFd::new(c.fd(), accepting)))
             .is_some();
         let first_client = fds.len();
         for c in &self.clients {
@@ -147,7 +154,7 @@ impl Master {
         }
         let first_http = fds.len();
         if let Some(h) = &self.http {
-            fds.push(PollFd::new(h.listener_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(h.listener_fd(), accepting));
             for (fd, writing) in h.client_fds() {
                 let want = if writing {
                     PollFlags::POLLOUT
@@ -222,7 +229,21 @@ impl Master {
             self.clients.swap_remove(i);
         }
         if listener && let Some(server) = &self.control {
-            server.accept(&mut self.clients);
+            let ran_out = server.accept(&mut self.clients);
+            self.record_accept(ran_out);
+        }
+    }
+
+    /// After a listener accepted: out of descriptors with nothing of its
+    /// own to close, the listeners rest a moment (warned once per episode).
+    pub(super) fn record_accept(&mut self, ran_out: bool) {
+        if self.accept_pause.record(ran_out, Instant::now()) {
+            let limit = crate::os::process::nofile_limit()
+                .map_or_else(|| "unknown".to_string(), |n| n.to_string());
+            tracing::warn!(
+                "out of file descriptors (open-file limit {limit}): new control and HTTP \
+                 connections wait until some are free"
+            );
         }
     }
 
@@ -253,7 +274,8 @@ impl Master {
             Mode::Stopping { .. } => None,
             _ => self.preload.as_ref().and_then(|p| p.next_deadline()),
         };
-        own.into_iter().chain(helper).chain(http).min()
+        let pause = self.accept_pause.deadline(Instant::now());
+        own.into_iter().chain(helper).chain(http).chain(pause).min()
     }
 
     fn pump(&mut self, readable: &[usize]) {

@@ -255,10 +255,13 @@ impl Master {
         let Some(mut http) = self.http.take() else {
             return;
         };
-        http.turn(listener, ready, Instant::now(), &mut |route| {
+        let ran_out = http.turn(listener, ready, Instant::now(), &mut |route| {
             self.on_http(route)
         });
         self.http = Some(http);
+        if listener {
+            self.record_accept(ran_out);
+        }
     }
 
     /// What an HTTP request gets.

@@ -172,6 +172,7 @@ impl Master {
             restartable: !opts.no_restart,
             control,
             clients: Vec::new(),
+            accept_pause: Default::default(),
             http,
             jobs: Vec::new(),
             stall_check_at: None,

@@ -30,6 +30,17 @@ pub fn raise_nofile() -> Option<libc::rlimit> {
     }
 }
 
+/// This process's soft open-file limit.
+pub fn nofile_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a plain system call with a valid rlimit struct.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (r == 0).then_some(lim.rlim_cur)
+}
+
 /// Grows this process's descriptor table at once to hold `n` descriptors
 /// (as far as the open-file limit allows). Called while the process has
 /// one thread: the kernel grows a table that several threads share (the
