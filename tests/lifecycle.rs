@@ -1,7 +1,7 @@
 //! The master's life seen from the control commands: status codes, a second
-//! start, a `kill -9` of the master, a pid file naming another process, and
-//! a var dir that cannot be used (unwritable, world-writable, a symlinked
-//! pid file).
+//! start, a `kill -9` of the master, a pid file naming another process, a
+//! var dir that cannot be used (unwritable, world-writable, a symlinked
+//! pid file), and what the daemon keeps of its caller (nothing).
 
 mod common;
 
@@ -418,4 +418,52 @@ fn an_unwritable_var_dir_says_why() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("Read-only file system"), "{stderr}");
     assert!(!stderr.contains("ermission denied"), "{stderr}");
+}
+
+/// The daemon keeps nothing its caller left open: a pipe `start` inherited
+/// reads end-of-file once `start` has returned (the master held it for its
+/// whole life, so that `$(…)`-style readers or a lock taken by a wrapper
+/// waited for it).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_daemon_keeps_no_descriptor_of_its_caller() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let env = Env::new(&only(TWO_RUNNERS));
+    let (mut read, write) = std::io::pipe().unwrap();
+    let w = write.as_raw_fd();
+    let mut start = env.cmd(&["start"]);
+    // SAFETY: dup2 is async-signal-safe; fd 7 is left open across exec.
+    unsafe {
+        start.pre_exec(move || {
+            if libc::dup2(w, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = start.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(write);
+    let master = env.pid_from_file().unwrap();
+    let done = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let _ = done.0.send(read.read_to_end(&mut rest).map(|_| rest.len()));
+    });
+    let got = done.1.recv_timeout(PATIENCE);
+    let held: Vec<String> = fs::read_dir(format!("/proc/{master}/fd"))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        matches!(got, Ok(Ok(0))),
+        "the pipe never closed: the master holds {held:?}"
+    );
+    assert_eq!(env.run(&["stop"]).code, 0);
 }

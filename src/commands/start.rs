@@ -94,6 +94,18 @@ fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
             } else if libc::dup2(wfd, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // What the caller left open (a pipe, a lock file) is not the
+            // daemon's: held for the master's life, it would keep a reader
+            // of that pipe from its end of file, or the lock taken. Closed
+            // at the exec, so that an exec error is still reported. Best
+            // effort: a kernel before 5.11 has no CLOSE_RANGE_CLOEXEC.
+            #[cfg(target_os = "linux")]
+            libc::syscall(
+                libc::SYS_close_range,
+                4 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+            );
             Ok(())
         });
     }
