@@ -467,3 +467,42 @@ fn the_daemon_keeps_no_descriptor_of_its_caller() {
     );
     assert_eq!(env.run(&["stop"]).code, 0);
 }
+
+/// A lock file deleted under a running master (a cleaner of old files,
+/// `rm -rf` of the locks directory) is made again and locked at once: a
+/// second `start` says "already running" and leaves the runners alone, and
+/// `status` and `stop` still find the master. (A second master used to
+/// start, killing the first one's runners as leftovers of a dead master,
+/// and `status` said "stopped".)
+#[cfg(target_os = "linux")]
+#[test]
+fn a_deleted_lock_file_is_taken_again() {
+    let env = Env::new(&only(TWO_RUNNERS));
+    let master = env.start(2);
+    let mut runners = runners_of(master);
+    runners.sort();
+    let lock = env.var.join("locks/master.lck");
+    let running = format!("GNU Mailman is running (master pid: {master})\n");
+    fs::remove_file(&lock).unwrap();
+    wait_until("the lock to be taken again", PATIENCE, || {
+        env.run(&["status"]).stdout == running
+    });
+    let r = env.run(&["start"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("already running"), "{}", r.stderr);
+    let mut now = runners_of(master);
+    now.sort();
+    assert_eq!(now, runners, "the runners were left alone");
+    // The pid file, then the whole directory: both come back.
+    fs::remove_file(env.pid_file()).unwrap();
+    let _ = fs::remove_dir_all(env.var.join("locks"));
+    wait_until("the lock and the pid file again", PATIENCE, || {
+        env.pid_from_file() == Some(master) && env.run(&["status"]).stdout == running
+    });
+    assert!(
+        env.log()
+            .contains("was deleted or replaced under the running master")
+    );
+    assert_eq!(env.run(&["stop"]).code, 0);
+    wait_until("the master to exit", PATIENCE, || !alive(master));
+}

@@ -28,6 +28,7 @@ struct Ready {
     http_listener: bool,
     http: Vec<usize>,
     helper: bool,
+    lock_dir: bool,
 }
 
 impl Master {
@@ -59,6 +60,9 @@ impl Master {
             }
             if ready.helper {
                 self.on_helper_answer();
+            }
+            if ready.lock_dir {
+                self.keep_lock();
             }
             self.serve(ready.listener, &ready.clients);
             self.serve_http(ready.http_listener, &ready.http);
@@ -99,7 +103,8 @@ impl Master {
                     .unwrap_or(PollTimeout::MAX)
             }
         };
-        // Layout: [signals, helper?, listener?, clients…, outputs…, probes…, http…].
+        // Layout: [signals, helper?, lock dir?, listener?, clients…, outputs…,
+        // probes…, http…].
         let mut fds = Vec::with_capacity(3 + self.clients.len() + self.outputs.len());
         fds.push(PollFd::new(self.signals.fd(), PollFlags::POLLIN));
         let helper = self
@@ -107,6 +112,12 @@ impl Master {
             .as_ref()
             .and_then(|p| p.fd())
             .map(|fd| fds.push(PollFd::new(fd, PollFlags::POLLIN)))
+            .is_some();
+        let at_lock_dir = fds.len();
+        let lock_dir = self
+            .lock_watch
+            .as_ref()
+            .map(|w| fds.push(PollFd::new(w.fd(), PollFlags::POLLIN)))
             .is_some();
         // Listeners resting (out of descriptors) stay in the table, asking
         // for nothing.
@@ -169,6 +180,7 @@ impl Master {
             Ok(_) => {
                 let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
                 ready.helper = helper && hit(&fds[1]);
+                ready.lock_dir = lock_dir && hit(&fds[at_lock_dir]);
                 ready.listener = listening && hit(&fds[at_listener]);
                 ready.clients = (first_client..first_output)
                     .filter(|&i| hit(&fds[i]))

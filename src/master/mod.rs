@@ -29,6 +29,7 @@
 //! | room         | what it holds |
 //! |--------------|---------------|
 //! | `startup`    | readiness pipe to `start`, taking the lock, the first runners |
+//! | `lock_keeper`| taking the lock again when its file is deleted under the master |
 //! | `event_loop` | `poll`, reaping, timers: one turn of the loop |
 //! | `runners`    | what happens when a runner exits, starting one, restart and reopen |
 //! | `requests`   | what a control or HTTP request does, and `status --json`'s report |
@@ -53,6 +54,7 @@ pub mod spawn;
 
 mod event_loop;
 mod jobs;
+mod lock_keeper;
 mod metrics;
 mod preload;
 mod readiness;
@@ -74,7 +76,7 @@ use self::spawn::SpawnContext;
 use self::startup::StartPipe;
 use crate::config::{Config, RunnerSpec};
 use crate::control::{self, Client};
-use crate::os::lock::{Layout, MasterLock};
+use crate::os::lock::{Layout, LockWatch, MasterLock};
 use crate::os::signals::SignalPipe;
 
 pub use self::jobs::offline as offline_jobs;
@@ -218,4 +220,6 @@ struct Master {
     notifier: crate::os::notify::Notifier,
     log: Option<LogHandle>,
     lock: MasterLock,
+    /// Tells when the lock file may have been deleted (`lock_keeper`).
+    lock_watch: Option<LockWatch>,
 }

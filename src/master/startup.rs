@@ -104,6 +104,7 @@ impl Master {
             AcquireError::Held => StartError::new(EXIT_USAGE, e),
             AcquireError::Io { .. } => StartError::new(EXIT_ERROR, e),
         })?;
+        let lock_watch = lock::LockWatch::new(&layout.lock_file());
         // Before the pid file: a port that cannot be had leaves nothing.
         let http = match &config.http.listen {
             Some(addr) => {
@@ -186,6 +187,7 @@ impl Master {
             ready: std::mem::take(ready),
             notifier: crate::os::notify::Notifier::from_env(),
             log: Some(log),
+            lock_watch,
             lock,
         };
         let dir = master.layout.var_dir.join("jobs");

@@ -9,7 +9,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -150,6 +150,40 @@ impl MasterLock {
     pub fn clear(&self) {
         let _ = self.file.set_len(0);
     }
+
+    /// Whether `path` is still the file this lock holds (not deleted,
+    /// renamed away or replaced).
+    pub fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (fs::symlink_metadata(path), self.file.metadata()) {
+            (Ok(there), Ok(held)) => there.dev() == held.dev() && there.ino() == held.ino(),
+            _ => false,
+        }
+    }
+
+    /// Takes the lock again at the layout's path after the file it held
+    /// was deleted or replaced (the directories are made again if need be):
+    /// while the held file is unreachable, a second master could take a new
+    /// one and run beside this one. `Held` if another master took it first.
+    pub fn retake(&mut self, layout: &Layout) -> Result<(), AcquireError> {
+        if self.is_at(&layout.lock_file()) {
+            return Ok(());
+        }
+        if let Some(dir) = layout.lock_file().parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(|e| AcquireError::Io {
+                    path: dir.display().to_string(),
+                    text: io_text(&e),
+                })?;
+        }
+        // The old file goes (and its lock with it) once the new one is held.
+        // No retry: the event loop calls this.
+        *self = acquire_within(layout, Duration::ZERO)?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,13 +207,17 @@ fn open_nofollow(path: &Path, write: bool) -> io::Result<File> {
 /// Takes the master lock with a non-blocking try, retried for a short moment
 /// so that a control command probing at that instant cannot make it fail.
 pub fn acquire(layout: &Layout) -> Result<MasterLock, AcquireError> {
+    acquire_within(layout, Duration::from_millis(300))
+}
+
+fn acquire_within(layout: &Layout, patience: Duration) -> Result<MasterLock, AcquireError> {
     let path = layout.lock_file();
     let io_err = |e: io::Error| AcquireError::Io {
         path: path.display().to_string(),
         text: io_text(&e),
     };
     let mut file = open_nofollow(&path, true).map_err(io_err)?;
-    let deadline = Instant::now() + Duration::from_millis(300);
+    let deadline = Instant::now() + patience;
     loop {
         match file.try_lock() {
             Ok(()) => break,
@@ -195,6 +233,70 @@ pub fn acquire(layout: &Layout) -> Result<MasterLock, AcquireError> {
         .and_then(|()| file.write_all(info.as_bytes()))
         .map_err(io_err)?;
     Ok(MasterLock { file })
+}
+
+/// Tells when the lock file's directory loses or gains an entry, or goes:
+/// what may have taken the master's lock file away (on Linux, inotify: one
+/// descriptor to poll, which never wakes an idle master; elsewhere, none).
+pub struct LockWatch {
+    #[cfg(target_os = "linux")]
+    inotify: nix::sys::inotify::Inotify,
+    #[cfg(target_os = "linux")]
+    dir: PathBuf,
+    #[cfg(not(target_os = "linux"))]
+    never: std::convert::Infallible,
+}
+
+#[cfg(target_os = "linux")]
+impl LockWatch {
+    const EVENTS: nix::sys::inotify::AddWatchFlags =
+        nix::sys::inotify::AddWatchFlags::from_bits_truncate(
+            libc::IN_DELETE
+                | libc::IN_MOVED_FROM
+                | libc::IN_MOVED_TO
+                | libc::IN_DELETE_SELF
+                | libc::IN_MOVE_SELF,
+        );
+
+    /// A watch on `lock_file`'s directory; `None` if it cannot be had.
+    pub fn new(lock_file: &Path) -> Option<LockWatch> {
+        use nix::sys::inotify::{InitFlags, Inotify};
+        let dir = lock_file.parent()?.to_path_buf();
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+        inotify.add_watch(&dir, Self::EVENTS).ok()?;
+        Some(LockWatch { inotify, dir })
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.inotify)
+    }
+
+    /// Reads what happened (the caller then checks the lock: events say
+    /// only that something changed).
+    pub fn drain(&self) {
+        while matches!(self.inotify.read_events(), Ok(e) if !e.is_empty()) {}
+    }
+
+    /// Watches the directory again (once it is made anew; a watch on one
+    /// that is already watched changes nothing).
+    pub fn rewatch(&self) {
+        let _ = self.inotify.add_watch(&self.dir, Self::EVENTS);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+impl LockWatch {
+    pub fn new(_lock_file: &Path) -> Option<LockWatch> {
+        None
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self.never {}
+    }
+
+    pub fn drain(&self) {}
+
+    pub fn rewatch(&self) {}
 }
 
 /// What a control command learns from the lock.
