@@ -326,3 +326,39 @@ fn preload_without_mailman_cfg_is_an_error() {
     }
     assert!(!env.var.join("master.pid").exists());
 }
+
+/// A configuration path that never ends (a device, a runaway generator) or
+/// a huge file is one error line, at once, not all the memory there is.
+/// (The whole of `/dev/zero` was read: here, under a 1 GiB address-space
+/// limit, the old code said "out of memory"; without one it took the
+/// machine's memory.)
+#[cfg(target_os = "linux")]
+#[test]
+fn a_configuration_without_end_is_refused() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new("");
+    for args in [&["check-config"][..], &["start"], &["status"]] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mailman"));
+        cmd.args(["-C", "/dev/zero"]).args(args);
+        // SAFETY: setrlimit is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 1 << 30,
+                    rlim_max: 1 << 30,
+                };
+                libc::setrlimit(libc::RLIMIT_AS, &lim);
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let want = if args == ["status"] { 4 } else { 2 };
+        assert_eq!(out.status.code(), Some(want), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr, "/dev/zero: cannot read the configuration: larger than 16 MiB\n",
+            "{args:?}"
+        );
+    }
+    assert!(!env.var.exists());
+}

@@ -45,7 +45,7 @@ fn light(explicit: Option<&Path>, sets: &[String]) -> Option<Layout> {
     let (text, base) = match &source {
         Some(path) if is_mailman_cfg(path) => return None,
         Some(path) => {
-            let text = std::fs::read_to_string(path).ok()?;
+            let text = crate::util::read_config(path).ok()?;
             let base = if path == Path::new(NO_FILE) {
                 std::env::current_dir().ok()?
             } else {

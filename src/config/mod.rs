@@ -299,7 +299,7 @@ impl Config {
             let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
             return Config::build("", Some(&abs), sets);
         }
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        let text = crate::util::read_config(path).map_err(|e| ConfigError::File {
             file: path.display().to_string(),
             message: format!(
                 "cannot read the configuration: {}",

@@ -325,8 +325,9 @@ pub fn probe(layout: &Layout) -> Probe {
             Probe::Free
         }
         Err(TryLockError::WouldBlock) => {
+            // A few lines; anything longer is not the master's.
             let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
+            let _ = (&mut file).take(4096).read_to_string(&mut text);
             Probe::Held(LockInfo::parse(&text))
         }
         Err(TryLockError::Error(e)) => {

@@ -209,7 +209,7 @@ fn chain(file: &Path) -> Result<Vec<(PathBuf, ini::Ini)>, ConfigError> {
                 message: "[meta] extends loops back to this file".into(),
             });
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+        let text = crate::util::read_config(&path).map_err(|e| ConfigError::File {
             file: shown.clone(),
             message: format!(
                 "cannot read the configuration: {}",
