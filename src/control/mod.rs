@@ -244,9 +244,9 @@ pub(crate) fn out_of_room(e: &std::io::Error) -> bool {
     )
 }
 
-/// The master's listeners (control socket and HTTP) left unpolled for a
+/// A listener of the master's (control socket or HTTP), left unpolled for a
 /// moment after an `accept` found no descriptor to spare and no connection
-/// of theirs to close for one: connections wait in the backlog meanwhile,
+/// of its own to close for one: connections wait in the backlog meanwhile,
 /// and the master wakes a few times a second instead of spinning.
 #[derive(Debug, Default)]
 pub struct AcceptPause {

@@ -15,7 +15,7 @@ use tracing::{error, info};
 
 use super::slice::{State, Why};
 use super::{EXIT_OK, Master, Mode};
-use crate::control::Request;
+use crate::control::{self, Request};
 use crate::os::signals;
 
 /// What `poll` found ready.
@@ -29,6 +29,17 @@ struct Ready {
     http: Vec<usize>,
     helper: bool,
     lock_dir: bool,
+}
+
+/// A listener ran out of descriptors with nothing of its own to close: said
+/// once per episode ([`control::AcceptPause`]).
+pub(super) fn warn_out_of_fds(what: &str) {
+    let limit =
+        crate::os::process::nofile_limit().map_or_else(|| "unknown".to_string(), |n| n.to_string());
+    tracing::warn!(
+        "out of file descriptors (open-file limit {limit}): new {what} connections wait until \
+         some are free"
+    );
 }
 
 impl Master {
@@ -119,18 +130,21 @@ impl Master {
             .as_ref()
             .map(|w| fds.push(PollFd::new(w.fd(), PollFlags::POLLIN)))
             .is_some();
-        // Listeners resting (out of descriptors) stay in the table, asking
+        // A listener resting (out of descriptors) stays in the table, asking
         // for nothing.
-        let accepting = if self.accept_pause.resting(Instant::now()) {
-            PollFlags::empty()
-        } else {
-            PollFlags::POLLIN
+        let now = Instant::now();
+        let accepting = |pause: &control::AcceptPause| {
+            if pause.resting(now) {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            }
         };
         let at_listener = fds.len();
         let listening = self
             .control
             .as_ref()
-            .map(|c| fds.push(PollFd::new(c.fd(), accepting)))
+            .map(|c| fds.push(PollFd::new(c.fd(), accepting(&self.control_pause))))
             .is_some();
         let first_client = fds.len();
         for c in &self.clients {
@@ -165,7 +179,7 @@ impl Master {
         }
         let first_http = fds.len();
         if let Some(h) = &self.http {
-            fds.push(PollFd::new(h.listener_fd(), accepting));
+            fds.push(PollFd::new(h.listener_fd(), accepting(&self.http_pause)));
             for (fd, writing) in h.client_fds() {
                 let want = if writing {
                     PollFlags::POLLOUT
@@ -242,20 +256,9 @@ impl Master {
         }
         if listener && let Some(server) = &self.control {
             let ran_out = server.accept(&mut self.clients);
-            self.record_accept(ran_out);
-        }
-    }
-
-    /// After a listener accepted: out of descriptors with nothing of its
-    /// own to close, the listeners rest a moment (warned once per episode).
-    pub(super) fn record_accept(&mut self, ran_out: bool) {
-        if self.accept_pause.record(ran_out, Instant::now()) {
-            let limit = crate::os::process::nofile_limit()
-                .map_or_else(|| "unknown".to_string(), |n| n.to_string());
-            tracing::warn!(
-                "out of file descriptors (open-file limit {limit}): new control and HTTP \
-                 connections wait until some are free"
-            );
+            if self.control_pause.record(ran_out, Instant::now()) {
+                warn_out_of_fds("control");
+            }
         }
     }
 
@@ -286,8 +289,13 @@ impl Master {
             Mode::Stopping { .. } => None,
             _ => self.preload.as_ref().and_then(|p| p.next_deadline()),
         };
-        let pause = self.accept_pause.deadline(Instant::now());
-        own.into_iter().chain(helper).chain(http).chain(pause).min()
+        let now = Instant::now();
+        let pauses = [&self.control_pause, &self.http_pause].map(|p| p.deadline(now));
+        own.into_iter()
+            .chain(helper)
+            .chain(http)
+            .chain(pauses.into_iter().flatten())
+            .min()
     }
 
     fn pump(&mut self, readable: &[usize]) {

@@ -192,8 +192,10 @@ struct Master {
     /// The control socket, unless it could not be bound (signals still work).
     control: Option<control::Server>,
     clients: Vec<Client>,
-    /// Listeners left unpolled for a moment after running out of descriptors.
-    accept_pause: control::AcceptPause,
+    /// The control socket and HTTP listeners, left unpolled for a moment
+    /// after running out of descriptors.
+    control_pause: control::AcceptPause,
+    http_pause: control::AcceptPause,
     /// The HTTP endpoint (`[http] listen`), if configured.
     http: Option<control::Http>,
     /// Scheduled jobs (`[job.NAME]`), enabled or not.

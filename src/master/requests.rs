@@ -259,8 +259,8 @@ impl Master {
             self.on_http(route)
         });
         self.http = Some(http);
-        if listener {
-            self.record_accept(ran_out);
+        if listener && self.http_pause.record(ran_out, Instant::now()) {
+            super::event_loop::warn_out_of_fds("HTTP");
         }
     }
 
