@@ -394,7 +394,7 @@ fn runners_descendants_do_not_outlive_a_killed_master() {
         });
         let first: Vec<i32> = descendants(&env.var);
         send(master, 9);
-        wait_until("the master to die", PATIENCE, || !alive(master));
+        wait_until("the master to die", PATIENCE, || all_threads_gone(master));
         // Its runners die with it (parent-death signal); their children
         // live on, for now.
         wait_until("the runners to die", PATIENCE, || {

@@ -249,7 +249,7 @@ fn the_socket_refuses_other_users_and_a_stale_one_is_not_trusted() {
     // kill -9 leaves the socket file; it is never trusted, and the next
     // start replaces it.
     send(master, 9);
-    wait_until("the master to die", PATIENCE, || !alive(master));
+    wait_until("the master to die", PATIENCE, || all_threads_gone(master));
     assert!(socket.exists());
     let r = env.run(&["status", "--json"]);
     assert_eq!(r.code, 1, "{}", r.stdout);

@@ -244,6 +244,23 @@ pub fn alive(pid: i32) -> bool {
     matches!(stat(pid), Some((s, _, _)) if s != 'Z')
 }
 
+/// No thread of it is left running: what it held (its lock, its files) is
+/// given back. A process whose first thread is a zombie may still have
+/// others exiting, and its files are closed by the last one (closing an
+/// inotify descriptor, say, waits for the kernel).
+pub fn all_threads_gone(pid: i32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.filter_map(|t| t.ok()).all(|t| {
+        fs::read_to_string(t.path().join("stat")).map_or(true, |s| {
+            s.rfind(')')
+                .and_then(|i| s[i + 2..].chars().next())
+                .is_none_or(|state| state == 'Z' || state == 'X')
+        })
+    })
+}
+
 pub fn cmdline(pid: i32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
