@@ -4,6 +4,8 @@
 //! master dies, so it can never go stale. Its content (pid, host, start time,
 //! PID namespace, executable) is informational and lets control commands check
 //! a pid before signalling it. `master.pid` is written for Mailman's tools.
+//! [`LockWatch`] says when the lock's directory changes, so that a master
+//! whose lock file was deleted can take it again (`master::lock_keeper`).
 //!
 //! Not here: deciding what to do with a probe's answer (that is `commands`).
 
