@@ -266,6 +266,21 @@ fn the_socket_refuses_other_users_and_a_stale_one_is_not_trusted() {
     assert!(!socket.exists(), "a clean stop removes the socket");
 }
 
+/// A log directory deleted under the master (`rm -rf logs/`) is made again
+/// at the next `reopen`, as logrotate's would be: what follows is in a file
+/// one can read. (The log went on into the deleted file.)
+#[test]
+fn reopen_makes_a_deleted_log_directory_again() {
+    let env = Env::new(&only(TWO));
+    let master = env.start(3);
+    fs::remove_dir_all(env.var.join("logs")).unwrap();
+    assert_eq!(env.run(&["reopen"]).code, 0);
+    assert_eq!(env.run(&["restart", "out"]).code, 0);
+    env.wait_log("Master detected subprocess exit");
+    assert_eq!(env.run(&["stop"]).code, 0);
+    wait_until("the master to exit", PATIENCE, || !alive(master));
+}
+
 #[test]
 fn logrotate_loses_and_repeats_no_line() {
     const N: u32 = 4000;

@@ -14,7 +14,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -161,7 +161,20 @@ impl Writer {
         let Some((path, _)) = &self.file else {
             return;
         };
-        match open_log(path) {
+        // A deleted directory (`rm -rf logs/`, then logrotate's `reopen`)
+        // is made again, as at start, rather than the log going on into a
+        // file nobody can see.
+        let opened = open_log(path).or_else(|e| match path.parent() {
+            Some(dir) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir)?;
+                open_log(path)
+            }
+            _ => Err(e),
+        });
+        match opened {
             Ok(fresh) => {
                 let path = path.clone();
                 if let Some((_, old)) = &mut self.file {
