@@ -380,7 +380,13 @@ fn host_commands_against_a_bind_mounted_var_dir() {
         "{}",
         r.stderr
     );
-    assert!(stage.state().starts_with("exited 0"), "{}", stage.state());
+    // The lock goes as the master exits; Docker records the exit a moment
+    // after.
+    wait_until("the container to exit", PATIENCE, || {
+        stage.state().starts_with("exited")
+    });
+    let state = stage.state();
+    assert!(state.starts_with("exited 0"), "{state}");
     assert_eq!(host(&["status"]).code, 3, "a clean stop leaves no pid file");
 
     // Without the socket (removed here), the host's commands refuse and

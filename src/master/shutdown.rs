@@ -113,6 +113,10 @@ impl Master {
     /// After the loop: sweep what is left, remove the pid file, release the
     /// lock, flush the log (docs/master.md, "Stopping").
     pub(super) fn finish(mut self, code: i32) -> i32 {
+        // Closed now, not among the last descriptors at exit: closing an
+        // inotify descriptor waits for the kernel (milliseconds), and the
+        // lock, released at exit, should be the last thing to go.
+        drop(self.lock_watch.take());
         self.sweep();
         self.confine.close();
         for o in self.outputs.iter_mut() {
