@@ -22,10 +22,11 @@ pub const MAX_CONFIG: u64 = 16 * 1024 * 1024;
 /// what `path` gives (a pipe from `<(…)` too), not its announced size.
 pub fn read_config(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_CONFIG + 1)
-        .read_to_string(&mut text)?;
+    let file = std::fs::File::open(path)?;
+    // The announced size, where there is one, saves reads and copies.
+    let hint = file.metadata().map_or(0, |m| m.len().min(MAX_CONFIG));
+    let mut text = String::with_capacity(usize::try_from(hint).unwrap_or(0) + 1);
+    file.take(MAX_CONFIG + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_CONFIG {
         return Err(std::io::Error::new(
             std::io::ErrorKind::FileTooLarge,
