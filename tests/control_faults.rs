@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// One runner that only waits.
+const SLEEPER: &str = "[runner.in]\ncommand = [\"sleep\", \"1000\"]\n";
+
 /// The descriptor a process would get next (the lowest free number): an
 /// open-file limit of this leaves it none.
 fn next_fd(pid: i32) -> u64 {
@@ -59,9 +62,7 @@ fn cpu_secs(pid: i32) -> f64 {
 /// unknown, exit 4.)
 #[test]
 fn a_client_that_reads_no_answer_cannot_hold_the_master() {
-    let env = Env::new(&only(
-        "[runner.in]\ncommand = [\"sleep\", \"1000\"]\nrestart_delay = \"0s\"\n",
-    ));
+    let env = Env::new(&only(&format!("{SLEEPER}restart_delay = \"0s\"\n")));
     let master = env.start(1);
     let mut flood = UnixStream::connect(env.var.join("master.sock")).unwrap();
     flood.set_nonblocking(true).unwrap();
@@ -109,7 +110,7 @@ fn a_client_that_reads_no_answer_cannot_hold_the_master() {
 /// too many control connections" and fail, as did `restart` and `reopen`.)
 #[test]
 fn idle_connections_do_not_keep_stop_out() {
-    let env = Env::new(&only("[runner.in]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let env = Env::new(&only(SLEEPER));
     let master = env.start(1);
     let idle: Vec<UnixStream> = (0..100)
         .map(|_| UnixStream::connect(env.var.join("master.sock")).unwrap())
@@ -133,7 +134,7 @@ fn idle_connections_do_not_keep_stop_out() {
 fn out_of_descriptors_the_listeners_rest() {
     let port = free_port();
     let env = Env::new(&only(&format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n[runner.in]\ncommand = [\"sleep\", \"1000\"]\n"
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n{SLEEPER}"
     )));
     let master = env.start(1);
     // Idle control clients fill the low holes of its table, until every
@@ -185,7 +186,7 @@ fn out_of_descriptors_the_listeners_rest() {
 /// has not answered (`stop` said "cannot talk to the master" and exit 1).
 #[test]
 fn stop_signals_a_master_that_does_not_answer_on_its_socket() {
-    let env = Env::new(&only("[runner.in]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let env = Env::new(&only(SLEEPER));
     let master = env.start(1);
     assert!(send(master, libc::SIGSTOP));
     let stop = env

@@ -255,15 +255,15 @@ pub struct AcceptPause {
 }
 
 impl AcceptPause {
-    /// How long listeners rest after running out.
+    /// How long a listener rests after running out.
     pub const REST: std::time::Duration = std::time::Duration::from_millis(250);
 
-    /// Whether to leave the listeners unpolled now.
+    /// Whether to leave the listener unpolled now.
     pub fn resting(&self, now: std::time::Instant) -> bool {
         self.until.is_some_and(|u| now < u)
     }
 
-    /// When to poll them again (`None` unless resting).
+    /// When to poll it again (`None` unless resting).
     pub fn deadline(&self, now: std::time::Instant) -> Option<std::time::Instant> {
         self.until.filter(|&u| now < u)
     }

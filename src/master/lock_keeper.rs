@@ -21,11 +21,9 @@ impl Master {
         };
         watch.drain();
         let path = self.layout.lock_file();
-        if self.lock.is_at(&path) {
-            return;
-        }
         match self.lock.retake(&self.layout) {
-            Ok(()) => {
+            Ok(false) => return,
+            Ok(true) => {
                 warn!(
                     "{} was deleted or replaced under the running master; it is made again and locked",
                     path.display()

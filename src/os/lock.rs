@@ -166,10 +166,11 @@ impl MasterLock {
     /// Takes the lock again at the layout's path after the file it held
     /// was deleted or replaced (the directories are made again if need be):
     /// while the held file is unreachable, a second master could take a new
-    /// one and run beside this one. `Held` if another master took it first.
-    pub fn retake(&mut self, layout: &Layout) -> Result<(), AcquireError> {
+    /// one and run beside this one. `Ok(false)`: the file is still the one
+    /// held, nothing done; `Held` if another master took the new one first.
+    pub fn retake(&mut self, layout: &Layout) -> Result<bool, AcquireError> {
         if self.is_at(&layout.lock_file()) {
-            return Ok(());
+            return Ok(false);
         }
         if let Some(dir) = layout.lock_file().parent() {
             fs::DirBuilder::new()
@@ -184,7 +185,7 @@ impl MasterLock {
         // The old file goes (and its lock with it) once the new one is held.
         // No retry: the event loop calls this.
         *self = acquire_within(layout, Duration::ZERO)?;
-        Ok(())
+        Ok(true)
     }
 }
 
