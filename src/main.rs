@@ -40,6 +40,9 @@ fn main() {
 
 fn run() -> i32 {
     let args = cli::multicall(std::env::args_os().collect());
+    if let Some((config, status)) = cli::quick_status(&args) {
+        return status_command(config.as_deref(), &[], &status);
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {

@@ -1,11 +1,16 @@
 //! Where the master's files are, and nothing else: what `status` needs
 //! (issue 19). Reading the whole configuration costs milliseconds at 1,000
-//! runners; this reads the `[mailman]` table alone and skips the rest
-//! unchecked. Wherever more could change the answer (a `mailman_cfg`, an
-//! override from the environment or `--set`) or `[mailman]` is wrong, it
-//! does what [`Config::discover`] does, so that its answer, and any error in
-//! `[mailman]`, are the full configuration's. A mistake elsewhere in the
-//! file is for `check-config` and `start` to report.
+//! runners; this reads the `[mailman]` table alone. The whole file is
+//! still checked for TOML syntax (by the `toml` crate's own lexer and
+//! parser, `toml_parser`, which build nothing), but only the parts that
+//! can define `mailman` (the lines before the first table header, and
+//! every `[mailman…]` / `[[mailman…]]` table) are read as a document:
+//! what other tables hold, duplicates among them included, is not looked at.
+//! Wherever more could change the answer (a `mailman_cfg`, an override
+//! from the environment or `--set`) or the file or `[mailman]` is wrong, it
+//! does what [`Config::discover`] does, so that its answer, and any error,
+//! are the full configuration's. A mistake elsewhere in the file is for
+//! `check-config` and `start` to report.
 //!
 //! Not here: validation (`validate`), the full merge (`defaults`).
 
@@ -55,7 +60,9 @@ fn light(explicit: Option<&Path>, sets: &[String]) -> Option<Layout> {
         }
         None => (String::new(), std::env::current_dir().ok()?),
     };
-    let m = toml::from_str::<MailmanOnly>(&text).ok()?.mailman;
+    let m = toml::from_str::<MailmanOnly>(&mailman_part(&text)?)
+        .ok()?
+        .mailman;
     if m.mailman_cfg.is_some() {
         return None;
     }
@@ -81,6 +88,74 @@ fn light(explicit: Option<&Path>, sets: &[String]) -> Option<Layout> {
     Some(layout_of(&var_dir, &run_dir, &queue_dir, None))
 }
 
+/// The parts of a TOML document that can define its top-level `mailman`
+/// table: what precedes the first table header (dotted keys and inline
+/// tables), and each table whose header's first key is `mailman`. `None`
+/// when the document is not valid TOML syntax, keys and values included.
+fn mailman_part(text: &str) -> Option<String> {
+    use toml_parser::{ErrorSink, ParseError, Raw, Source, Span, decoder::Encoding};
+
+    /// Where each table begins, and whether it is `mailman`'s.
+    struct Skim<'s> {
+        text: &'s str,
+        kept: String,
+        /// Where the current table (the root, first) began, and whether it is kept.
+        from: usize,
+        keep: bool,
+        /// A header was opened and its first key not seen yet.
+        header: bool,
+    }
+    impl<'s> Skim<'s> {
+        fn raw(&self, span: Span, encoding: Option<Encoding>) -> Raw<'s> {
+            Raw::new_unchecked(&self.text[span.start()..span.end()], encoding, span)
+        }
+        fn table_open(&mut self, span: Span) {
+            if self.keep {
+                self.kept.push_str(&self.text[self.from..span.start()]);
+                self.kept.push('\n');
+            }
+            (self.from, self.header) = (span.start(), true);
+        }
+    }
+    impl toml_parser::parser::EventReceiver for Skim<'_> {
+        fn std_table_open(&mut self, span: Span, _: &mut dyn ErrorSink) {
+            self.table_open(span);
+        }
+        fn array_table_open(&mut self, span: Span, _: &mut dyn ErrorSink) {
+            self.table_open(span);
+        }
+        fn simple_key(&mut self, span: Span, kind: Option<Encoding>, error: &mut dyn ErrorSink) {
+            let mut key = std::borrow::Cow::Borrowed("");
+            self.raw(span, kind).decode_key(&mut key, error);
+            if std::mem::take(&mut self.header) {
+                self.keep = key == "mailman";
+            }
+        }
+        fn scalar(&mut self, span: Span, kind: Option<Encoding>, error: &mut dyn ErrorSink) {
+            let _ = self.raw(span, kind).decode_scalar(&mut (), error);
+        }
+    }
+
+    let source = Source::new(text);
+    let tokens = source.lex().into_vec();
+    let mut skim = Skim {
+        text,
+        kept: String::new(),
+        from: 0,
+        keep: true,
+        header: false,
+    };
+    let mut error: Option<ParseError> = None;
+    toml_parser::parser::parse_document(&tokens, &mut skim, &mut error);
+    if error.is_some() {
+        return None;
+    }
+    if skim.keep {
+        skim.kept.push_str(&text[skim.from..]);
+    }
+    Some(skim.kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +175,13 @@ mod tests {
              [runner.mine]\ncommand = [\"sleep\", \"9\"]\ninstances = 2\n"
                 .into(),
             format!("[mailman]\nvar_dir = \"/v\"\n[logging]\nstderr = false\n{runners}"),
+            // `mailman` defined from the root, quoted, spaced, or after other tables.
+            "mailman.var_dir = \"/dotted\"\n[runner.in]\ninstances = 2\n".into(),
+            "mailman = { var_dir = \"/inline\", run_dir = \"/r\" }\n".into(),
+            "# c\n[ \"mailman\" ] # c\nvar_dir = '/quoted'\n".into(),
+            "[runner.mailman]\n[job.x]\ncommand = [\"true\"]\nschedule = \"@hourly\"\n\
+             [mailman]\nvar_dir = \"/late\"\n"
+                .into(),
         ];
         for (i, text) in texts.iter().enumerate() {
             let file = dir.path().join(format!("c{i}.toml"));
@@ -107,6 +189,48 @@ mod tests {
             let full = Config::discover(Some(&file), &[]).unwrap().layout();
             assert_eq!(light(Some(&file), &[]), Some(full), "{text}");
         }
+    }
+
+    /// What the light reading reads as a document: the root and `mailman`'s
+    /// tables; and nothing when the file is not TOML, wherever it is not.
+    #[test]
+    fn only_mailmans_part_is_read() {
+        let doc = "top = 1\n[runner.a]\nx = 1\n[mailman]\nvar_dir = \"/v\"\n\
+                   [[job.list]]\ny = 2\n['mailman'.sub]\nz = 3\n[runner.b]\n";
+        assert_eq!(
+            mailman_part(doc).as_deref(),
+            Some("top = 1\n\n[mailman]\nvar_dir = \"/v\"\n\n['mailman'.sub]\nz = 3\n\n")
+        );
+        for broken in [
+            "[runner.in\n",
+            "[runner.in]\ncommand = [\"a\" \"b\"]\n",
+            "[runner.in]\nname = \"\\q\"\n",
+            "[runner.in]\ninstances = 1__0\n",
+            "[runner.in]\n= 1\n",
+            "[job.\"a\nb\"]\n",
+        ] {
+            assert_eq!(mailman_part(broken), None, "{broken:?}");
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), broken).unwrap();
+            assert!(
+                Config::locate(Some(file.path()), &[]).is_err(),
+                "{broken:?}"
+            );
+        }
+        // What only the whole document's reading sees: left to `check-config`.
+        let twice = "[mailman]\nvar_dir = \"/v\"\n[runner.a]\n[runner.a]\n";
+        assert!(mailman_part(twice).is_some());
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), twice).unwrap();
+        assert!(Config::discover(Some(file.path()), &[]).is_err());
+        assert_eq!(
+            Config::locate(Some(file.path()), &[]).unwrap().var_dir,
+            Path::new("/v")
+        );
+        // ... but not within `mailman`'s own part.
+        assert!(light(Some(file.path()), &[]).is_some());
+        std::fs::write(file.path(), "[mailman]\n[runner.a]\n[mailman]\n").unwrap();
+        assert_eq!(light(Some(file.path()), &[]), None);
     }
 
     /// Where `[mailman]` is wrong, the full reading's error.
