@@ -15,6 +15,10 @@
 //! Dependencies point one way: `commands` and `master` use `control`,
 //! `config`, `os`; `queue` uses `config` and `os`; `config` and `os` use
 //! nothing of ours but `util`.
+//!
+//! The entry point is C's `main`, not Rust's: see `os::runtime`.
+
+#![cfg_attr(not(test), no_main)]
 
 mod cli;
 mod commands;
@@ -33,7 +37,23 @@ use config::Config;
 use config::RunnerSpec;
 use exit::EXIT_USAGE;
 
+/// The process's entry point (`#![no_main]`): std's start-up is
+/// `os::runtime::init`; the command line is read through `std::env`.
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    start()
+}
+
+/// Under `cargo test` the test harness is `main`; the program's own entry
+/// is kept (and all it calls, in use).
+#[cfg(test)]
 fn main() {
+    start();
+}
+
+fn start() -> ! {
+    os::runtime::init();
     let code = run();
     std::process::exit(code);
 }
@@ -66,18 +86,6 @@ fn run() -> i32 {
             };
         }
         _ => {}
-    }
-    if matches!(cli.command, Command::Master(_) | Command::Runner(_))
-        || matches!(&cli.command, Command::Start(a) if a.foreground)
-    {
-        // Rust's runtime catches SIGSEGV and SIGBUS to report a stack
-        // overflow, and a first one *sent* (`kill -SEGV`) would be swallowed:
-        // they end the process, as they end any other.
-        // SAFETY: plain system calls, before any thread exists.
-        unsafe {
-            libc::signal(libc::SIGSEGV, libc::SIG_DFL);
-            libc::signal(libc::SIGBUS, libc::SIG_DFL);
-        }
     }
     let becomes_master = match &cli.command {
         Command::Master(_) => true,

@@ -468,6 +468,38 @@ fn the_daemon_keeps_no_descriptor_of_its_caller() {
     assert_eq!(env.run(&["stop"]).code, 0);
 }
 
+/// A master started with its standard descriptors closed (a careless init
+/// system, `mailman master <&- >&- 2>&-`) has them on /dev/null, as std's
+/// start-up would give them (ours is `os::runtime`): the lock file or a
+/// runner's pipe never lands on 0, 1 or 2.
+#[test]
+fn closed_standard_descriptors_are_dev_null() {
+    let env = Env::new(&only(TWO_RUNNERS));
+    let mut master = env.cmd(&["master"]);
+    // SAFETY: close is async-signal-safe.
+    unsafe {
+        master.pre_exec(|| {
+            for fd in 0..3 {
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+    let mut child = master.spawn().unwrap();
+    let pid = child.id() as i32;
+    wait_until("two runners", PATIENCE, || runners_of(pid).len() == 2);
+    let std_fds: Vec<String> = (0..3)
+        .map(|fd| {
+            fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|e| e.to_string())
+        })
+        .collect();
+    assert!(send(pid, libc::SIGTERM));
+    assert!(child.wait().unwrap().success());
+    assert_eq!(std_fds, ["/dev/null"; 3]);
+}
+
 /// A lock file deleted under a running master (a cleaner of old files,
 /// `rm -rf` of the locks directory) is made again and locked at once: a
 /// second `start` says "already running" and leaves the runners alone, and

@@ -1,0 +1,57 @@
+//! What Rust's runtime would do before `main`, done by us (issue 19): the
+//! binary's entry point is the C `main` (`#![no_main]` in `main.rs`), so
+//! that a command that lives a millisecond does not pay for what it never
+//! uses. Std's start-up also sets up a handler to report stack overflows
+//! (a signal stack, SIGSEGV and SIGBUS handlers, and a read of
+//! `/proc/self/maps` to find the main thread's stack) and names the main
+//! thread: about a tenth of what `status` costs on top of `/bin/true`. A
+//! stack overflow is now the plain SIGSEGV it is in C, and a SIGSEGV *sent*
+//! to the master or a built-in runner ends it at once, as it ends any other
+//! process (std's handler swallowed a first one); a panic, which aborts,
+//! names the main thread `<unnamed>`.
+//!
+//! Kept, as std has them: the command line (std reads it in an
+//! `.init_array` function on Linux and through `_NSGetArgv` on macOS, not
+//! in its start-up), SIGPIPE ignored (so a closed pipe is an `EPIPE` error;
+//! children get it back at its default), and standard descriptors that
+//! are closed opened on `/dev/null`, so that no file we open later lands
+//! on 0, 1 or 2. Standard output is flushed at exit by
+//! `std::process::exit`, as it is after a `main` that returns.
+//!
+//! Not here: the master's signal handlers (`signals`, `master`).
+
+/// Std's start-up, the parts we rely on. Call first of all, before any
+/// thread exists.
+pub fn init() {
+    // SAFETY: plain system calls on fds 0 to 2 and one disposition, made
+    // before any other thread exists; nothing is borrowed.
+    unsafe {
+        let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+            fd,
+            events: 0,
+            revents: 0,
+        });
+        while libc::poll(fds.as_mut_ptr(), 3, 0) < 0 {
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                // As std does where `poll` is refused: each one by `fcntl`.
+                for p in &mut fds {
+                    if libc::fcntl(p.fd, libc::F_GETFD) < 0 {
+                        p.revents = libc::POLLNVAL;
+                    }
+                }
+                break;
+            }
+        }
+        for p in fds {
+            if p.revents & libc::POLLNVAL != 0
+                && libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) < 0
+            {
+                // Std aborts here too: a process that cannot open
+                // /dev/null in place of a standard descriptor cannot
+                // promise where its output goes.
+                libc::abort();
+            }
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
