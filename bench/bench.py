@@ -320,6 +320,9 @@ def one_run(master, idle):
     t = time.perf_counter()
     run(master.status())
     r["status_ms"] = (time.perf_counter() - t) * 1000
+    # The master closes the `status` connection when it sees the client
+    # gone, which can be after the command has exited: not idle yet.
+    time.sleep(0.2)
     before = switches(pid)
     time.sleep(idle)
     r["wakeups"] = (switches(pid) - before) * 10 / idle  # per 10 s
