@@ -379,5 +379,8 @@ fn a_swarm_stack_spreads_slices_reschedules_and_never_runs_one_twice() {
     // and the watchdog saw their runners, before the kills and after (it
     // counted no looks: on a loaded machine each takes long, see
     // tests/scaling.rs).
-    assert!(masters > 3, "the watchdog saw only {masters} masters' runners");
+    assert!(
+        masters > 3,
+        "the watchdog saw only {masters} masters' runners"
+    );
 }

@@ -18,6 +18,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use toml_parser::decoder::Encoding;
+use toml_parser::{ErrorSink, ParseError, Raw, Source, Span};
+
 use super::layer::RawMailman;
 use super::{Config, ConfigError, NO_FILE, find_source, is_mailman_cfg, layout_of};
 use crate::os::layout::Layout;
@@ -92,68 +95,89 @@ fn light(explicit: Option<&Path>, sets: &[String]) -> Option<Layout> {
 /// table: what precedes the first table header (dotted keys and inline
 /// tables), and each table whose header's first key is `mailman`. `None`
 /// when the document is not valid TOML syntax, keys and values included.
+///
+/// Each table is lexed and parsed on its own, in one buffer of tokens, so
+/// that a file of 1,000 tables never holds all its tokens at once (144 KB
+/// of them: a third of `status`'s page faults). A table header can only
+/// begin a line outside any value (strings are single tokens; arrays and
+/// inline tables are counted open and closed), and the parser's state
+/// there is that of a document's start: parsing the tables one by one
+/// finds the errors parsing the whole would.
 fn mailman_part(text: &str) -> Option<String> {
-    use toml_parser::{ErrorSink, ParseError, Raw, Source, Span, decoder::Encoding};
+    use toml_parser::lexer::TokenKind;
 
-    /// Where each table begins, and whether it is `mailman`'s.
-    struct Skim<'s> {
-        text: &'s str,
-        kept: String,
-        /// Where the current table (the root, first) began, and whether it is kept.
-        from: usize,
-        keep: bool,
-        /// A header was opened and its first key not seen yet.
-        header: bool,
-    }
-    impl<'s> Skim<'s> {
-        fn raw(&self, span: Span, encoding: Option<Encoding>) -> Raw<'s> {
-            Raw::new_unchecked(&self.text[span.start()..span.end()], encoding, span)
+    let mut kept = String::new();
+    let mut tokens = Vec::new();
+    let mut table = |from: usize, to: usize| {
+        let part = &text[from..to];
+        tokens.clear();
+        tokens.extend(Source::new(part).lex());
+        let mut skim = Skim {
+            text: part,
+            header: false,
+            first_key: None,
+        };
+        let mut error: Option<ParseError> = None;
+        toml_parser::parser::parse_document(&tokens, &mut skim, &mut error);
+        // The root (before any header) has no first key, and is kept.
+        if skim.first_key.as_ref().is_none_or(|k| k == "mailman") {
+            kept.push_str(part);
+            kept.push('\n');
         }
-        fn table_open(&mut self, span: Span) {
-            if self.keep {
-                self.kept.push_str(&self.text[self.from..span.start()]);
-                self.kept.push('\n');
-            }
-            (self.from, self.header) = (span.start(), true);
-        }
-    }
-    impl toml_parser::parser::EventReceiver for Skim<'_> {
-        fn std_table_open(&mut self, span: Span, _: &mut dyn ErrorSink) {
-            self.table_open(span);
-        }
-        fn array_table_open(&mut self, span: Span, _: &mut dyn ErrorSink) {
-            self.table_open(span);
-        }
-        fn simple_key(&mut self, span: Span, kind: Option<Encoding>, error: &mut dyn ErrorSink) {
-            let mut key = std::borrow::Cow::Borrowed("");
-            self.raw(span, kind).decode_key(&mut key, error);
-            if std::mem::take(&mut self.header) {
-                self.keep = key == "mailman";
-            }
-        }
-        fn scalar(&mut self, span: Span, kind: Option<Encoding>, error: &mut dyn ErrorSink) {
-            let _ = self.raw(span, kind).decode_scalar(&mut (), error);
-        }
-    }
-
-    let source = Source::new(text);
-    let tokens = source.lex().into_vec();
-    let mut skim = Skim {
-        text,
-        kept: String::new(),
-        from: 0,
-        keep: true,
-        header: false,
+        error.is_none()
     };
-    let mut error: Option<ParseError> = None;
-    toml_parser::parser::parse_document(&tokens, &mut skim, &mut error);
-    if error.is_some() {
-        return None;
+    let (mut from, mut depth, mut line_start) = (0, 0i32, true);
+    for token in Source::new(text).lex() {
+        match token.kind() {
+            TokenKind::LeftSquareBracket if depth == 0 && line_start => {
+                let at = token.span().start();
+                if !table(from, at) {
+                    return None;
+                }
+                (from, depth, line_start) = (at, 1, false);
+            }
+            TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => depth += 1,
+            TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => depth -= 1,
+            TokenKind::Newline => line_start = true,
+            TokenKind::Whitespace => {}
+            _ => line_start = false,
+        }
     }
-    if skim.keep {
-        skim.kept.push_str(&text[skim.from..]);
+    table(from, text.len()).then_some(kept)
+}
+
+/// One table's events: its header's first key, decoded; every key and
+/// value decoded too, for their errors.
+struct Skim<'s> {
+    text: &'s str,
+    /// A header was opened and its first key not seen yet.
+    header: bool,
+    first_key: Option<std::borrow::Cow<'s, str>>,
+}
+
+impl<'s> Skim<'s> {
+    fn raw(&self, span: Span, encoding: Option<Encoding>) -> Raw<'s> {
+        Raw::new_unchecked(&self.text[span.start()..span.end()], encoding, span)
     }
-    Some(skim.kept)
+}
+
+impl toml_parser::parser::EventReceiver for Skim<'_> {
+    fn std_table_open(&mut self, _: Span, _: &mut dyn ErrorSink) {
+        self.header = true;
+    }
+    fn array_table_open(&mut self, _: Span, _: &mut dyn ErrorSink) {
+        self.header = true;
+    }
+    fn simple_key(&mut self, span: Span, kind: Option<Encoding>, error: &mut dyn ErrorSink) {
+        let mut key = std::borrow::Cow::Borrowed("");
+        self.raw(span, kind).decode_key(&mut key, error);
+        if std::mem::take(&mut self.header) {
+            self.first_key = Some(key);
+        }
+    }
+    fn scalar(&mut self, span: Span, kind: Option<Encoding>, error: &mut dyn ErrorSink) {
+        let _ = self.raw(span, kind).decode_scalar(&mut (), error);
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +206,10 @@ mod tests {
             "[runner.mailman]\n[job.x]\ncommand = [\"true\"]\nschedule = \"@hourly\"\n\
              [mailman]\nvar_dir = \"/late\"\n"
                 .into(),
+            // What looks like a header inside a value is not one.
+            "[runner.a]\ncommand = [\"\"\"\n[mailman]\nvar_dir = \"/no\"\n\"\"\"]\n\
+             [mailman]\nrun_dir = \"/r\"\n"
+                .into(),
         ];
         for (i, text) in texts.iter().enumerate() {
             let file = dir.path().join(format!("c{i}.toml"));
@@ -208,6 +236,9 @@ mod tests {
             "[runner.in]\ninstances = 1__0\n",
             "[runner.in]\n= 1\n",
             "[job.\"a\nb\"]\n",
+            "a = [1,\n[mailman]\nvar_dir = \"/v\"\n",
+            "[mailman]\nvar_dir = \"/v\"\n[runner.x]\nb = [1]]\n",
+            "[mailman]\nvar_dir = \"/v\"\n[runner.x]\n[]\n",
         ] {
             assert_eq!(mailman_part(broken), None, "{broken:?}");
             let file = tempfile::NamedTempFile::new().unwrap();
@@ -217,6 +248,12 @@ mod tests {
                 "{broken:?}"
             );
         }
+        // Brackets inside values, at the start of a line or not.
+        let values = "a = [\n[1],\n  [2] ]\nt = { b = [\n[1]] }\n  [ mailman ]\nc = 1\n[[job.x]]\n";
+        assert_eq!(
+            mailman_part(values).as_deref(),
+            Some("a = [\n[1],\n  [2] ]\nt = { b = [\n[1]] }\n  \n[ mailman ]\nc = 1\n\n")
+        );
         // What only the whole document's reading sees: left to `check-config`.
         let twice = "[mailman]\nvar_dir = \"/v\"\n[runner.a]\n[runner.a]\n";
         assert!(mailman_part(twice).is_some());
