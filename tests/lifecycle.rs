@@ -538,3 +538,39 @@ fn a_deleted_lock_file_is_taken_again() {
     assert_eq!(env.run(&["stop"]).code, 0);
     wait_until("the master to exit", PATIENCE, || !alive(master));
 }
+
+/// A lock file replaced by one that another process holds (a second master
+/// that came in between): the master says so once, not at every later
+/// change in the directory, and takes the lock again once it is free.
+#[test]
+fn a_lock_taken_by_another_is_reported_once() {
+    let env = Env::new(&only(TWO_RUNNERS));
+    let master = env.start(2);
+    let locks = env.var.join("locks");
+    let other = locks.join("other.lck");
+    let held = fs::File::create(&other).unwrap();
+    held.lock().unwrap();
+    fs::rename(&other, locks.join("master.lck")).unwrap();
+    let said = |env: &Env| env.log().matches("another master took the new one").count();
+    wait_until("the master to see the lock taken", PATIENCE, || {
+        said(&env) == 1
+    });
+    for i in 0..5 {
+        let f = locks.join(format!("x{i}"));
+        fs::write(&f, "").unwrap();
+        fs::remove_file(&f).unwrap();
+    }
+    // A round trip through the loop: the deletions' events, queued before
+    // the request, are handled by the time it is answered.
+    let running = format!("GNU Mailman is running (master pid: {master})\n");
+    assert_eq!(env.run(&["status"]).stdout, running);
+    assert_eq!(said(&env), 1, "{}", env.log());
+    drop(held);
+    fs::remove_file(locks.join("master.lck")).unwrap();
+    wait_until("the lock taken again", PATIENCE, || {
+        env.log()
+            .contains("was deleted or replaced under the running master")
+    });
+    assert_eq!(env.run(&["stop"]).code, 0);
+    wait_until("the master to exit", PATIENCE, || !alive(master));
+}

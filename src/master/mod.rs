@@ -224,4 +224,6 @@ struct Master {
     lock: MasterLock,
     /// Tells when the lock file may have been deleted (`lock_keeper`).
     lock_watch: Option<LockWatch>,
+    /// Why the lock could not be taken again, as last logged (`lock_keeper`).
+    lock_trouble: Option<String>,
 }

@@ -189,6 +189,7 @@ impl Master {
             notifier: crate::os::notify::Notifier::from_env(),
             log: Some(log),
             lock_watch,
+            lock_trouble: None,
             lock,
         };
         let dir = master.layout.var_dir.join("jobs");
