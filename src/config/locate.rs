@@ -105,6 +105,9 @@ fn light(explicit: Option<&Path>, sets: &[String]) -> Option<Layout> {
 /// finds the errors parsing the whole would.
 fn mailman_part(text: &str) -> Option<String> {
     use toml_parser::lexer::TokenKind;
+    use toml_parser::parser::{RecursionGuard, ValidateWhitespace};
+    /// The `toml` crate's own limit.
+    const MAX_DEPTH: u32 = 80;
 
     let mut kept = String::new();
     let mut tokens = Vec::new();
@@ -118,7 +121,12 @@ fn mailman_part(text: &str) -> Option<String> {
             first_key: None,
         };
         let mut error: Option<ParseError> = None;
-        toml_parser::parser::parse_document(&tokens, &mut skim, &mut error);
+        // As the `toml` crate reads: whitespace and comments checked, and
+        // nesting bounded (the parser recurses into arrays and inline
+        // tables: 200,000 of them overflowed the stack).
+        let mut checked = ValidateWhitespace::new(&mut skim, Source::new(part));
+        let mut bounded = RecursionGuard::new(&mut checked, MAX_DEPTH);
+        toml_parser::parser::parse_document(&tokens, &mut bounded, &mut error);
         // The root (before any header) has no first key, and is kept.
         if skim.first_key.as_ref().is_none_or(|k| k == "mailman") {
             kept.push_str(part);
@@ -239,6 +247,17 @@ mod tests {
             "a = [1,\n[mailman]\nvar_dir = \"/v\"\n",
             "[mailman]\nvar_dir = \"/v\"\n[runner.x]\nb = [1]]\n",
             "[mailman]\nvar_dir = \"/v\"\n[runner.x]\n[]\n",
+            "[runner.x] # a \u{7} in a comment\n",
+            &format!(
+                "[runner.x]\ncommand = {}{}\n",
+                "[".repeat(200_000),
+                "]".repeat(200_000)
+            ),
+            &format!(
+                "[runner.x]\ncommand = {}{}\n",
+                "{a=".repeat(200_000),
+                "}".repeat(200_000)
+            ),
         ] {
             assert_eq!(mailman_part(broken), None, "{broken:?}");
             let file = tempfile::NamedTempFile::new().unwrap();
