@@ -384,9 +384,11 @@ mod tests {
             "stop",
             "-Cf",
         ];
+        // Every line of up to four words: 88,741 of them.
         let mut lines: Vec<Vec<&str>> = vec![vec![]];
+        let mut last = lines.clone();
         for _ in 0..4 {
-            let longer: Vec<Vec<&str>> = lines
+            let longer: Vec<Vec<&str>> = last
                 .iter()
                 .flat_map(|l| {
                     words.iter().map(move |w| {
@@ -396,8 +398,10 @@ mod tests {
                     })
                 })
                 .collect();
-            lines.extend(longer);
+            lines.extend(longer.iter().cloned());
+            last = longer;
         }
+        assert_eq!(lines.len(), 88_741);
         let mut taken = 0;
         for line in &lines {
             let args: Vec<OsString> = std::iter::once("mailman")
