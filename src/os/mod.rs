@@ -4,8 +4,8 @@
 //! copying the master (`vfork`), a child's set-up between fork and exec where
 //! we fork (`process`), giving back start-up's memory (`memory`), signals as
 //! events (`signals`), systemd notification (`notify`), user switching
-//! (`user`), slice ownership locks in a shared queue directory (`owner`), the part of
-//! Rust's start-up we keep (`runtime`).
+//! (`user`), slice ownership locks in a shared queue directory (`owner`),
+//! the part of Rust's start-up we keep (`runtime`).
 //!
 //! Not here: deciding what to signal or when (`master`, `commands`); these
 //! modules know nothing of runners or the configuration.
