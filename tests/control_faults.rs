@@ -181,6 +181,21 @@ fn out_of_descriptors_the_listeners_rest() {
     assert_eq!(env.run(&["stop"]).code, 0);
 }
 
+/// An open-file limit lowered under the running master below the
+/// descriptors it polls (`prlimit --pid`): `poll` refuses the set (EINVAL),
+/// and the loop heard nothing more, `status` and `stop` included. The
+/// master raises the limit back and answers.
+#[test]
+fn a_limit_lowered_below_the_poll_set_is_raised_back() {
+    let env = Env::new(&only(SLEEPER));
+    let master = env.start(1);
+    set_nofile(master, Some(2));
+    let r = env.run(&["status", "--check"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    env.wait_log("open-file limit was lowered under the running master");
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
 /// A master that takes no connection (out of descriptors, or, here,
 /// stopped) is stopped with SIGTERM after the identity check once the socket
 /// has not answered (`stop` said "cannot talk to the master" and exit 1).

@@ -11,7 +11,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::slice::{State, Why};
 use super::{EXIT_OK, Master, Mode};
@@ -47,6 +47,28 @@ impl Master {
     fn log_has_room(&self) -> bool {
         self.log.as_ref().is_none_or(|l| l.has_room())
     }
+}
+
+/// `poll` refuses more descriptors than the soft open-file limit (EINVAL):
+/// someone lowered the running master's limit (`prlimit --pid`) under what
+/// it waits on, and the loop would hear nothing, `status` and `stop`
+/// included. Raises the soft limit back to the hard one; whether that was
+/// enough.
+fn regained_nofile(polled: usize) -> bool {
+    use crate::os::process::{nofile_limit, raise_nofile};
+    let polled = polled as u64;
+    if nofile_limit().is_none_or(|soft| soft >= polled) {
+        return false;
+    }
+    let _ = raise_nofile();
+    let Some(now) = nofile_limit().filter(|&soft| soft >= polled) else {
+        return false;
+    };
+    warn!(
+        "the open-file limit was lowered under the running master, below the {polled} \
+         descriptors it waits on; raised back to {now}"
+    );
+    true
 }
 
 impl Master {
@@ -190,7 +212,11 @@ impl Master {
             }
         }
         let mut ready = Ready::default();
-        match poll(&mut fds, timeout) {
+        let result = poll(&mut fds, timeout);
+        if result.is_ok() {
+            self.poll_failing = false;
+        }
+        match result {
             Ok(_) => {
                 let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
                 ready.helper = helper && hit(&fds[1]);
@@ -228,8 +254,12 @@ impl Master {
                 }
             }
             Err(Errno::EINTR) => {}
+            Err(Errno::EINVAL) if regained_nofile(fds.len()) => {}
             Err(e) => {
-                error!("poll failed: {}", e.desc());
+                // Once per episode: the loop retries every 100 ms.
+                if !std::mem::replace(&mut self.poll_failing, true) {
+                    error!("poll failed: {}; retrying every 100 ms", e.desc());
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }

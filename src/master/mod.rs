@@ -226,4 +226,6 @@ struct Master {
     lock_watch: Option<LockWatch>,
     /// Why the lock could not be taken again, as last logged (`lock_keeper`).
     lock_trouble: Option<String>,
+    /// `poll` failed on the last turn (its error is logged once).
+    poll_failing: bool,
 }

@@ -190,6 +190,7 @@ impl Master {
             log: Some(log),
             lock_watch,
             lock_trouble: None,
+            poll_failing: false,
             lock,
         };
         let dir = master.layout.var_dir.join("jobs");
