@@ -101,15 +101,41 @@ fn cgroup(pid: i32) -> String {
 
 fn check_runners(mode: &str) {
     let env = Env::new(&only(&format!(
-        "[runner.sleeper]\ncommand = [\"sleep\", \"1000\"]\n\
-         [runner.probe]\ncommand = [\"python3\", \"-c\", {PROBE:?}, \"{{var_dir}}/probe.json\"]\n"
+        "[runner.sleeper]\ncommand = [\"sleep\", \"1000\"]\nrestart_delay = \"0s\"\n\
+         [runner.probe]\ncommand = [\"python3\", \"-c\", {PROBE:?}, \"{{var_dir}}/probe.json\"]\n\
+         restart_delay = \"0s\"\n"
     )));
     let mut master = untidy_master(&env, mode);
     let pid = master.0.id() as i32;
-    wait_until("two runners", PATIENCE, || runners_of(pid).len() == 2);
+    // Started with the others at start-up (a batch, cloned side by side),
+    // then alone (a restart).
+    let (sleeper, probe) = check_set_up(mode, &env, pid, &[]);
+    fs::remove_file(env.var.join("probe.json")).unwrap();
+    for r in [sleeper, probe] {
+        send(r, libc::SIGKILL);
+    }
+    let (sleeper, probe) =
+        check_set_up(&format!("{mode}, restarted"), &env, pid, &[sleeper, probe]);
+    // The parent-death signal at work: a kill -9 of the master ends both.
+    master.0.kill().unwrap();
+    master.0.wait().unwrap();
+    wait_until("the runners to die with the master", PATIENCE, || {
+        !alive(sleeper) && !alive(probe)
+    });
+}
+
+/// The checks on the master's two runners (other than `before`): the
+/// sleeper's and the probe's pids.
+fn check_set_up(mode: &str, env: &Env, pid: i32, before: &[i32]) -> (i32, i32) {
+    let runners_now = || {
+        let mut r = runners_of(pid);
+        r.retain(|p| !before.contains(p));
+        r
+    };
+    wait_until("two runners", PATIENCE, || runners_now().len() == 2);
     let probe_file = env.var.join("probe.json");
     wait_until("the probe's report", PATIENCE, || probe_file.exists());
-    let runners = runners_of(pid);
+    let runners = runners_now();
     let sleeper = *runners
         .iter()
         .find(|&&r| cmdline(r) == "sleep 1000")
@@ -180,12 +206,7 @@ fn check_runners(mode: &str) {
         serde_json::json!([1000, 4096]),
         "{mode}: the limit the master started with"
     );
-    // The parent-death signal at work: a kill -9 of the master ends both.
-    master.0.kill().unwrap();
-    master.0.wait().unwrap();
-    wait_until("the runners to die with the master", PATIENCE, || {
-        !alive(sleeper) && !alive(probe)
-    });
+    (sleeper, probe)
 }
 
 #[test]

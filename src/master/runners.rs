@@ -125,22 +125,44 @@ impl Master {
     /// Starts slice `idx` now as a process of its own (not from the
     /// preload helper); its slice is claimed.
     pub(super) fn launch_plain(&mut self, idx: usize) -> Result<(), LaunchError> {
-        let sp = spawn::spawn(&self.ctx, &self.slices[idx]).map_err(|e| {
-            let s = &self.slices[idx];
-            LaunchError {
-                message: format!(
-                    "Cannot start runner {}: {}: {}",
-                    s.spec(),
-                    spawn::expand(&self.ctx, s)
-                        .first()
-                        .map_or("", String::as_str),
-                    crate::util::io_text(&e)
-                ),
-                lasting: lasting(&e),
-            }
-        })?;
+        let sp =
+            spawn::spawn(&self.ctx, &self.slices[idx]).map_err(|e| self.launch_error(idx, &e))?;
         self.now_running(idx, sp.pid, Instant::now(), [sp.stdout, sp.stderr]);
         Ok(())
+    }
+
+    /// Starts the claimed slices `idxs` as processes of their own, side by
+    /// side (`spawn::spawn_all`); per slice, as [`Self::launch_plain`] says.
+    pub(super) fn launch_plain_all(&mut self, idxs: &[usize]) -> Vec<Result<(), LaunchError>> {
+        let slices: Vec<&Slice> = idxs.iter().map(|&i| &self.slices[i]).collect();
+        let results = spawn::spawn_all(&self.ctx, &slices);
+        let now = Instant::now();
+        idxs.iter()
+            .zip(results)
+            .map(|(&idx, r)| match r {
+                Ok(sp) => {
+                    self.now_running(idx, sp.pid, now, [sp.stdout, sp.stderr]);
+                    Ok(())
+                }
+                Err(e) => Err(self.launch_error(idx, &e)),
+            })
+            .collect()
+    }
+
+    /// Why slice `idx`'s runner could not be started, as the log says it.
+    fn launch_error(&self, idx: usize, e: &std::io::Error) -> LaunchError {
+        let s = &self.slices[idx];
+        LaunchError {
+            message: format!(
+                "Cannot start runner {}: {}: {}",
+                s.spec(),
+                spawn::expand(&self.ctx, s)
+                    .first()
+                    .map_or("", String::as_str),
+                crate::util::io_text(e)
+            ),
+            lasting: lasting(e),
+        }
     }
 
     /// Slice `idx` runs as `pid` since `since` (started plainly, or forked

@@ -119,18 +119,22 @@ pub enum Environment<'a> {
 
 /// Forks and execs the runner. Errors include a command that cannot be run.
 pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
-    let environment = if s.runner.mailman_core {
+    // The slice's ownership lock goes with its runner: held while either
+    // lives (os::owner).
+    let keep = s.owner.as_ref().map(|l| l.fd());
+    start(ctx, &expand(ctx, s), environment(s), keep)
+}
+
+/// Whose environment slice `s`'s runner gets.
+fn environment(s: &Slice) -> Environment<'_> {
+    if s.runner.mailman_core {
         Environment::Mailman { env: &s.runner.env }
     } else {
         Environment::Ours {
             spec: s.spec(),
             env: &s.runner.env,
         }
-    };
-    // The slice's ownership lock goes with its runner: held while either
-    // lives (os::owner).
-    let keep = s.owner.as_ref().map(|l| l.fd());
-    start(ctx, &expand(ctx, s), environment, keep)
+    }
 }
 
 /// Where a bare program name (`sleep`) is found, by the `PATH` the child
@@ -196,85 +200,230 @@ fn start_once(
     program: &str,
     args: &[String],
     environment: &Environment,
-    keep: Option<std::os::fd::RawFd>,
+    keep: Option<RawFd>,
 ) -> io::Result<Spawned> {
-    let env = environment_of(ctx, environment);
-    // The PATH the child will have: the runner's own, else ours (Mailman's
-    // environment has none: its programs are absolute), else the C
-    // library's default, as `execvp` would search.
-    let path = env
-        .get(std::ffi::OsStr::new("PATH"))
-        .cloned()
-        .or_else(|| std::env::var_os("PATH"))
-        .unwrap_or_else(|| OsString::from("/bin:/usr/bin"));
-    let resolved = resolve(program, &path);
-    if resolved.is_none() && !program.contains('/') {
-        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    let child = Prepared::new(ctx, program, args, environment, keep)?;
+    match vfork::spawn(&child.plan(ctx)) {
+        Some(pid) => Ok(child.started(pid?)),
+        None => child.fork(ctx),
     }
-    let exe = resolved.unwrap_or_else(|| PathBuf::from(program));
-    // Our own runner starts with its stop/restart/reopen signals blocked and
-    // unblocks them once it handles them: one that arrives while it starts
-    // waits instead of killing it.
-    let ours = Path::new(program) == ctx.bin && args.first().is_some_and(|a| a == "runner");
-    let [out_r, out_w, err_r, err_w] = pipes()?;
-    let null = dev_null()?;
-    let cstr = |s: &std::ffi::OsStr| {
-        CString::new(s.as_bytes()).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{:?} contains a NUL byte", s),
-            )
+}
+
+/// Starts a batch of runners (start-up's): each cloned before any has
+/// exec'd (`os::vfork::spawn_all`), so that on two cores the first exec
+/// while the next are cloned. Per slice, as [`spawn`] says.
+pub fn spawn_all(ctx: &SpawnContext, slices: &[&Slice]) -> Vec<io::Result<Spawned>> {
+    let children: Vec<io::Result<Prepared>> = slices
+        .iter()
+        .map(|s| {
+            let argv = expand(ctx, s);
+            let (program, args) = argv
+                .split_first()
+                .ok_or_else(|| io::Error::other("empty command"))?;
+            let keep = s.owner.as_ref().map(|l| l.fd());
+            Prepared::new(ctx, program, args, &environment(s), keep)
         })
-    };
-    let path_c = cstr(exe.as_os_str())?;
-    // argv[0] as written: `ps` shows `sleep`, not its path.
-    let argv_c = std::iter::once(program)
-        .chain(args.iter().map(String::as_str))
-        .map(|a| cstr(a.as_ref()))
-        .collect::<io::Result<Vec<_>>>()?;
-    let envp_c = env
+        .collect();
+    let plans: Vec<_> = children
         .iter()
-        .map(|(k, v)| {
-            let mut kv = k.clone();
-            kv.push("=");
-            kv.push(v);
-            cstr(&kv)
+        .filter_map(|c| c.as_ref().ok().map(|c| c.plan(ctx)))
+        .collect();
+    let mut results = vfork::spawn_all(&plans).into_iter();
+    drop(plans);
+    let mut out = Vec::with_capacity(slices.len());
+    for (child, s) in children.into_iter().zip(slices) {
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                out.push(Err(e));
+                continue;
+            }
+        };
+        out.push(match results.next().flatten() {
+            Some(Ok(pid)) => Ok(child.started(pid)),
+            // Gone since it was found: as `start` does, one more look.
+            Some(Err(e)) if e.kind() == io::ErrorKind::NotFound && forget(&child.program) => {
+                drop(child);
+                spawn(ctx, s)
+            }
+            Some(Err(e)) => Err(e),
+            None => child.fork(ctx),
+        });
+    }
+    out
+}
+
+/// A child ready to be cloned: its program found, its command line and
+/// environment as the C library takes them, its output pipes made.
+struct Prepared {
+    program: String,
+    args: Vec<String>,
+    exe: PathBuf,
+    /// Our own runner (see `START_SIGNALS`).
+    ours: bool,
+    env: indexmap::IndexMap<OsString, OsString>,
+    path_c: CString,
+    /// NULL-terminated; into `_argv_c` and `_envp_c`, whose strings a move
+    /// of `Prepared` does not move.
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    _argv_c: Vec<CString>,
+    _envp_c: Vec<CString>,
+    keep: Option<RawFd>,
+    /// `[stdout read, stdout write, stderr read, stderr write]`.
+    pipes: [OwnedFd; 4],
+}
+
+impl Prepared {
+    fn new(
+        ctx: &SpawnContext,
+        program: &str,
+        args: &[String],
+        environment: &Environment,
+        keep: Option<RawFd>,
+    ) -> io::Result<Prepared> {
+        let env = environment_of(ctx, environment);
+        // The PATH the child will have: the runner's own, else ours
+        // (Mailman's environment has none: its programs are absolute), else
+        // the C library's default, as `execvp` would search.
+        let path = env
+            .get(std::ffi::OsStr::new("PATH"))
+            .cloned()
+            .or_else(|| std::env::var_os("PATH"))
+            .unwrap_or_else(|| OsString::from("/bin:/usr/bin"));
+        let resolved = resolve(program, &path);
+        if resolved.is_none() && !program.contains('/') {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        let exe = resolved.unwrap_or_else(|| PathBuf::from(program));
+        // Our own runner starts with its stop/restart/reopen signals blocked
+        // and unblocks them once it handles them: one that arrives while it
+        // starts waits instead of killing it.
+        let ours = Path::new(program) == ctx.bin && args.first().is_some_and(|a| a == "runner");
+        let cstr = |s: &std::ffi::OsStr| {
+            CString::new(s.as_bytes()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{:?} contains a NUL byte", s),
+                )
+            })
+        };
+        let path_c = cstr(exe.as_os_str())?;
+        // argv[0] as written: `ps` shows `sleep`, not its path.
+        let argv_c = std::iter::once(program)
+            .chain(args.iter().map(String::as_str))
+            .map(|a| cstr(a.as_ref()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let envp_c = env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.clone();
+                kv.push("=");
+                kv.push(v);
+                cstr(&kv)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let pointers = |v: &[CString]| {
+            v.iter()
+                .map(|a| a.as_ptr())
+                .chain([std::ptr::null()])
+                .collect::<Vec<_>>()
+        };
+        Ok(Prepared {
+            program: program.to_string(),
+            args: args.to_vec(),
+            exe,
+            ours,
+            env,
+            path_c,
+            argv: pointers(&argv_c),
+            envp: pointers(&envp_c),
+            _argv_c: argv_c,
+            _envp_c: envp_c,
+            keep,
+            pipes: pipes()?,
         })
-        .collect::<io::Result<Vec<_>>>()?;
-    let argv: Vec<_> = argv_c
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    let envp: Vec<_> = envp_c
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    let blocked: &[libc::c_int] = if ours { &START_SIGNALS } else { &[] };
-    let plan = vfork::Plan {
-        path: &path_c,
-        argv: &argv,
-        envp: &envp,
-        stdio: [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
-        keep,
-        master: ctx.master_pid,
-        nofile: ctx.nofile,
-        blocked,
-        cgroup: ctx
-            .cgroup
-            .as_ref()
-            .map(|(fd, procs)| (*fd, procs.as_c_str())),
-    };
-    let pid = match vfork::spawn(&plan) {
-        Some(pid) => pid?,
-        None => fork(ctx, &exe, program, args, env, ours, keep, [out_w, err_w])?,
-    };
-    Ok(Spawned {
-        pid,
-        stdout: out_r,
-        stderr: err_r,
-    })
+    }
+
+    fn plan<'a>(&'a self, ctx: &'a SpawnContext) -> vfork::Plan<'a> {
+        let blocked: &[libc::c_int] = if self.ours { &START_SIGNALS } else { &[] };
+        // No /dev/null (-1): the plan is refused as malformed.
+        let null = dev_null().map_or(-1, |n| n.as_raw_fd());
+        vfork::Plan {
+            path: &self.path_c,
+            argv: &self.argv,
+            envp: &self.envp,
+            stdio: [null, self.pipes[1].as_raw_fd(), self.pipes[3].as_raw_fd()],
+            keep: self.keep,
+            master: ctx.master_pid,
+            nofile: ctx.nofile,
+            blocked,
+            cgroup: ctx
+                .cgroup
+                .as_ref()
+                .map(|(fd, procs)| (*fd, procs.as_c_str())),
+        }
+    }
+
+    /// Started as `pid`: the child's ends of its pipes closed here.
+    fn started(self, pid: i32) -> Spawned {
+        let [stdout, _, stderr, _] = self.pipes;
+        Spawned {
+            pid,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Where `os::vfork` cannot clone (another architecture, a seccomp
+    /// profile that refuses it): a fork through the standard library, with
+    /// the same environment, descriptors and set-up.
+    fn fork(self, ctx: &SpawnContext) -> io::Result<Spawned> {
+        let [out_r, out_w, err_r, err_w] = self.pipes;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg0(&self.program)
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env)
+            .stdin(Stdio::from(dev_null()?.try_clone()?))
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w));
+        let master = ctx.master_pid;
+        let nofile = ctx.nofile;
+        let cgroup = ctx.cgroup.as_ref().map(|(_, procs)| procs.clone());
+        let (ours, keep) = (self.ours, self.keep);
+        // SAFETY: fcntl and child_setup are async-signal-safe system calls;
+        // `keep` is an fd the master holds open while the child is created.
+        unsafe {
+            cmd.pre_exec(move || {
+                // As os::vfork's child: nothing else of ours goes with it.
+                // Marked close-on-exec rather than closed (the standard
+                // library's own pipe for exec errors is among them). Linux
+                // 5.11 and later.
+                #[cfg(target_os = "linux")]
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
+                if let Some(fd) = keep
+                    && libc::fcntl(fd, libc::F_SETFD, 0) == -1
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                child_setup(master, nofile, ours, cgroup.as_ref())
+            });
+        }
+        let child = cmd.spawn()?;
+        // The master reaps with waitpid(-1); the Child handle is dropped
+        // unwaited.
+        Ok(Spawned {
+            pid: child.id() as i32,
+            stdout: out_r,
+            stderr: err_r,
+        })
+    }
 }
 
 /// The child's environment, in order, later entries replacing earlier ones.
@@ -376,56 +525,4 @@ pub(super) fn dev_null() -> io::Result<&'static OwnedFd> {
         .map_err(|e| io::Error::new(e.kind(), format!("/dev/null: {e}")))?;
     let fd = above_stdio(file.into())?;
     Ok(NULL.get_or_init(|| fd))
-}
-
-/// Where `os::vfork` cannot clone (another architecture, a seccomp profile
-/// that refuses it): a fork through the standard library, with the same
-/// environment, descriptors and set-up.
-#[allow(clippy::too_many_arguments)]
-fn fork(
-    ctx: &SpawnContext,
-    exe: &Path,
-    program: &str,
-    args: &[String],
-    env: indexmap::IndexMap<OsString, OsString>,
-    ours: bool,
-    keep: Option<std::os::fd::RawFd>,
-    [out_w, err_w]: [OwnedFd; 2],
-) -> io::Result<i32> {
-    let mut cmd = Command::new(exe);
-    cmd.arg0(program)
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::from(dev_null()?.try_clone()?))
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w));
-    let master = ctx.master_pid;
-    let nofile = ctx.nofile;
-    let cgroup = ctx.cgroup.as_ref().map(|(_, procs)| procs.clone());
-    // SAFETY: fcntl and child_setup are async-signal-safe system calls;
-    // `keep` is an fd the master holds open while the child is created.
-    unsafe {
-        cmd.pre_exec(move || {
-            // As os::vfork's child: nothing else of ours goes with it. Marked
-            // close-on-exec rather than closed (the standard library's own
-            // pipe for exec errors is among them). Linux 5.11 and later.
-            #[cfg(target_os = "linux")]
-            libc::syscall(
-                libc::SYS_close_range,
-                3,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-            if let Some(fd) = keep
-                && libc::fcntl(fd, libc::F_SETFD, 0) == -1
-            {
-                return Err(io::Error::last_os_error());
-            }
-            child_setup(master, nofile, ours, cgroup.as_ref())
-        });
-    }
-    let child = cmd.spawn()?;
-    // The master reaps with waitpid(-1); the Child handle is dropped unwaited.
-    Ok(child.id() as i32)
 }

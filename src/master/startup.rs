@@ -288,24 +288,45 @@ impl Master {
     /// are stopped: that is a configuration error, not a crash to retry. A
     /// passing failure (a busy file, no memory) is a crash like any other.
     pub(super) fn launch_batch(&mut self) {
-        let mut started = 0;
+        let (mut started, mut more) = (0, false);
+        let mut plain = Vec::new();
+        let mut failed = Vec::new();
         for idx in 0..self.slices.len() {
             if self.slices[idx].state != State::Pending {
                 continue;
             }
             if started == BATCH {
-                return; // the loop turns, then comes back here
+                more = true; // the loop turns, then comes back here
+                break;
             }
             started += 1;
-            match self.launch(idx) {
-                Ok(()) => {}
-                Err(e) if e.lasting => return self.fail_start(e.message),
-                Err(e) => {
-                    error!("{}", e.message);
-                    self.slices[idx].state = State::Stopped;
-                    self.decide(idx, None, Why::Exit(127), Duration::ZERO);
-                }
+            match self.claim(idx) {
+                Ok(false) => {}
+                Ok(true) if self.fork_from_helper(idx) => {}
+                Ok(true) => plain.push(idx),
+                Err(e) => failed.push((idx, e)),
             }
+        }
+        // The batch's own processes side by side: none waits for the one
+        // before it to exec.
+        let results = self.launch_plain_all(&plain);
+        failed.extend(
+            plain
+                .iter()
+                .zip(results)
+                .filter_map(|(&idx, r)| r.err().map(|e| (idx, e))),
+        );
+        failed.sort_by_key(|(idx, _)| *idx);
+        for (idx, e) in failed {
+            if e.lasting {
+                return self.fail_start(e.message);
+            }
+            error!("{}", e.message);
+            self.slices[idx].state = State::Stopped;
+            self.decide(idx, None, Why::Exit(127), Duration::ZERO);
+        }
+        if more {
+            return;
         }
         self.mode = Mode::Running;
         if self.watches_stalls() {

@@ -11,6 +11,13 @@
 //! (`slots`): at 1,000 runners it neither copies nor closes the others'
 //! 2,000 pipes.
 //!
+//! A batch ([`spawn_all`], start-up's runners) is started the other way:
+//! each child a copy of this process (a fork, by the same clone without
+//! `CLONE_VM`), the whole batch cloned before any has exec'd, then the
+//! failures read from one close-on-exec pipe per child (end of file: it
+//! exec'd). One clone does not wait for the last one's `execve`, and on
+//! two cores the children exec side by side while the next are cloned.
+//!
 //! Linux on x86_64 only; elsewhere, or where clone is refused (a seccomp
 //! profile), [`spawn`] says so and the caller forks (`master::spawn`).
 //!
@@ -50,12 +57,18 @@ pub struct Plan<'a> {
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub use imp::spawn;
+pub use imp::{spawn, spawn_all};
 
 /// Elsewhere: never; the caller forks.
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 pub fn spawn(_plan: &Plan) -> Option<std::io::Result<i32>> {
     None
+}
+
+/// Elsewhere: never; the caller forks each.
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+pub fn spawn_all(plans: &[Plan]) -> Vec<Option<std::io::Result<i32>>> {
+    plans.iter().map(|_| None).collect()
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -89,6 +102,9 @@ mod imp {
         /// system call makes it a copy of the few below the [`slots`]': the
         /// slots holding its stdin, stdout, stderr and kept descriptor.
         slots: Option<&'static [c_int; 5]>,
+        /// A child that does not share our memory (a batch's): the pipe
+        /// its failure is written to; -1 otherwise.
+        report: c_int,
         errno: c_int,
         step: u8,
     }
@@ -112,6 +128,104 @@ mod imp {
     /// (its process group, its descriptors, `execve`) is an error, with the child
     /// already reaped.
     pub fn spawn(plan: &Plan) -> Option<io::Result<i32>> {
+        learning(plan, attempt).map(Result::flatten)
+    }
+
+    /// Starts every plan's program, cloning each child before any has
+    /// exec'd, then waits until each has exec'd or failed. Per plan, as
+    /// [`spawn`] says. A child that has neither exec'd nor failed after
+    /// [`BATCH_WAIT`] (stopped before its `execve`) counts as started: a
+    /// failure after that shows as its exit.
+    pub fn spawn_all(plans: &[Plan]) -> Vec<Option<io::Result<i32>>> {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let mut out: Vec<Option<io::Result<i32>>> = Vec::with_capacity(plans.len());
+        let mut waiting: Vec<(usize, i32, OwnedFd)> = Vec::new();
+        for plan in plans {
+            match learning(plan, detached) {
+                Some(Ok(Ok((pid, report)))) => {
+                    waiting.push((out.len(), pid, report));
+                    out.push(Some(Ok(pid)));
+                }
+                Some(Ok(Err(e)) | Err(e)) => out.push(Some(Err(e))),
+                None => out.push(None),
+            }
+        }
+        let deadline = std::time::Instant::now() + BATCH_WAIT;
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break; // the rest count as started
+            }
+            let mut fds: Vec<libc::pollfd> = waiting
+                .iter()
+                .map(|(_, _, fd)| libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: `fds` is a live array of `fds.len()` pollfds.
+            let n = unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    left.as_millis().clamp(1, i32::MAX as u128) as c_int,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break; // cannot wait: the rest count as started
+            }
+            for i in (0..fds.len()).rev() {
+                if fds[i].revents == 0 {
+                    continue;
+                }
+                let (at, pid, report) = waiting.swap_remove(i);
+                if let Some((step, errno)) = read_report(&report) {
+                    // SAFETY: our own child, which has failed and exits:
+                    // reaped here, as `attempt` does.
+                    unsafe {
+                        libc::waitpid(pid, std::ptr::null_mut(), 0);
+                    }
+                    out[at] = Some(Err(failure(step, errno)));
+                }
+            }
+        }
+        out
+    }
+
+    /// How long [`spawn_all`] waits for a batch's children to exec.
+    const BATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// What a batch's child wrote before exiting: its step and errno; `None`
+    /// at end of file (it exec'd) or if nothing whole can be read.
+    fn read_report(fd: &std::os::fd::OwnedFd) -> Option<(u8, c_int)> {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 5];
+        loop {
+            // SAFETY: reads into a local buffer of its length.
+            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return (n == 5).then(|| {
+                (
+                    buf[0],
+                    c_int::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]),
+                )
+            });
+        }
+    }
+
+    /// Runs `f` (one clone of `plan`) in the way this kernel allows,
+    /// learning it at the first spawn. `None`: none works here.
+    fn learning<T>(
+        plan: &Plan,
+        f: impl Fn(&Plan, u8) -> io::Result<io::Result<T>>,
+    ) -> Option<io::Result<io::Result<T>>> {
         if plan.stdio.iter().any(|&fd| fd < 3)
             || plan.argv.last().is_none_or(|p| !p.is_null())
             || plan.envp.last().is_none_or(|p| !p.is_null())
@@ -132,10 +246,10 @@ mod imp {
             if mode == NONE {
                 return None;
             }
-            match attempt(plan, mode) {
+            match f(plan, mode) {
                 Ok(result) => {
                     MODE.store(mode, Relaxed);
-                    return Some(result);
+                    return Some(Ok(result));
                 }
                 Err(e) => {
                     let next = match (mode, e.raw_os_error()) {
@@ -181,6 +295,7 @@ mod imp {
             join_cgroup: plan.cgroup.is_some() && mode != CLONE3_CGROUP,
             handled: handled(),
             slots: SHARE_FILES.load(Relaxed).then(slots).flatten(),
+            report: -1,
             errno: 0,
             step: 0,
         };
@@ -204,16 +319,10 @@ mod imp {
         }
         let mut stack = MaybeUninit::<[u128; STACK / 16]>::uninit();
         let base = stack.as_mut_ptr().cast::<u8>();
-        // SAFETY: every signal is blocked around the clone, so no handler of
-        // ours runs in the child (which shares our memory) before it has reset
+        // Every signal is blocked around the clone, so no handler of ours
+        // runs in the child (which shares our memory) before it has reset
         // them; the old mask is restored before returning.
-        let old = unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-            old
-        };
+        let old = block_all();
         let arg = (&raw mut shared).cast::<c_void>();
         // SAFETY: the child runs `child` on `stack`, which nothing else uses and
         // which outlives it: with CLONE_VFORK this thread does not go on until
@@ -250,10 +359,7 @@ mod imp {
                 )
             }
         };
-        // SAFETY: restores the mask saved above.
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        }
+        restore(&old);
         if let Some(s) = shared.slots {
             put_back(s);
         }
@@ -281,17 +387,105 @@ mod imp {
             SHARE_FILES.store(false, Relaxed);
             return attempt(plan, mode);
         }
+        Ok(Err(failure(step, errno)))
+    }
+
+    /// A child's failure at `step`, as the caller hears it.
+    fn failure(step: u8, errno: c_int) -> io::Error {
         let e = io::Error::from_raw_os_error(errno);
-        Ok(Err(if step == Step::Exec as u8 {
-            e
+        if step == Step::Exec as u8 {
+            return e;
+        }
+        let what = if step == Step::ProcessGroup as u8 {
+            "process group"
         } else {
-            let what = if step == Step::ProcessGroup as u8 {
-                "process group"
+            "descriptors"
+        };
+        io::Error::new(e.kind(), format!("setting up the child's {what}: {e}"))
+    }
+
+    /// One clone in `mode` of a child that does not share our memory (a
+    /// copy, as `fork` makes) nor wait for its `execve`: its pid, and the
+    /// read end of the pipe it writes a failure to (end of file once it has
+    /// exec'd). `Err`: the clone failed; `Ok(Err)`: the pipe could not be
+    /// made.
+    fn detached(plan: &Plan, mode: u8) -> io::Result<io::Result<(i32, std::os::fd::OwnedFd)>> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let mut ends = [-1; 2];
+        // SAFETY: pipe2 into a local array.
+        if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Ok(Err(io::Error::last_os_error()));
+        }
+        // SAFETY: two descriptors pipe2 just made, owned by nobody else.
+        let (read, write) =
+            unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+        let mut shared = Shared {
+            plan,
+            join_cgroup: plan.cgroup.is_some() && mode != CLONE3_CGROUP,
+            handled: handled(),
+            slots: None,
+            report: write.as_raw_fd(),
+            errno: 0,
+            step: 0,
+        };
+        let mut flags = 0u64;
+        let mut args = CloneArgs {
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        if mode == CLONE3_CGROUP
+            && let Some((fd, _)) = plan.cgroup
+        {
+            flags |= CLONE_INTO_CGROUP;
+            args.cgroup = fd as u64;
+        }
+        args.flags = flags;
+        let old = block_all();
+        let arg = (&raw mut shared).cast::<c_void>();
+        // SAFETY: without CLONE_VM the child runs `child` on its own copy of
+        // this thread's stack (stack 0: where it is now) and of `shared` and
+        // `plan`, which the copy holds at the same addresses; it makes only
+        // system calls (see `child`). Every signal is blocked across the
+        // clone, so no handler of ours (whose self-pipe the child's copied
+        // descriptor table shares) runs in the child before it resets them.
+        let ret = unsafe {
+            if mode == CLONE {
+                raw_clone(libc::SYS_clone, libc::SIGCHLD as usize, 0, arg)
             } else {
-                "descriptors"
-            };
-            io::Error::new(e.kind(), format!("setting up the child's {what}: {e}"))
-        }))
+                raw_clone(
+                    libc::SYS_clone3,
+                    (&raw mut args) as usize,
+                    std::mem::size_of::<CloneArgs>(),
+                    arg,
+                )
+            }
+        };
+        restore(&old);
+        drop(write);
+        if ret < 0 {
+            return Err(io::Error::from_raw_os_error(-ret as i32));
+        }
+        Ok(Ok((ret as i32, read)))
+    }
+
+    /// Blocks every signal in this thread; the mask it had.
+    fn block_all() -> libc::sigset_t {
+        // SAFETY: sets this thread's mask from a full set; saves the old one.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            old
+        }
+    }
+
+    /// Puts back the mask [`block_all`] saved.
+    fn restore(old: &libc::sigset_t) {
+        // SAFETY: restores a mask saved by `block_all`.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut());
+        }
     }
 
     /// Whether children share our descriptor table until they unshare the
@@ -452,8 +646,17 @@ mod imp {
             let plan = (*shared).plan;
             let fail = |step: Step| -> ! {
                 let errno = *libc::__errno_location();
-                std::ptr::write_volatile(&raw mut (*shared).errno, errno);
-                std::ptr::write_volatile(&raw mut (*shared).step, step as u8);
+                let report = (*shared).report;
+                if report >= 0 {
+                    // A copy of our memory: the failure goes down the pipe,
+                    // whole (under PIPE_BUF bytes).
+                    let e = errno.to_ne_bytes();
+                    let msg = [step as u8, e[0], e[1], e[2], e[3]];
+                    libc::write(report, msg.as_ptr().cast(), msg.len());
+                } else {
+                    std::ptr::write_volatile(&raw mut (*shared).errno, errno);
+                    std::ptr::write_volatile(&raw mut (*shared).step, step as u8);
+                }
                 libc::_exit(127)
             };
             // Sharing our table, first of all: a table of its own holding
@@ -526,17 +729,23 @@ mod imp {
             // (at 1,000 runners, 2,000 of them, which a child sharing our
             // table never had), nor what the master inherited without
             // close-on-exec.
-            let (first, last) = (3, below.map_or(c_int::MAX as libc::c_uint, |k| k - 1));
-            match keep {
-                Some(fd) if fd >= 3 => {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                        fail(Step::Descriptors);
-                    }
-                    close_range(first, fd as libc::c_uint - 1);
-                    close_range(fd as libc::c_uint + 1, last);
-                }
-                _ => close_range(first, last),
+            // Open across the closing: the kept descriptor, and the pipe a
+            // failure to exec is reported on (close-on-exec).
+            let last = below.map_or(c_int::MAX as libc::c_uint, |k| k - 1);
+            if let Some(fd) = keep
+                && fd >= 3
+                && libc::fcntl(fd, libc::F_SETFD, 0) == -1
+            {
+                fail(Step::Descriptors);
             }
+            let mut open = [keep.unwrap_or(-1), (*shared).report];
+            open.sort_unstable();
+            let mut first = 3;
+            for fd in open.into_iter().filter(|&fd| fd >= 3) {
+                close_range(first, fd as libc::c_uint - 1);
+                first = fd as libc::c_uint + 1;
+            }
+            close_range(first, last);
             let mut mask: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut mask);
             for &sig in plan.blocked {
