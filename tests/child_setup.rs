@@ -307,3 +307,35 @@ fn a_kept_descriptor_keeps_its_number() {
         assert_eq!(env.run(&["stop"]).code, 0, "{mode}");
     }
 }
+
+/// At start-up runners are cloned in batches of 64, none waiting for
+/// another's exec: a program that cannot run, in the first batch of
+/// several, still fails the start-up with its cause, and the runners
+/// started beside it are stopped.
+#[test]
+fn a_program_that_cannot_run_fails_a_start_of_many() {
+    let many: String = (0..150)
+        .map(|i| format!("[runner.s{i:03}]\ncommand = [\"sleep\", \"1000\"]\n"))
+        .collect();
+    let env = Env::new(&only(&format!(
+        "[runner.broken]\ncommand = [\"/dev/null\"]\n{many}"
+    )));
+    let out = env.cmd(&["start", "--foreground"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Cannot start runner broken:0:1: /dev/null: Permission denied"),
+        "{stderr}"
+    );
+    let sleepers = || {
+        all_pids()
+            .into_iter()
+            .filter(|&p| {
+                environ(p)
+                    .iter()
+                    .any(|v| v.contains(&env.var.display().to_string()))
+            })
+            .count()
+    };
+    wait_until("no runner left", PATIENCE, || sleepers() == 0);
+}

@@ -82,9 +82,10 @@ impl Master {
         let mut slices =
             select_slices(&config, &opts.only).map_err(|e| StartError::new(EXIT_USAGE, e))?;
         let nofile = process::raise_nofile();
-        // Before the log's thread: two pipes a runner, and room for the rest
-        // (control clients, jobs, the preload helper).
-        process::reserve_fds(2 * slices.len() + 128);
+        // Before the log's thread: two pipes a runner, the four pipe ends
+        // and failure pipe of each child of a start-up batch, and room for
+        // the rest (control clients, jobs, the preload helper).
+        process::reserve_fds(2 * slices.len() + 5 * BATCH + 128);
         let root = nix::unistd::geteuid().is_root();
         if opts.run_as_user && root {
             crate::os::user::switch_to(&config.mailman.user, &config.mailman.group)
