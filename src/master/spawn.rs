@@ -282,6 +282,8 @@ impl Prepared {
         environment: &Environment,
         keep: Option<RawFd>,
     ) -> io::Result<Prepared> {
+        // Every child's stdin, opened once: its failure is this child's.
+        dev_null()?;
         let env = environment_of(ctx, environment);
         // The PATH the child will have: the runner's own, else ours
         // (Mailman's environment has none: its programs are absolute), else
@@ -347,7 +349,7 @@ impl Prepared {
 
     fn plan<'a>(&'a self, ctx: &'a SpawnContext) -> vfork::Plan<'a> {
         let blocked: &[libc::c_int] = if self.ours { &START_SIGNALS } else { &[] };
-        // No /dev/null (-1): the plan is refused as malformed.
+        // Opened by `new`; -1 would be refused as a malformed plan.
         let null = dev_null().map_or(-1, |n| n.as_raw_fd());
         vfork::Plan {
             path: &self.path_c,

@@ -1,7 +1,8 @@
 //! The operating system's side, as small tools with no policy: where the var
 //! dir's files live and how they are created (`layout`), the master lock and
 //! pid file (`lock`), who a pid is (`procinfo`), starting a child without
-//! copying the master (`vfork`), a child's set-up between fork and exec where
+//! copying the master, or a batch of copies side by side (`vfork`), a
+//! child's set-up between fork and exec where
 //! we fork (`process`), giving back start-up's memory (`memory`), signals as
 //! events (`signals`), systemd notification (`notify`), user switching
 //! (`user`), slice ownership locks in a shared queue directory (`owner`),

@@ -11,7 +11,7 @@
 //! (`slots`): at 1,000 runners it neither copies nor closes the others'
 //! 2,000 pipes.
 //!
-//! A batch ([`spawn_all`], start-up's runners) is started the other way:
+//! A batch ([`spawn_all`], start-up's runners; `batch`) is started the other way:
 //! each child a copy of this process (a fork, by the same clone without
 //! `CLONE_VM`), the whole batch cloned before any has exec'd, then the
 //! failures read from one close-on-exec pipe per child (end of file: it
@@ -57,7 +57,12 @@ pub struct Plan<'a> {
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub use imp::{spawn, spawn_all};
+pub use batch::spawn_all;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub use imp::spawn;
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod batch;
 
 /// Elsewhere: never; the caller forks.
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
@@ -92,33 +97,33 @@ mod imp {
 
     /// The page the child and the caller share: the plan in, a failure out.
     #[repr(C)]
-    struct Shared<'a> {
-        plan: &'a Plan<'a>,
+    pub(super) struct Shared<'a> {
+        pub(super) plan: &'a Plan<'a>,
         /// Whether the child writes `cgroup.procs` itself.
-        join_cgroup: bool,
+        pub(super) join_cgroup: bool,
         /// The signals to set back to their default ([`handled`]).
-        handled: &'a [c_int],
+        pub(super) handled: &'a [c_int],
         /// Where the child shares our descriptor table until its first
         /// system call makes it a copy of the few below the [`slots`]': the
         /// slots holding its stdin, stdout, stderr and kept descriptor.
-        slots: Option<&'static [c_int; 5]>,
+        pub(super) slots: Option<&'static [c_int; 5]>,
         /// A child that does not share our memory (a batch's): the pipe
         /// its failure is written to; -1 otherwise.
-        report: c_int,
-        errno: c_int,
-        step: u8,
+        pub(super) report: c_int,
+        pub(super) errno: c_int,
+        pub(super) step: u8,
     }
 
     /// Which clone this kernel (and its seccomp profile) gives us, learnt at
     /// the first spawn: 0 not tried, 1 `clone3` into a cgroup, 2 `clone3`, 3
     /// `clone`, 4 none.
     static MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-    const CLONE3_CGROUP: u8 = 1;
+    pub(super) const CLONE3_CGROUP: u8 = 1;
     const CLONE3: u8 = 2;
-    const CLONE: u8 = 3;
+    pub(super) const CLONE: u8 = 3;
     const NONE: u8 = 4;
 
-    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    pub(super) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
     /// The child's stack: far more than its few system calls need.
     const STACK: usize = 64 * 1024;
@@ -131,98 +136,9 @@ mod imp {
         learning(plan, attempt).map(Result::flatten)
     }
 
-    /// Starts every plan's program, cloning each child before any has
-    /// exec'd, then waits until each has exec'd or failed. Per plan, as
-    /// [`spawn`] says. A child that has neither exec'd nor failed after
-    /// [`BATCH_WAIT`] (stopped before its `execve`) counts as started: a
-    /// failure after that shows as its exit.
-    pub fn spawn_all(plans: &[Plan]) -> Vec<Option<io::Result<i32>>> {
-        use std::os::fd::{AsRawFd, OwnedFd};
-        let mut out: Vec<Option<io::Result<i32>>> = Vec::with_capacity(plans.len());
-        let mut waiting: Vec<(usize, i32, OwnedFd)> = Vec::new();
-        for plan in plans {
-            match learning(plan, detached) {
-                Some(Ok(Ok((pid, report)))) => {
-                    waiting.push((out.len(), pid, report));
-                    out.push(Some(Ok(pid)));
-                }
-                Some(Ok(Err(e)) | Err(e)) => out.push(Some(Err(e))),
-                None => out.push(None),
-            }
-        }
-        let deadline = std::time::Instant::now() + BATCH_WAIT;
-        while !waiting.is_empty() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                break; // the rest count as started
-            }
-            let mut fds: Vec<libc::pollfd> = waiting
-                .iter()
-                .map(|(_, _, fd)| libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
-            // SAFETY: `fds` is a live array of `fds.len()` pollfds.
-            let n = unsafe {
-                libc::poll(
-                    fds.as_mut_ptr(),
-                    fds.len() as libc::nfds_t,
-                    left.as_millis().clamp(1, i32::MAX as u128) as c_int,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                break; // cannot wait: the rest count as started
-            }
-            for i in (0..fds.len()).rev() {
-                if fds[i].revents == 0 {
-                    continue;
-                }
-                let (at, pid, report) = waiting.swap_remove(i);
-                if let Some((step, errno)) = read_report(&report) {
-                    // SAFETY: our own child, which has failed and exits:
-                    // reaped here, as `attempt` does.
-                    unsafe {
-                        libc::waitpid(pid, std::ptr::null_mut(), 0);
-                    }
-                    out[at] = Some(Err(failure(step, errno)));
-                }
-            }
-        }
-        out
-    }
-
-    /// How long [`spawn_all`] waits for a batch's children to exec.
-    const BATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-    /// What a batch's child wrote before exiting: its step and errno; `None`
-    /// at end of file (it exec'd) or if nothing whole can be read.
-    fn read_report(fd: &std::os::fd::OwnedFd) -> Option<(u8, c_int)> {
-        use std::os::fd::AsRawFd;
-        let mut buf = [0u8; 5];
-        loop {
-            // SAFETY: reads into a local buffer of its length.
-            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return (n == 5).then(|| {
-                (
-                    buf[0],
-                    c_int::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]),
-                )
-            });
-        }
-    }
-
     /// Runs `f` (one clone of `plan`) in the way this kernel allows,
     /// learning it at the first spawn. `None`: none works here.
-    fn learning<T>(
+    pub(super) fn learning<T>(
         plan: &Plan,
         f: impl Fn(&Plan, u8) -> io::Result<io::Result<T>>,
     ) -> Option<io::Result<io::Result<T>>> {
@@ -351,12 +267,7 @@ mod imp {
                     args.flags |= CLONE_INTO_CGROUP;
                     args.cgroup = fd as u64;
                 }
-                raw_clone(
-                    libc::SYS_clone3,
-                    (&raw mut args) as usize,
-                    std::mem::size_of::<CloneArgs>(),
-                    arg,
-                )
+                clone3(&mut args, arg)
             }
         };
         restore(&old);
@@ -391,7 +302,7 @@ mod imp {
     }
 
     /// A child's failure at `step`, as the caller hears it.
-    fn failure(step: u8, errno: c_int) -> io::Error {
+    pub(super) fn failure(step: u8, errno: c_int) -> io::Error {
         let e = io::Error::from_raw_os_error(errno);
         if step == Step::Exec as u8 {
             return e;
@@ -404,72 +315,8 @@ mod imp {
         io::Error::new(e.kind(), format!("setting up the child's {what}: {e}"))
     }
 
-    /// One clone in `mode` of a child that does not share our memory (a
-    /// copy, as `fork` makes) nor wait for its `execve`: its pid, and the
-    /// read end of the pipe it writes a failure to (end of file once it has
-    /// exec'd). `Err`: the clone failed; `Ok(Err)`: the pipe could not be
-    /// made.
-    fn detached(plan: &Plan, mode: u8) -> io::Result<io::Result<(i32, std::os::fd::OwnedFd)>> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let mut ends = [-1; 2];
-        // SAFETY: pipe2 into a local array.
-        if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Ok(Err(io::Error::last_os_error()));
-        }
-        // SAFETY: two descriptors pipe2 just made, owned by nobody else.
-        let (read, write) =
-            unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
-        let mut shared = Shared {
-            plan,
-            join_cgroup: plan.cgroup.is_some() && mode != CLONE3_CGROUP,
-            handled: handled(),
-            slots: None,
-            report: write.as_raw_fd(),
-            errno: 0,
-            step: 0,
-        };
-        let mut flags = 0u64;
-        let mut args = CloneArgs {
-            exit_signal: libc::SIGCHLD as u64,
-            ..CloneArgs::default()
-        };
-        if mode == CLONE3_CGROUP
-            && let Some((fd, _)) = plan.cgroup
-        {
-            flags |= CLONE_INTO_CGROUP;
-            args.cgroup = fd as u64;
-        }
-        args.flags = flags;
-        let old = block_all();
-        let arg = (&raw mut shared).cast::<c_void>();
-        // SAFETY: without CLONE_VM the child runs `child` on its own copy of
-        // this thread's stack (stack 0: where it is now) and of `shared` and
-        // `plan`, which the copy holds at the same addresses; it makes only
-        // system calls (see `child`). Every signal is blocked across the
-        // clone, so no handler of ours (whose self-pipe the child's copied
-        // descriptor table shares) runs in the child before it resets them.
-        let ret = unsafe {
-            if mode == CLONE {
-                raw_clone(libc::SYS_clone, libc::SIGCHLD as usize, 0, arg)
-            } else {
-                raw_clone(
-                    libc::SYS_clone3,
-                    (&raw mut args) as usize,
-                    std::mem::size_of::<CloneArgs>(),
-                    arg,
-                )
-            }
-        };
-        restore(&old);
-        drop(write);
-        if ret < 0 {
-            return Err(io::Error::from_raw_os_error(-ret as i32));
-        }
-        Ok(Ok((ret as i32, read)))
-    }
-
     /// Blocks every signal in this thread; the mask it had.
-    fn block_all() -> libc::sigset_t {
+    pub(super) fn block_all() -> libc::sigset_t {
         // SAFETY: sets this thread's mask from a full set; saves the old one.
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();
@@ -481,7 +328,7 @@ mod imp {
     }
 
     /// Puts back the mask [`block_all`] saved.
-    fn restore(old: &libc::sigset_t) {
+    pub(super) fn restore(old: &libc::sigset_t) {
         // SAFETY: restores a mask saved by `block_all`.
         unsafe {
             libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut());
@@ -548,7 +395,7 @@ mod imp {
     /// starts anything: the master installs them first of all), and SIGPIPE:
     /// what the child sets back to the default. Learnt once, in the parent, so
     /// that a child makes a few system calls here rather than two per signal.
-    fn handled() -> &'static [c_int] {
+    pub(super) fn handled() -> &'static [c_int] {
         static HANDLED: std::sync::OnceLock<Vec<c_int>> = std::sync::OnceLock::new();
         HANDLED.get_or_init(|| {
             let mut out = vec![libc::SIGPIPE];
@@ -575,18 +422,18 @@ mod imp {
     /// `struct clone_args`, as far as `cgroup` (CLONE_ARGS_SIZE_VER2).
     #[repr(C)]
     #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
+    pub(super) struct CloneArgs {
+        pub(super) flags: u64,
+        pub(super) pidfd: u64,
+        pub(super) child_tid: u64,
+        pub(super) parent_tid: u64,
+        pub(super) exit_signal: u64,
+        pub(super) stack: u64,
+        pub(super) stack_size: u64,
+        pub(super) tls: u64,
+        pub(super) set_tid: u64,
+        pub(super) set_tid_size: u64,
+        pub(super) cgroup: u64,
     }
 
     /// `clone` or `clone3` with `a0`, `a1` as its first two arguments (the
@@ -596,7 +443,12 @@ mod imp {
     /// # Safety
     /// For a clone sharing our memory: the new stack must be unused and outlive
     /// the child; `arg` must be valid for `child`.
-    unsafe fn raw_clone(nr: libc::c_long, a0: usize, a1: usize, arg: *mut c_void) -> isize {
+    pub(super) unsafe fn raw_clone(
+        nr: libc::c_long,
+        a0: usize,
+        a1: usize,
+        arg: *mut c_void,
+    ) -> isize {
         let f: unsafe extern "C" fn(*mut c_void) -> c_int = child;
         let ret: isize;
         // SAFETY: a system call; the child never returns into this function's
@@ -632,10 +484,29 @@ mod imp {
         ret
     }
 
+    /// [`raw_clone`] by `clone3` with `args`.
+    ///
+    /// # Safety
+    /// As [`raw_clone`]'s.
+    pub(super) unsafe fn clone3(args: &mut CloneArgs, arg: *mut c_void) -> isize {
+        let size = std::mem::size_of::<CloneArgs>();
+        // SAFETY: as the caller's; `args` is a live `struct clone_args`.
+        unsafe {
+            raw_clone(
+                libc::SYS_clone3,
+                (args as *mut CloneArgs) as usize,
+                size,
+                arg,
+            )
+        }
+    }
+
     /// The child, between clone and `execve`. It shares the caller's memory
-    /// (which waits) and thread-local storage, so it only makes system calls
-    /// through libc's thin wrappers: no allocation, no lock, no Rust runtime.
-    /// A failure is written to the shared page before `_exit(127)`.
+    /// (which waits) and thread-local storage, or (a batch's child) has a
+    /// copy of them taken while another thread may have held a lock, so it
+    /// only makes system calls through libc's thin wrappers: no allocation,
+    /// no lock, no Rust runtime. A failure is written to the shared page, or
+    /// down the batch child's pipe, before `_exit(127)`.
     ///
     /// # Safety
     /// `arg` is the caller's `Shared`, alive until this process execs or exits.
