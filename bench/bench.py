@@ -195,9 +195,16 @@ def fork_watch():
 WATCH = None  # set in main()
 
 
-def timed(t0_perf, t0_ns, pids):
-    """A start or respawn in ms: by the fork events where they can be had,
-    else as polled."""
+def clock():
+    """The start of a start or respawn measurement: on our clock, and on
+    the kernel's where there are fork events."""
+    return time.perf_counter(), WATCH.begin() if WATCH else 0
+
+
+def timed(t0, pids):
+    """A start or respawn in ms since `t0` (`clock()`): by the fork events
+    where they can be had, else as polled."""
+    t0_perf, t0_ns = t0
     exact = WATCH.since(t0_ns, pids) if WATCH else None
     if exact is not None:
         return exact
@@ -395,15 +402,14 @@ def one_run(master, idle):
     """start, RSS, status, idle wake-ups, respawn, stop for one master."""
     r = {}
     runners = getattr(master, "runners", children)
-    t0_ns = WATCH.begin() if WATCH else 0
-    t0 = time.perf_counter()
+    t0 = clock()
     starter = master.start()
     # Polled finely only where there are no fork events to time it by
     # (the polling competes for the two cores with what it measures).
     step = 0.002 if WATCH else 0.0002
     poll(lambda: master.master() and len(runners(master.master())) >= master.n, step=step)
     pid = master.master()
-    r["start_ms"] = timed(t0, t0_ns, runners(pid))
+    r["start_ms"] = timed(t0, runners(pid))
     starter.wait()
     time.sleep(8 if isinstance(master, Mailman) else 0.5)  # let runners settle
     r["rss_mib"] = rss_kib(pid) / 1024
@@ -418,14 +424,13 @@ def one_run(master, idle):
     r["wakeups"] = (switches(pid) - before) * 10 / idle  # per 10 s
     kids = runners(pid)
     victim = kids[0]
-    t_ns = WATCH.begin() if WATCH else 0
-    t = time.perf_counter()
+    t = clock()
     os.kill(victim, signal.SIGKILL)
     # Fine-grained where polling sets the figure: it is a millisecond or
     # two, and each poll costs a read of /proc.
     poll(lambda: victim not in runners(pid) and len(runners(pid)) >= master.n,
          step=0.002 if WATCH else 0.0001)
-    r["respawn_ms"] = timed(t, t_ns, [p for p in runners(pid) if p not in kids])
+    r["respawn_ms"] = timed(t, [p for p in runners(pid) if p not in kids])
     everyone = [pid] + children(pid) + runners(pid)
     t = time.perf_counter()
     stopper = master.stop()
@@ -450,11 +455,10 @@ def scale_peer(cls, n):
     with tempfile.TemporaryDirectory() as tmp:
         m = cls(Path(tmp), n)
         runners = getattr(m, "runners", children)
-        t_ns = WATCH.begin() if WATCH else 0
-        t = time.perf_counter()
+        t = clock()
         m.start().wait()
         poll(lambda: m.master() and len(runners(m.master())) >= n, step=0.002)
-        start = timed(t, t_ns, runners(m.master()))
+        start = timed(t, runners(m.master()))
         status = status_ms(m)
         pid = m.master()
         everyone = [pid] + children(pid) + runners(pid)

@@ -119,22 +119,30 @@ pub enum Environment<'a> {
 
 /// Forks and execs the runner. Errors include a command that cannot be run.
 pub fn spawn(ctx: &SpawnContext, s: &Slice) -> io::Result<Spawned> {
-    // The slice's ownership lock goes with its runner: held while either
-    // lives (os::owner).
-    let keep = s.owner.as_ref().map(|l| l.fd());
-    start(ctx, &expand(ctx, s), environment(s), keep)
+    let (argv, environment, keep) = runner_of(ctx, s);
+    start(ctx, &argv, environment, keep)
 }
 
-/// Whose environment slice `s`'s runner gets.
-fn environment(s: &Slice) -> Environment<'_> {
-    if s.runner.mailman_core {
+/// Slice `s`'s runner: its command line, whose environment it gets, and
+/// the descriptor it keeps: the slice's ownership lock, held while either
+/// lives (os::owner).
+fn runner_of<'a>(
+    ctx: &SpawnContext,
+    s: &'a Slice,
+) -> (Vec<String>, Environment<'a>, Option<RawFd>) {
+    let environment = if s.runner.mailman_core {
         Environment::Mailman { env: &s.runner.env }
     } else {
         Environment::Ours {
             spec: s.spec(),
             env: &s.runner.env,
         }
-    }
+    };
+    (
+        expand(ctx, s),
+        environment,
+        s.owner.as_ref().map(|l| l.fd()),
+    )
 }
 
 /// Where a bare program name (`sleep`) is found, by the `PATH` the child
@@ -216,12 +224,11 @@ pub fn spawn_all(ctx: &SpawnContext, slices: &[&Slice]) -> Vec<io::Result<Spawne
     let children: Vec<io::Result<Prepared>> = slices
         .iter()
         .map(|s| {
-            let argv = expand(ctx, s);
+            let (argv, environment, keep) = runner_of(ctx, s);
             let (program, args) = argv
                 .split_first()
                 .ok_or_else(|| io::Error::other("empty command"))?;
-            let keep = s.owner.as_ref().map(|l| l.fd());
-            Prepared::new(ctx, program, args, &environment(s), keep)
+            Prepared::new(ctx, program, args, &environment, keep)
         })
         .collect();
     let plans: Vec<_> = children
