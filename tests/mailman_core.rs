@@ -964,6 +964,17 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
         log.find("Initialised (").is_some_and(|i| i < ready),
         "the helper read the configuration after init: {log}"
     );
+    // What each runner would do for itself before its first query was done
+    // once: the SQLite driver loaded, the schema migrations read.
+    let loaded = log[..ready]
+        .lines()
+        .rfind(|l| l.contains("preloaded "))
+        .unwrap_or_default();
+    assert!(
+        loaded.contains("the database driver (sqlite3") && loaded.contains(" schema migrations"),
+        "{log}"
+    );
+    assert!(!log.contains("each runner does it itself"), "{log}");
     let before = pids();
     assert_eq!(before.len(), 12, "{before:?}");
     for (name, &pid) in &before {

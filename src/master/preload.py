@@ -105,12 +105,71 @@ def initialise(cfg):
         sqlalchemy.orm.configure_mappers()
     except Exception:
         pass
+    # Each is what every runner would otherwise do for itself, and what it
+    # costs each of them in memory of its own; none opens the database.
+    warmed = []
+    for warm in (load_driver, read_migrations):
+        try:
+            warmed.append(warm())
+        except Exception as e:
+            print(f"preload: {warm.__name__}: {e!r}; each runner does it itself", file=sys.stderr)
 
     def rest(config_path=None, propagate_logs=None):
         initialize_2(propagate_logs=propagate_logs)
         initialize_3()
 
-    return lambda: setattr(mailman.bin.runner, "initialize", rest)
+    return warmed, lambda: setattr(mailman.bin.runner, "initialize", rest)
+
+
+def load_driver():
+    """The database's SQLAlchemy dialect and driver module (`sqlite3`,
+    `psycopg2`, `pymysql`), loaded and not connected. With SQLite, SQLAlchemy
+    also runs once on a private in-memory database (an engine, a connection,
+    the schema check's query), so that the code it sets up on first use is
+    shared: Mailman's database file is not opened."""
+    import sqlalchemy
+    from mailman.config import config
+    from mailman.utilities.string import expand
+
+    url = sqlalchemy.engine.make_url(expand(config.database.url, None, config.paths))
+    driver = url.get_dialect().import_dbapi()
+    loaded = f"the database driver ({driver.__name__})"
+    if url.get_backend_name() != "sqlite":
+        return loaded
+    from alembic.migration import MigrationContext
+
+    engine = sqlalchemy.create_engine(
+        "sqlite://", isolation_level="READ UNCOMMITTED", pool_pre_ping=True
+    )
+    try:
+        with engine.connect() as connection:
+            MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    return loaded
+
+
+def read_migrations():
+    """Alembic's map of Mailman's schema migration scripts (read from files,
+    each script run once), which each runner's schema check would read for
+    itself to learn the newest revision: built once, and handed to
+    Mailman's `SchemaManager`. An upgrade of the schema, where one is due,
+    reads the scripts afresh (alembic's own commands)."""
+    import mailman.database.factory as factory
+    from alembic.script import ScriptDirectory
+    from mailman.database.alembic import alembic_cfg
+
+    scripts = ScriptDirectory.from_config(alembic_cfg)
+    scripts.get_current_head()
+    count = sum(1 for _ in scripts.walk_revisions())
+
+    class Read(ScriptDirectory):
+        @classmethod
+        def from_config(cls, cfg):
+            return scripts if cfg is alembic_cfg else ScriptDirectory.from_config(cfg)
+
+    factory.ScriptDirectory = Read
+    return f"{count} schema migrations"
 
 
 def intermediate(sock, request, fds, master):
@@ -222,13 +281,15 @@ def main():
         if go == b"go":
             break
     loaded = identity(cfg)
-    finish = initialise(cfg)
+    warmed, finish = initialise(cfg)
     # What was loaded stays out of the collector's reach: a collection in a
     # runner does not touch (and so copy) these pages.
     gc.collect()
     gc.freeze()
     print(
-        f"preloaded {count} modules and {cfg} in {time.monotonic() - started:.2f}s",
+        f"preloaded {count} modules, {cfg}"
+        + "".join(f", {what}" for what in warmed)
+        + f" in {time.monotonic() - started:.2f}s",
         file=sys.stderr,
         flush=True,
     )
