@@ -273,6 +273,11 @@ def main():
     sock.setblocking(True)
     os.set_inheritable(fd, False)
     started = time.monotonic()
+    # No collection until the fork (Python's advice for a process that forks
+    # without exec): the imports run without the collector's passes over
+    # what they have made so far, and leave no holes in shared pages that a
+    # runner's new objects would fill, copying them.
+    gc.disable()
     count = load()
     while True:
         go = sock.recv(16)
@@ -283,9 +288,10 @@ def main():
     loaded = identity(cfg)
     warmed, finish = initialise(cfg)
     # What was loaded stays out of the collector's reach: a collection in a
-    # runner does not touch (and so copy) these pages.
-    gc.collect()
+    # runner does not touch (and so copy) these pages. Runners (and the
+    # helper) collect their own objects from here on.
     gc.freeze()
+    gc.enable()
     print(
         f"preloaded {count} modules, {cfg}"
         + "".join(f", {what}" for what in warmed)
