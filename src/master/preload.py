@@ -4,9 +4,11 @@
 # Run by the master as `python3 -c 'exec(os.environ.pop(...))' FD MASTER CFG`,
 # where FD is its end of a SOCK_SEQPACKET socket pair and CFG Mailman's
 # configuration file. Before forking it only does what needs no database,
-# socket or log: imports Mailman's modules and runs Mailman's first
+# socket or log: imports Mailman's modules, runs Mailman's first
 # initialisation step (`initialize_1`: the component registry, the event
-# subscribers, the configuration read from CFG). Each runner then runs
+# subscribers, the configuration read from CFG), and does once what each
+# runner would do for itself before its first query (the object mapping,
+# the database driver, the schema migrations' map). Each runner then runs
 # Mailman's own `runner` entry point, which does the rest of the
 # initialisation (logging, plugins, database, rules, chains, pipelines)
 # itself, exactly as the `runner` program would.
