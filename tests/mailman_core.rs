@@ -2,8 +2,9 @@
 //! under our master, Mailman's own CLI against it, and the scenarios of
 //! Mailman's test_master.py against our binary.
 //!
-//! Installs `mailman==3.3.10` into a virtual environment cached under
-//! `target/` (about 20 s the first time); a test fails, naming what to
+//! Installs `mailman==3.3.10` (with the versions the image pins,
+//! contrib/mailman-core/constraints.txt) into a virtual environment cached
+//! under `target/` (about 20 s the first time); a test fails, naming what to
 //! install, if that install fails. The tests run one at a time (a dozen
 //! Python processes each). Also: our reading of `mailman.cfg` against what
 //! Mailman itself computes from the same file.
@@ -35,16 +36,20 @@ fn venv() -> PathBuf {
     require(
         venv.is_some(),
         "GNU Mailman 3.3.10 from PyPI",
-        "python3 -m venv target/mailman-core-3.3.10 && target/mailman-core-3.3.10/bin/pip install mailman==3.3.10 && touch target/mailman-core-3.3.10/.installed",
+        "python3 -m venv target/mailman-core-3.3.10 && target/mailman-core-3.3.10/bin/pip install -c contrib/mailman-core/constraints.txt mailman==3.3.10 && cp contrib/mailman-core/constraints.txt target/mailman-core-3.3.10/.installed",
     );
     venv.unwrap_or_default()
 }
 
 fn installed_venv() -> Option<PathBuf> {
     VENV.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mailman-core-3.3.10");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("target/mailman-core-3.3.10");
+        // The stamp holds the constraints it was installed with.
+        let pins = root.join("contrib/mailman-core/constraints.txt");
+        let wanted = std::fs::read(&pins).ok()?;
         let stamp = dir.join(".installed");
-        if stamp.exists() {
+        if std::fs::read(&stamp).is_ok_and(|had| had == wanted) {
             return Some(dir);
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -55,14 +60,16 @@ fn installed_venv() -> Option<PathBuf> {
             .status();
         let installed = created.is_ok_and(|s| s.success())
             && Command::new(dir.join("bin/pip"))
-                .args(["install", "--quiet", "mailman==3.3.10"])
+                .args(["install", "--quiet", "--constraint"])
+                .arg(&pins)
+                .arg("mailman==3.3.10")
                 .stdout(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
         if !installed {
             return None;
         }
-        std::fs::write(&stamp, "").ok()?;
+        std::fs::write(&stamp, &wanted).ok()?;
         Some(dir)
     })
     .clone()

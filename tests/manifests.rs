@@ -147,7 +147,7 @@ fn each_slice_groups_configuration_is_valid_and_together_they_cover_every_slice_
     require(
         venv.is_ok(),
         "Mailman 3.3.10 in target/mailman-core-3.3.10",
-        ".ci/run installs it (pip install mailman==3.3.10 into that venv)",
+        ".ci/run installs it (pip install -c contrib/mailman-core/constraints.txt mailman==3.3.10 into that venv)",
     );
     let tmp = tempfile::tempdir().unwrap();
     let groups = extract(&python, tmp.path());

@@ -28,7 +28,7 @@ for name in start stop restart reopen status; do ln -s mailmanctl "$ctx/out/bin/
 cp "$here/mailman.cfg" "$here/mailman.toml" "$ctx/out/etc/"
 cp "$here/gunicorn.cfg" "$ctx/out/etc/mailman-gunicorn.cfg"
 # Preserved times keep the wheel layer cached across builds.
-cp -p "$wheels"/*.whl "$ctx/out/wheels/"
+cp -p "$wheels"/*.whl "$here/constraints.txt" "$ctx/out/wheels/"
 stage_label="mailman.build-local=$(basename "$ctx")"
 {
     echo "ARG BASE"
