@@ -972,7 +972,8 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
         "the helper read the configuration after init: {log}"
     );
     // What each runner would do for itself before its first query was done
-    // once: the SQLite driver loaded, the schema migrations read.
+    // once: the SQLite driver loaded, the schema migrations read; and the
+    // modules that need the configuration (the REST API's) imported.
     let loaded = log[..ready]
         .lines()
         .rfind(|l| l.contains("preloaded "))
@@ -981,6 +982,11 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
         loaded.contains("the database driver (sqlite3") && loaded.contains(" schema migrations"),
         "{log}"
     );
+    let configured = loaded
+        .split_once(" modules (")
+        .and_then(|(_, rest)| rest.split_once(" once configured)"))
+        .and_then(|(n, _)| n.parse::<u32>().ok());
+    assert!(configured.is_some_and(|n| n > 0), "{loaded}");
     assert!(!log.contains("each runner does it itself"), "{log}");
     let before = pids();
     assert_eq!(before.len(), 12, "{before:?}");

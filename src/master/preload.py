@@ -8,7 +8,8 @@
 # initialisation step (`initialize_1`: the component registry, the event
 # subscribers, the configuration read from CFG), and does once what each
 # runner would do for itself before its first query (the object mapping,
-# the database driver, the schema migrations' map). Each runner then runs
+# the database driver, the schema migrations' map), and imports the modules
+# that needed the configuration. Each runner then runs
 # Mailman's own `runner` entry point, which does the rest of the
 # initialisation (logging, plugins, database, rules, chains, pipelines)
 # itself, exactly as the `runner` program would.
@@ -99,6 +100,11 @@ def initialise(cfg):
     import mailman.bin.runner
 
     initialize_1(cfg)
+    # Mailman's modules that cannot be imported before the configuration is
+    # read (its REST API's: they bind the password hasher as they load),
+    # as the runner that uses them would import them after its own
+    # `initialize_1`; the walk returns how many modules are loaded now.
+    count = walk(mailman.__path__, "mailman.")
     # The database's object mapping, built in memory (no connection): what
     # each runner would otherwise build for itself on its first query.
     try:
@@ -120,7 +126,7 @@ def initialise(cfg):
         initialize_2(propagate_logs=propagate_logs)
         initialize_3()
 
-    return warmed, lambda: setattr(mailman.bin.runner, "initialize", rest)
+    return count, warmed, lambda: setattr(mailman.bin.runner, "initialize", rest)
 
 
 def load_driver():
@@ -280,7 +286,7 @@ def main():
     # what they have made so far, and leave no holes in shared pages that a
     # runner's new objects would fill, copying them.
     gc.disable()
-    count = load()
+    first = load()
     while True:
         go = sock.recv(16)
         if not go:
@@ -288,14 +294,14 @@ def main():
         if go == b"go":
             break
     loaded = identity(cfg)
-    warmed, finish = initialise(cfg)
+    count, warmed, finish = initialise(cfg)
     # What was loaded stays out of the collector's reach: a collection in a
     # runner does not touch (and so copy) these pages. Runners (and the
     # helper) collect their own objects from here on.
     gc.freeze()
     gc.enable()
     print(
-        f"preloaded {count} modules, {cfg}"
+        f"preloaded {count} modules ({count - first} once configured), {cfg}"
         + "".join(f", {what}" for what in warmed)
         + f" in {time.monotonic() - started:.2f}s",
         file=sys.stderr,
