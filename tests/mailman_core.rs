@@ -848,6 +848,58 @@ fn a_bare_mailman_cfg_runs_mailmans_own_runners() {
     assert!(!alive(master));
 }
 
+/// A runner stopped while it initialised can die holding Mailman's
+/// database-creation lock (`locks/dbcreate.lck`, a hard link to its claim
+/// `dbcreate.lck|HOST|PID|RANDOM`); Mailman waits such a lock out until its
+/// lifetime ends. The master breaks it at start-up when the claim names
+/// this host and a pid no process has: here a lock whose lifetime ends in
+/// an hour does not hold up `init` and the runners.
+#[test]
+fn a_lock_left_by_a_dead_holder_does_not_hold_up_the_start() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = venv();
+    let env = Env::new("");
+    let dir = env.dir.path();
+    let (cfg, _, _) = mailman_cfg_in(&env);
+    let ours = |args: &[&str]| our_cli(&cfg, &venv, dir, args);
+    let locks = env.var.join("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let lock = locks.join("dbcreate.lck");
+    let claim = format!("{}|{host}|{pid}|4242", lock.display());
+    std::fs::write(&claim, &claim).unwrap();
+    std::fs::hard_link(&claim, &lock).unwrap();
+    // flufl.lock reads a lock's end of life from its modification time.
+    let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&lock)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+
+    let started = ours(&["start"]);
+    assert_eq!(started.code, 0, "{}{}", started.stdout, started.stderr);
+    wait_until("every runner to be ready", SLOW, || {
+        ours(&["status", "--check"]).code == 0
+    });
+    let log = env.log();
+    let removed = format!(
+        "Removed Mailman's lock {}: its holder (pid {pid}) is gone",
+        lock.display()
+    );
+    let at = log.find(&removed).expect("the stale lock broken");
+    assert!(
+        log.find("Initialising: ").is_some_and(|i| at < i),
+        "before init: {log}"
+    );
+    assert!(!Path::new(&claim).exists());
+    assert_eq!(ours(&["stop"]).code, 0);
+}
+
 /// Which slice of a queue a Mailman entry belongs to, as `queues --json`
 /// counts them (and stall detection uses), against Mailman 3.3.10's own
 /// `Switchboard.get_files` on the same directory: a few hundred random

@@ -38,6 +38,7 @@
 //! | `jobs`       | scheduled jobs: due times, runs, overlap, timeouts, their records |
 //! | `sharing`    | slices over several masters: owning a slice, waiting for its owner |
 //! | `preload`    | Mailman Core's runners forked from one preloaded Python helper |
+//! | `stale_lock` | Mailman's `dbcreate.lck` left by a dead holder, broken at start-up |
 //! | `shutdown`   | the stop sequence and the final sweep |
 //! | `slice`      | a slice's state and the restart rule (pure) |
 //! | `spawn`      | a runner's command line and process set-up |
@@ -62,6 +63,7 @@ mod requests;
 mod runners;
 mod sharing;
 mod shutdown;
+mod stale_lock;
 mod stall;
 mod startup;
 

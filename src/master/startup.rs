@@ -211,6 +211,15 @@ impl Master {
                 super::preload::Preload::new(python, cfg, init_over)
             });
         master.start_helper();
+        if let Some(core) = &master.config.core {
+            let broken = super::stale_lock::break_stale(&core.lock_dir());
+            if let Some(pid) = broken.lock {
+                info!(
+                    "Removed Mailman's lock {}: its holder (pid {pid}) is gone",
+                    core.lock_dir().join("dbcreate.lck").display()
+                );
+            }
+        }
         master.begin_start();
         Ok(master)
     }

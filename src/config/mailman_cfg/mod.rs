@@ -85,6 +85,9 @@ impl Core {
     pub fn lock_file(&self) -> PathBuf {
         self.path("LOCK_FILE")
     }
+    pub fn lock_dir(&self) -> PathBuf {
+        self.path("LOCK_DIR")
+    }
     pub fn pid_file(&self) -> PathBuf {
         self.path("PID_FILE")
     }
