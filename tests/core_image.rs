@@ -160,6 +160,16 @@ impl Stack {
         docker(&all)
     }
 
+    /// Through the REST API, a domain, a list and a subscriber (see
+    /// [`FLOW`]), then those read back (SQLAlchemy 2.1 broke three of
+    /// Mailman's collections).
+    fn set_up_list(&self) {
+        let setup = self.flow(&["setup"]);
+        assert_eq!(setup.code, 0, "REST set-up: {}", setup.stderr);
+        let read = self.flow(&["read"]);
+        assert_eq!(read.code, 0, "REST reads: {}", read.stderr);
+    }
+
     /// The flow script (see [`FLOW`]) inside the container.
     fn flow(&self, args: &[&str]) -> Ran {
         let mut child = Command::new("docker")
@@ -296,11 +306,7 @@ impl Drop for Stack {
 fn a_message_travels_through_mailman_core_under_our_master() {
     let stack = Stack::up("one", &[]);
     stack.wait_healthy("first start");
-    let setup = stack.flow(&["setup"]);
-    assert_eq!(setup.code, 0, "REST set-up: {}", setup.stderr);
-    // Mailman's REST collections read back (SQLAlchemy 2.1 broke three).
-    let read = stack.flow(&["read"]);
-    assert_eq!(read.code, 0, "REST reads: {}", read.stderr);
+    stack.set_up_list();
     stack.send_and_receive(1);
 
     // Mailman's own CLI and ours agree.
@@ -462,8 +468,7 @@ fn two_slices_of_in_and_out_run_and_mail_arrives() {
         assert!(pids.contains_key(slice), "{slice} runs: {pids:?}");
     }
     assert_eq!(pids.len(), 14, "{pids:?}");
-    let setup = stack.flow(&["setup"]);
-    assert_eq!(setup.code, 0, "REST set-up: {}", setup.stderr);
+    stack.set_up_list();
     for n in 1..=6 {
         stack.send_and_receive(n);
     }
@@ -516,11 +521,7 @@ fn preloaded_runners_carry_mail_and_come_back() {
         // The master's child (PID 1 here), in a process group of its own.
         assert_eq!(parent(pid), (Some(1), Some(pid)), "{spec}");
     }
-    let setup = stack.flow(&["setup"]);
-    assert_eq!(setup.code, 0, "REST set-up: {}", setup.stderr);
-    // Mailman's REST collections read back (SQLAlchemy 2.1 broke three).
-    let read = stack.flow(&["read"]);
-    assert_eq!(read.code, 0, "REST reads: {}", read.stderr);
+    stack.set_up_list();
     stack.send_and_receive(1);
 
     // kill -9 in the container (it has no `kill` program).

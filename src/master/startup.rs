@@ -212,11 +212,11 @@ impl Master {
             });
         master.start_helper();
         if let Some(core) = &master.config.core {
-            let broken = super::stale_lock::break_stale(&core.lock_dir());
-            if let Some(pid) = broken.lock {
+            let dir = core.lock_dir();
+            if let Some(pid) = super::stale_lock::break_stale(&dir).lock {
                 info!(
                     "Removed Mailman's lock {}: its holder (pid {pid}) is gone",
-                    core.lock_dir().join("dbcreate.lck").display()
+                    dir.join("dbcreate.lck").display()
                 );
             }
         }
