@@ -8,8 +8,9 @@
 //! hard link to the holder's claim file `dbcreate.lck|HOST|PID|RANDOM`,
 //! whose text is its own path. The next start's `init` and runners then wait
 //! until the lock's lifetime has run out (15 s and more). flufl.lock calls a
-//! lock *stale* when its claim names this host and a pid that no process
-//! has; it waits out such a lock, and the master breaks it instead, before
+//! lock *stale* when its claim names this host (as Python's
+//! `socket.getfqdn()` names it, which the master reads as `os::lock::fqdn`
+//! does; or the node name) and a pid that no process has; it waits out such a lock, and the master breaks it instead, before
 //! `init` and the runners start, with the same test. Claim files of dead
 //! processes (left the same way) go too.
 //!
@@ -36,12 +37,15 @@ pub struct Broken {
 /// the lock, as it would without us.
 pub fn break_stale(lock_dir: &Path) -> Broken {
     let mut broken = Broken::default();
-    let Ok(host) = nix::unistd::gethostname() else {
+    let Ok(node) = nix::unistd::gethostname() else {
         return broken;
     };
-    let Some(host) = host.to_str() else {
+    let Some(node) = node.to_str() else {
         return broken;
     };
+    let fqdn = crate::os::lock::fqdn();
+    let host = [node, fqdn.as_str()];
+    let host = &host[..];
     let lock = lock_dir.join(LOCK);
     if let Some(pid) = read_claim(&lock).and_then(|claim| dead_holder(&claim, &lock, host)) {
         // Read again just before: a live process may have taken it since.
@@ -69,24 +73,32 @@ pub fn break_stale(lock_dir: &Path) -> Broken {
     broken
 }
 
-/// The claim a lock file names (its text), if it can be read.
+/// The claim a lock file names (its text), if it is a regular file that can
+/// be read. Opened without blocking and without following a symbolic link:
+/// a FIFO or a device put in its place is not read (its open would wait for
+/// a writer, or do what the device does), and start-up goes on.
 fn read_claim(lock: &Path) -> Option<String> {
-    let mut text = String::new();
-    std::fs::File::open(lock)
-        .ok()?
-        .take(4096)
-        .read_to_string(&mut text)
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(lock)
         .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(4096).read_to_string(&mut text).ok()?;
     Some(text.trim().to_string())
 }
 
 /// The pid of `claim` (`LOCK|HOST|PID|RANDOM`) if it is a claim of `lock` by
 /// a process of this host that no longer exists.
-fn dead_holder(claim: &str, lock: &Path, host: &str) -> Option<i32> {
+fn dead_holder(claim: &str, lock: &Path, host: &[&str]) -> Option<i32> {
     let mut parts = claim.split('|');
     let (file, their_host, pid, random) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || Path::new(file) != lock || their_host != host {
+    if parts.next().is_some() || Path::new(file) != lock || !host.contains(&their_host) {
         return None;
     }
     random.parse::<u64>().ok()?;
@@ -155,6 +167,35 @@ mod tests {
         std::fs::hard_link(&other, dir.path().join(LOCK)).unwrap();
         assert_eq!(break_stale(dir.path()), Broken::default());
         assert!(dir.path().join(LOCK).exists());
+    }
+
+    /// flufl.lock names the host as Python's `socket.getfqdn()` does, which
+    /// is not always the node name (on the project's VM: `localhost`
+    /// against `vm`).
+    #[test]
+    fn a_claim_naming_the_host_as_python_does_is_this_host_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dead_pid();
+        let held = claim(dir.path(), &crate::os::lock::fqdn(), pid);
+        std::fs::hard_link(&held, dir.path().join(LOCK)).unwrap();
+        assert_eq!(break_stale(dir.path()).lock, Some(pid));
+        assert!(!dir.path().join(LOCK).exists());
+    }
+
+    #[test]
+    fn a_fifo_in_the_lock_s_place_is_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join(LOCK);
+        nix::unistd::mkfifo(&lock, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || tx.send(break_stale(&path)));
+        // Without a non-blocking open this waits for a writer that never comes.
+        let broken = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("break_stale waited on a FIFO");
+        assert_eq!(broken, Broken::default());
+        assert!(lock.exists());
     }
 
     #[test]
