@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """GNU Mailman Core in its container, under our master (its runners started
-plainly, and preloaded: `MAILMAN__MAILMAN__PRELOAD=true`) and under
-Mailman's own, side by side in one run on this machine: the same image
+plainly; preloaded: `MAILMAN__MAILMAN__PRELOAD=true`; and preloaded with
+their pages offered to the kernel's same-page merging,
+`MAILMAN__MAILMAN__MERGE_PAGES=true`, the host's KSM on for that run only)
+and under Mailman's own, side by side in one run on this machine: the same image
 (contrib/mailman-core, built by build.sh), the same mailman.cfg, the same
 SMTP sink; only PID 1 differs (ours: `mailmanctl master`; Mailman's:
 `master --force`, as docker-mailman starts it).
@@ -18,10 +20,15 @@ then, settled: the master's RSS, the container's total RSS and PSS (every
 process), the runners' PSS (every process but PID 1: with preload, the
 helper too); then the runners' PSS again once MESSAGES more messages have
 reached the sink (1,000; 20 in a smoke run); and `docker stop`'s duration.
+With KSM on (as root: /sys/kernel/mm/ksm, 1,000 pages per 20 ms, put back
+as it was after the run), also the CPU the host's `ksmd` used from `docker
+start` until the messages are through; 0 for the others.
 """
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -90,6 +97,8 @@ elif what == "memory":
 MASTERS = {
     "ours": ([], []),  # the image's entrypoint: mailmanctl master
     "ours, preloaded": (["-e", "MAILMAN__MAILMAN__PRELOAD=true"], []),
+    "ours, preloaded, pages merged": (["-e", "MAILMAN__MAILMAN__PRELOAD=true",
+                                       "-e", "MAILMAN__MAILMAN__MERGE_PAGES=true"], []),
     "Mailman's master": (["--entrypoint", "/opt/mailman/bin/master", "--no-healthcheck"],
                          ["--force", "-C", "/etc/mailman.cfg"]),
 }
@@ -139,7 +148,44 @@ def cpu_seconds(container):
     return float("nan")
 
 
+KSM = Path("/sys/kernel/mm/ksm")
+
+
+@contextlib.contextmanager
+def ksm(on):
+    """The host's same-page merging on (1,000 pages per 20 ms) while the
+    block runs, if `on`; put back as it was after."""
+    if not on:
+        yield
+        return
+    saved = {f: (KSM / f).read_text().strip() for f in ("run", "pages_to_scan")}
+    (KSM / "pages_to_scan").write_text("1000")
+    (KSM / "run").write_text("1")
+    try:
+        yield
+    finally:
+        (KSM / "run").write_text(saved["run"])
+        (KSM / "pages_to_scan").write_text(saved["pages_to_scan"])
+
+
+def ksmd_seconds():
+    """CPU time of the kernel's `ksmd` thread so far (0 if there is none)."""
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "ksmd":
+                fields = (comm.parent / "stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            continue
+    return 0.0
+
+
 def one(name, round_no, messages):
+    with ksm("merged" in name):
+        return one_run(name, round_no, messages)
+
+
+def one_run(name, round_no, messages):
     extra, tail = MASTERS[name]
     tag = f"mmbench{round_no}{list(MASTERS).index(name)}"
     net, core, sink = tag, tag + "-core", "smtp"
@@ -155,6 +201,7 @@ def one(name, round_no, messages):
             raise RuntimeError("REST set-up failed")
         sh("docker", "stop", "-t", "30", core)
         r = {}
+        ksmd = ksmd_seconds()
         t0 = time.monotonic()
         sh("docker", "start", core)
         poll(lambda: flow(core, "ready").returncode == 0, step=0.05)
@@ -176,6 +223,7 @@ def one(name, round_no, messages):
         time.sleep(5)
         mem = json.loads(flow(core, "memory").stdout)
         r["runners_after_mib"] = mem["runners_pss_kib"] / 1024
+        r["ksmd_s"] = ksmd_seconds() - ksmd
         t = time.monotonic()
         sh("docker", "stop", "-t", "30", core)
         r["stop_s"] = time.monotonic() - t
@@ -190,6 +238,7 @@ ROWS = [("`docker start` → LMTP and REST accept", "ready_s", "s"),
         ("CPU used by then (`docker start` → ready)", "cpu_s", "s"),
         ("runners' PSS (all but PID 1), settled", "runners_mib", "MiB"),
         ("runners' PSS after 1,000 more messages", "runners_after_mib", "MiB"),
+        ("the host's `ksmd` CPU, `docker start` → after the messages", "ksmd_s", "s"),
         ("`docker stop`", "stop_s", "s"),
         ("master (PID 1) RSS", "master_mib", "MiB"),
         ("container, all processes: RSS", "rss_mib", "MiB"),
@@ -215,15 +264,18 @@ def main():
         print("smoke run complete")
         return
     med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in rows.items()}
-    out = ["| figure | ours | ours, preloaded | Mailman's master "
-           "| ours ÷ Mailman's | preloaded ÷ Mailman's |", "|---|---|---|---|---|---|"]
     theirs = "Mailman's master"
+    mine = [n for n in MASTERS if n != theirs]
+    out = ["| figure | " + " | ".join(MASTERS) + " | "
+           + " | ".join(f"{n} ÷ Mailman's" for n in mine) + " |",
+           "|---" * (1 + len(MASTERS) + len(mine)) + "|"]
     for label, key, unit in ROWS:
         cells = []
         for name in MASTERS:
             vals = [r[key] for r in rows[name]]
             cells.append(f"{med[name][key]:.2f} {unit} [{min(vals):.2f}..{max(vals):.2f}]")
-        ratios = [med[n][key] / med[theirs][key] for n in ("ours", "ours, preloaded")]
+        ratios = [med[n][key] / med[theirs][key] if med[theirs][key] else float("nan")
+                  for n in mine]
         out.append(f"| {label} | {' | '.join(cells)} | "
                    + " | ".join(f"{x:.2f}" for x in ratios) + " |")
     report = "\n".join(out)

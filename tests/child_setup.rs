@@ -339,3 +339,59 @@ fn a_program_that_cannot_run_fails_a_start_of_many() {
     };
     wait_until("no runner left", PATIENCE, || sleepers() == 0);
 }
+
+/// `merge_pages = true`: the master offers its memory to the kernel's
+/// same-page merging, and every runner inherits it across its `execve`
+/// (Linux 6.7), whichever way it is created; without it, none does.
+#[test]
+fn merge_pages_reaches_every_runner() {
+    let merge_any = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/ksm_stat"))
+            .map(|s| s.contains("ksm_merge_any: yes"))
+    };
+    require(
+        merge_any(std::process::id() as i32).is_ok(),
+        "a kernel with same-page merging (/proc/PID/ksm_stat: CONFIG_KSM, Linux 6.7 or later)",
+        "run the tests on such a kernel",
+    );
+    for (mode, merge) in [
+        ("clone3", true),
+        ("clone", true),
+        ("fork", true),
+        ("clone3", false),
+    ] {
+        let env = Env::with_mailman(
+            &format!("merge_pages = {merge}\n"),
+            &only("[runner.sleeper]\ncommand = [\"sleep\", \"1000\"]\nrestart_delay = \"0s\"\n"),
+        );
+        let master = untidy_master(&env, mode);
+        let pid = master.0.id() as i32;
+        let sleeper = || {
+            runners_of(pid)
+                .into_iter()
+                .find(|&r| cmdline(r) == "sleep 1000")
+        };
+        wait_until("the runner", PATIENCE, || sleeper().is_some());
+        let first = sleeper().unwrap();
+        assert_eq!(
+            merge_any(first).ok(),
+            Some(merge),
+            "{mode}, merge_pages = {merge}"
+        );
+        // A restarted runner too (the single clone).
+        send(first, libc::SIGKILL);
+        wait_until("the restarted runner", PATIENCE, || {
+            sleeper().is_some_and(|r| r != first)
+        });
+        let second = sleeper().unwrap();
+        assert_eq!(merge_any(second).ok(), Some(merge), "{mode}, restarted");
+        assert_eq!(
+            env.log()
+                .contains("offered to the kernel's same-page merging"),
+            merge,
+            "{}",
+            env.log()
+        );
+        assert_eq!(env.run(&["stop"]).code, 0, "{mode}");
+    }
+}

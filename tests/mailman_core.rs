@@ -1106,3 +1106,134 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
         .collect();
     assert!(left.is_empty(), "left running: {left:?}");
 }
+
+/// The host's same-page merging, on for one test and put back as it was.
+struct KsmOn {
+    run: String,
+    pages: String,
+}
+
+const KSM: &str = "/sys/kernel/mm/ksm";
+
+impl KsmOn {
+    fn new() -> KsmOn {
+        let read = |f: &str| std::fs::read_to_string(format!("{KSM}/{f}"));
+        let (run, pages) = (read("run"), read("pages_to_scan"));
+        require(
+            run.is_ok() && pages.is_ok() && nix::unistd::geteuid().is_root(),
+            "the kernel's same-page merging (/sys/kernel/mm/ksm, CONFIG_KSM) and root to turn it on",
+            "run the tests as root on such a kernel",
+        );
+        let on = KsmOn {
+            run: run.unwrap(),
+            pages: pages.unwrap(),
+        };
+        // Ten times the default scan rate: merged within seconds, not a minute.
+        std::fs::write(format!("{KSM}/pages_to_scan"), "1000").unwrap();
+        std::fs::write(format!("{KSM}/run"), "1").unwrap();
+        on
+    }
+}
+
+impl Drop for KsmOn {
+    fn drop(&mut self) {
+        let _ = std::fs::write(format!("{KSM}/run"), self.run.trim());
+        let _ = std::fs::write(format!("{KSM}/pages_to_scan"), self.pages.trim());
+    }
+}
+
+/// One field of /proc/PID/smaps_rollup or /proc/PID/ksm_stat.
+fn proc_field(pid: i32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `merge_pages = true` with preloaded runners: the helper's memory, and so
+/// every runner's, is offered to the kernel's same-page merging; with the
+/// host's KSM on, identical pages (reference counts that went up and back
+/// down, the same objects made the same way in each runner) are merged, and
+/// the runners' PSS falls by a fifth or more.
+#[test]
+fn preloaded_runners_identical_pages_are_merged() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = venv();
+    let env = Env::new("");
+    let dir = env.dir.path();
+    let (cfg, _, _) = mailman_cfg_in(&env);
+    let toml = dir.join("merge.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[mailman]\nmailman_cfg = \"{}\"\npreload = true\nmerge_pages = true\n\
+             stop_timeout = \"10s\"\n",
+            cfg.display()
+        ),
+    )
+    .unwrap();
+    let ours = |args: &[&str]| our_cli(&toml, &venv, dir, args);
+    let pids = || -> Vec<i32> {
+        let v: serde_json::Value =
+            serde_json::from_str(&ours(&["status", "--json"]).stdout).unwrap_or_default();
+        v["runners"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .filter_map(|r| Some(r["pid"].as_i64()? as i32))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let started = ours(&["start"]);
+    assert_eq!(started.code, 0, "{}{}", started.stdout, started.stderr);
+    wait_until("every runner to be ready", SLOW, || {
+        ours(&["status", "--check"]).code == 0
+    });
+    let runners = pids();
+    assert_eq!(runners.len(), 12, "{runners:?}");
+    for pid in &runners {
+        let needle = format!("({pid}) ");
+        wait_until("the runner started", SLOW, || {
+            env.log()
+                .lines()
+                .any(|l| l.contains(&needle) && l.contains("runner started."))
+        });
+    }
+    let log = env.log();
+    assert!(
+        log.contains("offered to the kernel's same-page merging"),
+        "{log}"
+    );
+    assert!(
+        log.contains(", memory offered to same-page merging"),
+        "{log}"
+    );
+    let merge_any = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/ksm_stat"))
+            .is_ok_and(|s| s.contains("ksm_merge_any: yes"))
+    };
+    assert!(runners.iter().all(|&p| merge_any(p)), "{runners:?}");
+    let pss = || -> u64 {
+        runners
+            .iter()
+            .map(|&p| proc_field(p, "smaps_rollup", "Pss:"))
+            .sum()
+    };
+    let before = pss();
+
+    let _ksm = KsmOn::new();
+    // Every runner has at least 1 MiB merged (256 pages)…
+    wait_until("every runner's pages merged", SLOW, || {
+        runners
+            .iter()
+            .all(|&p| proc_field(p, "ksm_stat", "ksm_merging_pages") >= 256)
+    });
+    // …and together they hold a fifth less.
+    wait_until("the runners' PSS to fall", SLOW, || pss() * 5 <= before * 4);
+    assert_eq!(pids(), runners, "no runner was restarted meanwhile");
+    let r = ours(&["stop"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

@@ -143,6 +143,7 @@ impl Config {
                 .unwrap_or_default(),
             slice_locks: raw_mailman.slice_locks.unwrap_or(shared),
             preload: raw_mailman.preload.unwrap_or(false),
+            merge_pages: raw_mailman.merge_pages.unwrap_or(false),
             owner_retry: raw_mailman
                 .owner_retry
                 .map_or(Dur(Duration::from_secs(5)), Spanned::into_inner),

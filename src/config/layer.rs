@@ -66,6 +66,8 @@ pub(super) struct RawMailman {
     pub(super) owner_retry: Option<Spanned<Dur>>,
     /// Fork Mailman Core's runners from one preloaded Python helper.
     pub(super) preload: Option<bool>,
+    /// Offer runners' memory to the kernel's same-page merging (KSM).
+    pub(super) merge_pages: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -265,6 +267,7 @@ impl Layer {
             slice_locks: m.slice_locks.or(b.slice_locks),
             owner_retry: m.owner_retry.or(b.owner_retry),
             preload: m.preload.or(b.preload),
+            merge_pages: m.merge_pages.or(b.merge_pages),
         };
         let (l, b) = (self.logging, base.logging);
         base.logging = RawLogging {

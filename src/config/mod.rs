@@ -153,6 +153,10 @@ pub struct MailmanSection {
     /// Mailman Core's runners are forked from one Python helper that has
     /// imported Mailman's code (docs/mailman-core.md, "Preloaded runners").
     pub preload: bool,
+    /// The master, and so every process it starts, offers its memory to
+    /// the kernel's same-page merging (docs/mailman-core.md, "Merging
+    /// runners' identical pages").
+    pub merge_pages: bool,
 }
 
 /// The master's HTTP endpoint (docs/observability.md).

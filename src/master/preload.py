@@ -41,6 +41,7 @@ import sys
 import time
 
 PR_SET_PDEATHSIG = 1
+PR_SET_MEMORY_MERGE = 67
 SIGKILL = 9
 # Packages whose modules are Mailman's test suite, documentation, database
 # migration scripts (which initialise Mailman as they are imported) or
@@ -275,6 +276,17 @@ def serve(sock, master, cfg, loaded):
                 break
 
 
+def offer_to_merge():
+    """`merge_pages`: this process's memory, and so each runner's (the
+    setting is inherited by a fork), offered to the kernel's same-page
+    merging. Said in the log line, as what was done or why not."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0:
+        error = os.strerror(ctypes.get_errno())
+        return f"memory not offered to same-page merging (prctl: {error})"
+    return "memory offered to same-page merging"
+
+
 def main():
     fd, master, cfg = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     sock = socket.socket(fileno=fd)
@@ -300,6 +312,8 @@ def main():
     # helper) collect their own objects from here on.
     gc.freeze()
     gc.enable()
+    if os.environ.pop("MAILMAN_PRELOAD_MERGE", None) == "1":
+        warmed.append(offer_to_merge())
     print(
         f"preloaded {count} modules ({count - first} once configured), {cfg}"
         + "".join(f", {what}" for what in warmed)

@@ -35,6 +35,9 @@ use super::{Master, Mode};
 /// The helper's code, handed over in its environment (not left in a file).
 const SCRIPT: &str = include_str!("preload.py");
 const SCRIPT_ENV: &str = "MAILMAN_PRELOAD_SCRIPT";
+/// Set (to 1) when the helper offers its memory to same-page merging
+/// (`merge_pages`); the helper takes it out of its environment.
+const MERGE_ENV: &str = "MAILMAN_PRELOAD_MERGE";
 /// The helper's command line: its script comes from the environment.
 const BOOT: &str = "import os; exec(os.environ.pop('MAILMAN_PRELOAD_SCRIPT'))";
 
@@ -213,7 +216,8 @@ impl Master {
         let Some(preload) = &mut self.preload else {
             return;
         };
-        match spawn_helper(&self.ctx, &preload.python, &preload.cfg) {
+        let merge = self.config.mailman.merge_pages;
+        match spawn_helper(&self.ctx, &preload.python, &preload.cfg, merge) {
             Ok((sp, sock)) => {
                 info!("Preload helper started (pid {})", sp.pid);
                 self.record_stale = true;
@@ -503,6 +507,7 @@ fn spawn_helper(
     ctx: &spawn::SpawnContext,
     python: &std::path::Path,
     cfg: &std::path::Path,
+    merge_pages: bool,
 ) -> std::io::Result<(spawn::Spawned, OwnedFd)> {
     let (ours, theirs) = socket_pair()?;
     let argv = [
@@ -515,6 +520,10 @@ fn spawn_helper(
     ];
     let mut env = indexmap::IndexMap::new();
     env.insert(SCRIPT_ENV.to_string(), SCRIPT.to_string());
+    if merge_pages {
+        // Before Linux 6.7 the master's setting does not cross `execve`.
+        env.insert(MERGE_ENV.to_string(), "1".to_string());
+    }
     let sp = spawn::start(
         ctx,
         &argv,

@@ -146,6 +146,9 @@ impl Master {
                 config.mailman.user
             );
         }
+        if config.mailman.merge_pages {
+            offer_to_merge();
+        }
 
         super::readiness::resolve_all(&mut slices);
         let ctx = SpawnContext {
@@ -415,6 +418,26 @@ fn select_slices(config: &Config, only: &[RunnerSpec]) -> Result<Vec<Slice>, Str
         }
     }
     Ok(slices)
+}
+
+/// `merge_pages`: the master's memory, and so every process it starts,
+/// offered to the kernel's same-page merging; said in the log, with whether
+/// the host merges anything.
+fn offer_to_merge() {
+    use crate::os::memory::Merging;
+    match crate::os::memory::offer_to_merge() {
+        Ok(Merging::Running) => info!(
+            "Runners' memory is offered to the kernel's same-page merging (KSM runs on this host)"
+        ),
+        Ok(Merging::Stopped) => warn!(
+            "Runners' memory is offered to the kernel's same-page merging, but KSM does not run \
+             on this host (/sys/kernel/mm/ksm/run is not 1): nothing is merged until it does"
+        ),
+        Err(e) => warn!(
+            "merge_pages: cannot offer memory to the kernel's same-page merging \
+             (prctl PR_SET_MEMORY_MERGE: {e}); runners run without it"
+        ),
+    }
 }
 
 #[cfg(test)]

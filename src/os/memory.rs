@@ -9,6 +9,9 @@
 //! What this changes is the master's RSS and PSS; the page cache holding the
 //! program, which a container's memory accounting counts, stays as it is.
 //!
+//! Also: [`offer_to_merge`], this process's memory (and that of every
+//! process it starts) offered to the kernel's same-page merging.
+//!
 //! Not here: anything about runners.
 
 /// Unmaps this program's file-backed pages that hold nothing of their own
@@ -39,6 +42,43 @@ pub fn trim() {
             libc::malloc_trim(0);
         }
     }
+}
+
+/// Whether the host's same-page merging daemon runs
+/// (`/sys/kernel/mm/ksm/run` is 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merging {
+    Running,
+    Stopped,
+}
+
+/// Offers all this process's anonymous memory, now and later, to the
+/// kernel's same-page merging (`prctl(PR_SET_MEMORY_MERGE, 1)`, Linux 6.4):
+/// identical pages, in this process and any other that offered its own, are
+/// merged into one copy-on-write page by `ksmd` when the host runs it. The
+/// setting is inherited by forked children, and from Linux 6.7 across
+/// `execve` too. Returns whether the host runs the daemon now.
+pub fn offer_to_merge() -> std::io::Result<Merging> {
+    #[cfg(target_os = "linux")]
+    {
+        const PR_SET_MEMORY_MERGE: libc::c_int = 67;
+        // SAFETY: prctl with integer arguments only; it changes a flag of
+        // this process's memory map and touches no memory of ours.
+        if unsafe { libc::prctl(PR_SET_MEMORY_MERGE, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let run = std::fs::read_to_string("/sys/kernel/mm/ksm/run").unwrap_or_default();
+        Ok(if run.trim() == "1" {
+            Merging::Running
+        } else {
+            Merging::Stopped
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "same-page merging is Linux's",
+    ))
 }
 
 /// The `start-end` ranges of `exe`'s read-only private mappings in `smaps`
