@@ -155,7 +155,7 @@ pub struct MailmanSection {
     pub preload: bool,
     /// The master, and so every process it starts, offers its memory to
     /// the kernel's same-page merging (docs/mailman-core.md, "Merging
-    /// runners' identical pages").
+    /// identical pages").
     pub merge_pages: bool,
 }
 
