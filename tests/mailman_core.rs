@@ -762,6 +762,35 @@ fn our_cli(config: &Path, venv: &Path, dir: &Path, args: &[&str]) -> Ran {
     }
 }
 
+/// A TOML file in `env`'s directory: Mailman's runners (a `mailman.cfg` of
+/// their own) preloaded, with `extra` lines in `[mailman]`.
+fn preloaded_config(env: &Env, extra: &str) -> PathBuf {
+    let (cfg, _, _) = mailman_cfg_in(env);
+    let toml = env.dir.path().join("preload.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[mailman]\nmailman_cfg = \"{}\"\npreload = true\nstop_timeout = \"10s\"\n{extra}",
+            cfg.display()
+        ),
+    )
+    .unwrap();
+    toml
+}
+
+/// Each runner's name and pid, as `status --json` gives them.
+fn runner_pids(status_json: &str) -> std::collections::BTreeMap<String, i32> {
+    let v: serde_json::Value = serde_json::from_str(status_json).unwrap_or_default();
+    v["runners"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .filter_map(|r| Some((r["name"].as_str()?.into(), r["pid"].as_i64()? as i32)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `-C mailman.cfg` alone runs Mailman's own runners as Mailman's master
 /// would: Mailman initialised once first, then every runner; health waits
 /// for the LMTP and REST runners to accept connections (again after a
@@ -985,29 +1014,10 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
     let venv = venv();
     let env = Env::new("");
     let dir = env.dir.path();
-    let (cfg, _, _) = mailman_cfg_in(&env);
-    let toml = dir.join("preload.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[mailman]\nmailman_cfg = \"{}\"\npreload = true\nstop_timeout = \"10s\"\n",
-            cfg.display()
-        ),
-    )
-    .unwrap();
+    let toml = preloaded_config(&env, "");
+    let cfg = dir.join("mailman.cfg");
     let ours = |args: &[&str]| our_cli(&toml, &venv, dir, args);
-    let pids = || -> std::collections::BTreeMap<String, i32> {
-        let v: serde_json::Value =
-            serde_json::from_str(&ours(&["status", "--json"]).stdout).unwrap_or_default();
-        v["runners"]
-            .as_array()
-            .map(|rs| {
-                rs.iter()
-                    .filter_map(|r| Some((r["name"].as_str()?.into(), r["pid"].as_i64()? as i32)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let pids = || runner_pids(&ours(&["status", "--json"]).stdout);
     let forked = |pid: i32| cmdline(pid).contains("MAILMAN_PRELOAD_SCRIPT");
     let started = ours(&["start"]);
     assert_eq!(started.code, 0, "{}{}", started.stdout, started.stderr);
@@ -1163,29 +1173,12 @@ fn preloaded_runners_identical_pages_are_merged() {
     let venv = venv();
     let env = Env::new("");
     let dir = env.dir.path();
-    let (cfg, _, _) = mailman_cfg_in(&env);
-    let toml = dir.join("merge.toml");
-    std::fs::write(
-        &toml,
-        format!(
-            "[mailman]\nmailman_cfg = \"{}\"\npreload = true\nmerge_pages = true\n\
-             stop_timeout = \"10s\"\n",
-            cfg.display()
-        ),
-    )
-    .unwrap();
+    let toml = preloaded_config(&env, "merge_pages = true\n");
     let ours = |args: &[&str]| our_cli(&toml, &venv, dir, args);
     let pids = || -> Vec<i32> {
-        let v: serde_json::Value =
-            serde_json::from_str(&ours(&["status", "--json"]).stdout).unwrap_or_default();
-        v["runners"]
-            .as_array()
-            .map(|rs| {
-                rs.iter()
-                    .filter_map(|r| Some(r["pid"].as_i64()? as i32))
-                    .collect()
-            })
-            .unwrap_or_default()
+        runner_pids(&ours(&["status", "--json"]).stdout)
+            .into_values()
+            .collect()
     };
     let started = ours(&["start"]);
     assert_eq!(started.code, 0, "{}{}", started.stdout, started.stderr);

@@ -47,6 +47,7 @@ pub fn trim() {
 /// Whether the host's same-page merging daemon runs
 /// (`/sys/kernel/mm/ksm/run` is 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub enum Merging {
     Running,
     Stopped,
