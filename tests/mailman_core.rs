@@ -1138,7 +1138,7 @@ impl KsmOn {
             run: run.unwrap(),
             pages: pages.unwrap(),
         };
-        // Ten times the default scan rate: merged within seconds, not a minute.
+        // Ten times the default scan rate: merged within seconds, not minutes.
         std::fs::write(format!("{KSM}/pages_to_scan"), "1000").unwrap();
         std::fs::write(format!("{KSM}/run"), "1").unwrap();
         on

@@ -8,11 +8,12 @@
 //! hard link to the holder's claim file `dbcreate.lck|HOST|PID|RANDOM`,
 //! whose text is its own path. The next start's `init` and runners then wait
 //! until the lock's lifetime has run out (15 s and more). flufl.lock calls a
-//! lock *stale* when its claim names this host (as Python's
-//! `socket.getfqdn()` names it, which the master reads as `os::lock::fqdn`
-//! does; or the node name) and a pid that no process has; it waits out such a lock, and the master breaks it instead, before
-//! `init` and the runners start, with the same test. Claim files of dead
-//! processes (left the same way) go too.
+//! lock *stale* when its claim names this host and a pid that no process
+//! has; it waits out such a lock, and the master breaks it instead, before
+//! `init` and the runners start, with the same test. "This host" is the
+//! node name, or the name flufl.lock writes (Python's `socket.getfqdn()`,
+//! which the master reads from `/etc/hosts`: `os::lock::fqdn`). Claim files
+//! of dead processes (left the same way) go too.
 //!
 //! Not for: any other lock of Mailman's (those of lists, of the master), or a
 //! claim naming another host (a var dir shared between hosts), or a live pid.
