@@ -1029,10 +1029,17 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
     let ready = log
         .find("is ready: runners are forked from it")
         .expect("the helper loaded");
+    // `init` (Mailman's `runner --list`), on this fresh var dir, forked from
+    // the helper once it had loaded and read the configuration (making
+    // Mailman's directories); the runners only after it succeeded.
+    assert_eq!(log.matches("Initialising: ").count(), 1, "{log}");
     assert!(
-        log.find("Initialised (").is_some_and(|i| i < ready),
-        "the helper read the configuration after init: {log}"
+        log.contains("--list (forked from the preload helper)"),
+        "{log}"
     );
+    let initialised = log.find("Initialised (").expect("init succeeded");
+    let first = log.find(" runner started.").expect("a runner started");
+    assert!(ready < initialised && initialised < first, "{log}");
     // What each runner would do for itself before its first query was done
     // once: the SQLite driver loaded, the schema migrations read; and the
     // modules that need the configuration (the REST API's) imported.
@@ -1115,6 +1122,69 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
         .filter(|p| alive(*p) && environ(*p).contains(&marker))
         .collect();
     assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// `init` waits for the preload helper to fork it; a helper that dies
+/// before it could (killed as it loads) does not hold up the start: `init`
+/// runs as a process of its own, and the next helper reads Mailman's
+/// configuration only after it has succeeded.
+#[test]
+fn preloaded_init_runs_without_a_helper_that_died() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = venv();
+    let env = Env::new("");
+    let dir = env.dir.path();
+    let toml = preloaded_config(&env, "");
+    let ours = |args: &[&str]| our_cli(&toml, &venv, dir, args);
+    let start = std::thread::spawn({
+        let (toml, venv, dir) = (toml.clone(), venv.clone(), dir.to_path_buf());
+        move || our_cli(&toml, &venv, &dir, &["start"])
+    });
+    // The helper's pid, as soon as it is logged: it takes seconds to load.
+    let mut helper = 0;
+    wait_until("the helper to start", SLOW, || {
+        let log = env.log();
+        helper = log
+            .split_once("Preload helper started (pid ")
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .and_then(|(pid, _)| pid.parse().ok())
+            .unwrap_or(0);
+        helper > 0
+    });
+    assert!(send(helper, 9));
+    let started = start.join().unwrap();
+    assert_eq!(started.code, 0, "{}{}", started.stdout, started.stderr);
+    wait_until("every runner to be ready", SLOW, || {
+        ours(&["status", "--check"]).code == 0
+    });
+    let log = env.log();
+    let died = log
+        .find(&format!("Preload helper (pid {helper}) exited"))
+        .expect("the helper's death logged");
+    let plain = log[died..]
+        .find("Initialising: ")
+        .map(|i| i + died)
+        .expect("init run plainly after the helper died");
+    assert!(
+        !log[plain..]
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("forked"),
+        "{log}"
+    );
+    let initialised = log.find("Initialised (").expect("init succeeded");
+    let loaded = log
+        .find("is ready: runners are forked from it")
+        .expect("a new helper");
+    let configured = log.rfind("preloaded ").expect("the new helper's load");
+    assert!(
+        plain < initialised && initialised < configured && configured < loaded,
+        "{log}"
+    );
+    assert!(!log.contains("FileExistsError"), "{log}");
+    let r = ours(&["stop"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
 }
 
 /// The host's same-page merging, on for one test and put back as it was.

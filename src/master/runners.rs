@@ -25,7 +25,7 @@ impl Master {
         // Its last words, and its pipes closed if nobody else holds them (a
         // child it left behind may).
         self.outputs.retain_mut(|o| o.pid != pid || !o.drain(false));
-        if self.init.as_ref().is_some_and(|i| i.pid == pid) {
+        if self.init.as_ref().is_some_and(|i| i.pid == Some(pid)) {
             return self.on_init_exit(why);
         }
         if let Some(idx) = self.jobs.iter().position(|j| j.pid() == Some(pid)) {

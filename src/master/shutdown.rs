@@ -39,8 +39,8 @@ impl Master {
             code,
         };
         let signal = Signal::try_from(sig).unwrap_or(Signal::SIGTERM);
-        if let Some(init) = &self.init {
-            signal_group(init.pid, signal);
+        if let Some(pid) = self.init.as_ref().and_then(|i| i.pid) {
+            signal_group(pid, signal);
         }
         for s in &mut self.slices {
             match s.state {
@@ -84,12 +84,12 @@ impl Master {
             }
             return;
         }
-        if let Some(init) = &self.init {
+        if let Some(pid) = self.init.as_ref().and_then(|i| i.pid) {
             warn!(
-                "init (pid {}) did not stop within {}; sending SIGKILL",
-                init.pid, self.config.mailman.stop_timeout
+                "init (pid {pid}) did not stop within {}; sending SIGKILL",
+                self.config.mailman.stop_timeout
             );
-            signal_group(init.pid, Signal::SIGKILL);
+            signal_group(pid, Signal::SIGKILL);
         }
         for s in &self.slices {
             if let Some(pid) = s.pid() {

@@ -229,12 +229,29 @@ impl Master {
 
     /// Runs `init` if there is one (the runners start when it has
     /// succeeded: [`Master::on_init_exit`]), else starts the runners.
+    /// Mailman's own `runner` program as `init` is forked from the preload
+    /// helper, if there is one, once it has loaded Mailman's code.
     fn begin_start(&mut self) {
         let argv = self.config.mailman.init.clone();
         if argv.is_empty() {
             return self.launch_all();
         }
-        let core_default = self.config.core.is_some() && argv.last().is_some_and(|a| a == "--list");
+        let runner_program = self.config.core.as_ref().map(|c| c.runner_program());
+        if runner_program.is_some_and(|p| p.as_os_str() == argv[0].as_str())
+            && self.init_from_helper(&argv)
+        {
+            info!(
+                "Initialising: {} (forked from the preload helper)",
+                argv.join(" ")
+            );
+            self.init = Some(Init { pid: None, argv });
+            return;
+        }
+        self.init_plainly(argv);
+    }
+
+    /// Runs `init` as a process of its own.
+    pub(super) fn init_plainly(&mut self, argv: Vec<String>) {
         let environment = if self.config.core.is_some() {
             Environment::Mailman { env: &EMPTY_ENV }
         } else {
@@ -246,19 +263,33 @@ impl Master {
         match spawn::start(&self.ctx, &argv, environment, None) {
             Ok(sp) => {
                 info!("Initialising: {}", argv.join(" "));
-                for (fd, stream) in [(sp.stdout, "stdout"), (sp.stderr, "stderr")] {
-                    let o = Output::new(fd, "init", None, sp.pid, stream);
-                    // Mailman's `runner --list` prints its runners.
-                    let quiet = core_default && stream == "stdout";
-                    self.outputs.push(if quiet { o.quiet() } else { o });
-                }
-                self.init = Some(Init { pid: sp.pid, argv });
+                self.init_output(&argv, sp.pid, [sp.stdout, sp.stderr]);
+                self.init = Some(Init {
+                    pid: Some(sp.pid),
+                    argv,
+                });
             }
             Err(e) => self.fail_start(format!(
                 "cannot run init {}: {}",
                 argv[0],
                 crate::util::io_text(&e)
             )),
+        }
+    }
+
+    /// `init`'s output, logged under its name (`pid` is init's).
+    pub(super) fn init_output(
+        &mut self,
+        argv: &[String],
+        pid: i32,
+        fds: [std::os::fd::OwnedFd; 2],
+    ) {
+        // Mailman's `runner --list` prints its runners.
+        let core_default = self.config.core.is_some() && argv.last().is_some_and(|a| a == "--list");
+        for (fd, stream) in fds.into_iter().zip(["stdout", "stderr"]) {
+            let o = Output::new(fd, "init", None, pid, stream);
+            let quiet = core_default && stream == "stdout";
+            self.outputs.push(if quiet { o.quiet() } else { o });
         }
     }
 
@@ -371,11 +402,12 @@ pub(super) const BATCH: usize = 64;
 
 /// The `init` command while it runs.
 pub(super) struct Init {
-    pub(super) pid: i32,
-    argv: Vec<String>,
+    /// `None` while the preload helper forks it.
+    pub(super) pid: Option<i32>,
+    pub(super) argv: Vec<String>,
 }
 
-static EMPTY_ENV: std::sync::LazyLock<indexmap::IndexMap<String, String>> =
+pub(super) static EMPTY_ENV: std::sync::LazyLock<indexmap::IndexMap<String, String>> =
     std::sync::LazyLock::new(indexmap::IndexMap::new);
 
 /// The slices to supervise: every started runner's instances, or those `-r`

@@ -1,18 +1,20 @@
 # The preload helper (docs/mailman-core.md, "Preloaded runners"): imports
 # Mailman's code once, then forks Mailman's runners on the master's request.
 #
-# Run by the master as `python3 -c 'exec(os.environ.pop(...))' FD MASTER CFG`,
-# where FD is its end of a SOCK_SEQPACKET socket pair and CFG Mailman's
-# configuration file. Before forking it only does what needs no database,
-# socket or log: imports Mailman's modules, runs Mailman's first
-# initialisation step (`initialize_1`: the component registry, the event
-# subscribers, the configuration read from CFG), and does once what each
+# Run by the master (wire.rs) as
+# `python3 -c 'exec(os.environ.pop(...))' FD MASTER CFG`, where FD is its
+# end of a SOCK_SEQPACKET socket pair and CFG Mailman's configuration file.
+# Before forking it only does what needs no database, socket or log:
+# imports Mailman's modules, runs Mailman's first initialisation step
+# (`initialize_1`: the component registry, the event subscribers, the
+# configuration read from CFG, Mailman's directories), does once what each
 # runner would do for itself before its first query (the object mapping,
-# the database driver, the schema migrations' map), and imports the modules
-# that needed the configuration. Each runner then runs
-# Mailman's own `runner` entry point, which does the rest of the
-# initialisation (logging, plugins, database, rules, chains, pipelines)
-# itself, exactly as the `runner` program would.
+# the database driver, the schema migrations' map, a database-creation lock
+# retried sooner), and imports the modules that needed the configuration.
+# Each runner then runs Mailman's own `runner` entry point, which does the
+# rest of the initialisation (logging, plugins, database, rules, chains,
+# pipelines) itself, exactly as the `runner` program would; so does `init`,
+# when it is Mailman's `runner --list`, forked as a runner is.
 #
 # The configuration is read once: if CFG changes (its inode, size or
 # modification time), the helper forks nothing more, answers the request
@@ -22,8 +24,10 @@
 #   master -> helper: JSON {"id": N, "argv": [...], "env": {...}} with the
 #                     runner's stdin, stdout, stderr (and its slice lock) as
 #                     SCM_RIGHTS.
-#   master -> helper: "go" once Mailman is initialised (`init` has run): the
-#                     helper reads the configuration only then.
+#   master -> helper: "go" when the helper may read the configuration (and
+#                     make Mailman's directories): at once if `init` is to
+#                     be forked from it (a request like a runner's), else
+#                     once `init` has run.
 #   helper -> master: "ready" once the code is loaded; "N PID" once runner N
 #                     is forked; "N error TEXT" if it could not be.
 # The runner is forked twice: its first parent exits at once, so that the
@@ -117,7 +121,7 @@ def initialise(cfg):
     # Each is what every runner would otherwise do for itself, and what it
     # costs each of them in memory of its own; none opens the database.
     warmed = []
-    for warm in (load_driver, read_migrations):
+    for warm in (load_driver, read_migrations, quick_lock):
         try:
             warmed.append(warm())
         except Exception as e:
@@ -179,6 +183,28 @@ def read_migrations():
 
     factory.ScriptDirectory = Read
     return f"{count} schema migrations"
+
+
+def quick_lock():
+    """Mailman's database-creation lock (`dbcreate.lck`, flufl.lock's), which
+    each runner takes in turn as it opens the database, for milliseconds: a
+    runner that finds it taken sleeps 0.01-2 s at random before it tries
+    again (flufl.lock's pace), so of twelve runners forked at once the last
+    waited seconds for a lock free most of that time. Runners forked from
+    here try again every 10-60 ms: the same lock, claimed the same way."""
+    import random
+    import mailman.database.factory as factory
+    from flufl.lock import Lock
+
+    if not callable(getattr(Lock, "_sleep", None)):
+        raise RuntimeError("flufl.lock has no Lock._sleep")
+
+    class Quick(Lock):
+        def _sleep(self):
+            time.sleep(0.01 + random.random() * 0.05)
+
+    factory.Lock = Quick
+    return "the database lock retried every 10-60 ms"
 
 
 def intermediate(sock, request, fds, master):

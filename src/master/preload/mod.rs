@@ -1,8 +1,8 @@
-//! Mailman Core's runners forked from one preloaded Python helper
+//! Mailman Core's runners (and `init`) forked from one preloaded Python helper
 //! (`[mailman] preload`, docs/mailman-core.md, "Preloaded runners"): the
 //! helper's life, the requests the master sends it, its answers.
 //!
-//! The helper (`preload.py`) imports Mailman's code once, then forks each
+//! The helper (`helper.py`) imports Mailman's code once, then forks each
 //! runner twice over so that the runner is adopted by the master: from then
 //! on it is a runner like any other (reaped, signalled, restarted by the
 //! master). Nothing here waits: a request is one datagram on a socket pair,
@@ -16,38 +16,29 @@
 //! Not here: what happens when a runner exits (`runners`), the process
 //! set-up of a plain spawn (`spawn`).
 
-use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
-use nix::sys::socket::{ControlMessage, MsgFlags};
+use nix::sys::socket::MsgFlags;
 use tracing::{error, info, warn};
 
 use super::output::Output;
 use super::shutdown::signal_group;
 use super::slice::{State, Why};
-use super::spawn::{self, Environment};
+use super::spawn;
+use super::startup::EMPTY_ENV;
 use super::{Master, Mode};
+use wire::{Answer, SEND, parse, spawn_helper};
 
-/// The helper's code, handed over in its environment (not left in a file).
-const SCRIPT: &str = include_str!("preload.py");
-const SCRIPT_ENV: &str = "MAILMAN_PRELOAD_SCRIPT";
-/// Set (to 1) when the helper offers its memory to same-page merging
-/// (`merge_pages`); the helper takes it out of its environment.
-const MERGE_ENV: &str = "MAILMAN_PRELOAD_MERGE";
-/// The helper's command line: its script comes from the environment.
-const BOOT: &str = "import os; exec(os.environ.pop('MAILMAN_PRELOAD_SCRIPT'))";
+mod wire;
 
-/// How the master sends to the helper: never waiting (a helper that does
-/// not read is one that hangs; the timeouts deal with it). A helper gone
-/// is EPIPE, not a signal: the master ignores SIGPIPE.
-const SEND: MsgFlags = MsgFlags::MSG_DONTWAIT;
-/// How long a loading helper may take to load once told to go on (when
-/// `init` is over: that may migrate a database for minutes) before it is
-/// thought hung, and how long a loaded one may take to answer a request.
+/// How long a loading helper may take to load once told to go on (at once
+/// when `init` is forked from it, else when `init`, which may migrate a
+/// database for minutes, is over) before it is thought hung, and how long
+/// a loaded one may take to answer a request (counted from when it loaded).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The helper's restart back-off: doubled per death in a row, capped.
@@ -97,9 +88,17 @@ enum Helper {
     },
 }
 
+/// Who a request to the helper is for.
+#[derive(Clone, Copy)]
+enum Target {
+    Slice(usize),
+    /// `init`, when it is Mailman's `runner` program.
+    Init,
+}
+
 struct Pending {
     id: u64,
-    idx: usize,
+    target: Target,
     sent: Instant,
     stdout: OwnedFd,
     stderr: OwnedFd,
@@ -161,6 +160,35 @@ impl Preload {
         }
     }
 
+    /// Sends a request: `argv` to be run with `env` added, the output on
+    /// new pipes (whose read ends the pending request keeps) and `lock` (a
+    /// slice lock) held. Returns when it was sent.
+    fn request(
+        &mut self,
+        sock: RawFd,
+        target: Target,
+        argv: &[String],
+        env: &indexmap::IndexMap<String, String>,
+        lock: Option<RawFd>,
+    ) -> std::io::Result<Instant> {
+        let id = self.next_id;
+        let [out_r, out_w, err_r, err_w] = spawn::pipes()?;
+        let null = spawn::dev_null()?;
+        let mut fds = vec![null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+        fds.extend(lock);
+        wire::send_request(sock, id, argv, env, &fds)?;
+        self.next_id += 1;
+        let sent = Instant::now();
+        self.pending.push(Pending {
+            id,
+            target,
+            sent,
+            stdout: out_r,
+            stderr: err_r,
+        });
+        Ok(sent)
+    }
+
     /// Request `id`, answered: no longer pending.
     fn take(&mut self, id: u64) -> Option<Pending> {
         let at = self.pending.iter().position(|p| p.id == id)?;
@@ -181,32 +209,6 @@ impl Preload {
         self.unknown_exits
             .retain(|(_, _, at)| now.saturating_duration_since(*at) < UNKNOWN_EXIT_KEPT);
         self.unknown_exits.push((pid, why, now));
-    }
-}
-
-/// One answer from the helper.
-enum Answer {
-    Ready,
-    Forked { id: u64, pid: i32 },
-    Failed { id: u64, text: String },
-}
-
-fn parse(datagram: &[u8]) -> Option<Answer> {
-    let text = std::str::from_utf8(datagram).ok()?;
-    if text == "ready" {
-        return Some(Answer::Ready);
-    }
-    let (id, rest) = text.split_once(' ')?;
-    let id = id.parse().ok()?;
-    match rest.strip_prefix("error ") {
-        Some(text) => Some(Answer::Failed {
-            id,
-            text: text.to_string(),
-        }),
-        None => Some(Answer::Forked {
-            id,
-            pid: rest.parse().ok().filter(|p| *p > 1)?,
-        }),
     }
 }
 
@@ -260,7 +262,13 @@ impl Master {
             return;
         };
         p.init_over = true;
-        if let Helper::Loading { sock, told, .. } = &mut p.helper {
+        // Once: the helper reads anything after its "go" as a request.
+        if let Helper::Loading {
+            sock,
+            told: told @ None,
+            ..
+        } = &mut p.helper
+        {
             *told = Some(Instant::now());
             let _ = nix::sys::socket::send(sock.as_raw_fd(), b"go", SEND);
         }
@@ -276,37 +284,10 @@ impl Master {
         let Some(sock) = preload.usable().filter(|_| s.runner.mailman_core) else {
             return false;
         };
-        let id = preload.next_id;
-        let request = serde_json::json!({
-            "id": id,
-            "argv": spawn::expand(&self.ctx, s),
-            "env": s.runner.env,
-        });
-        let sent = spawn::pipes().and_then(|pipes| {
-            let null = spawn::dev_null()?;
-            let mut fds = vec![null.as_raw_fd(), pipes[1].as_raw_fd(), pipes[3].as_raw_fd()];
-            fds.extend(s.owner.as_ref().map(|l| l.fd()));
-            let bytes = request.to_string().into_bytes();
-            nix::sys::socket::sendmsg::<()>(
-                sock,
-                &[IoSlice::new(&bytes)],
-                &[ControlMessage::ScmRights(&fds)],
-                SEND,
-                None,
-            )?;
-            Ok(pipes)
-        });
-        match sent {
-            Ok([out_r, _, err_r, _]) => {
-                preload.next_id += 1;
-                let now = Instant::now();
-                preload.pending.push(Pending {
-                    id,
-                    idx,
-                    sent: now,
-                    stdout: out_r,
-                    stderr: err_r,
-                });
+        let argv = spawn::expand(&self.ctx, s);
+        let lock = s.owner.as_ref().map(|l| l.fd());
+        match preload.request(sock, Target::Slice(idx), &argv, &s.runner.env, lock) {
+            Ok(now) => {
                 let s = &mut self.slices[idx];
                 s.state = State::Forking { since: now };
                 s.ready = false;
@@ -316,6 +297,33 @@ impl Master {
                 warn!(
                     "cannot ask the preload helper for runner {}: {}; starting it without",
                     s.spec(),
+                    crate::util::io_text(&e)
+                );
+                false
+            }
+        }
+    }
+
+    /// Asks the helper to fork `init` (Mailman's `runner` program), if the
+    /// helper can be used: it is told to go on first (to read Mailman's
+    /// configuration and make its directories: nothing else does yet), and
+    /// forks `init` once it has loaded; `true` is returned.
+    pub(super) fn init_from_helper(&mut self, argv: &[String]) -> bool {
+        let Some(sock) = self.preload.as_ref().and_then(|p| p.usable()) else {
+            return false;
+        };
+        self.helper_go();
+        let Some(preload) = &mut self.preload else {
+            return false;
+        };
+        match preload.request(sock, Target::Init, argv, &EMPTY_ENV, None) {
+            Ok(_) => true,
+            Err(e) => {
+                // The helper, told to go on, may be making Mailman's
+                // directories as `init` does: a clash fails `init`, and so
+                // the start, with its cause.
+                warn!(
+                    "cannot ask the preload helper for init: {}; running it without",
                     crate::util::io_text(&e)
                 );
                 false
@@ -364,6 +372,11 @@ impl Master {
             match std::mem::replace(&mut preload.helper, Helper::Down { retry_at: None }) {
                 Helper::Loading { pid, sock, .. } => {
                     preload.deaths = 0;
+                    // What was asked of it while it loaded: answered from now.
+                    let now = Instant::now();
+                    for p in &mut preload.pending {
+                        p.sent = now;
+                    }
                     info!("Preload helper (pid {pid}) is ready: runners are forked from it");
                     Helper::Ready { pid, sock }
                 }
@@ -371,7 +384,8 @@ impl Master {
             };
     }
 
-    /// Runner `id` is forked as `pid`: a running runner from now on.
+    /// Request `id` is forked as `pid`: a running runner (or `init`) from
+    /// now on.
     fn forked(&mut self, id: u64, pid: i32) {
         let Some(preload) = &mut self.preload else {
             return;
@@ -384,7 +398,17 @@ impl Master {
             .iter()
             .position(|(q, _, _)| *q == pid)
             .map(|i| preload.unknown_exits.swap_remove(i).1);
-        self.now_running(p.idx, pid, p.sent, [p.stdout, p.stderr]);
+        match p.target {
+            Target::Slice(idx) => self.now_running(idx, pid, p.sent, [p.stdout, p.stderr]),
+            Target::Init => {
+                let Some(init) = &mut self.init else {
+                    return; // given up on (a stop): reaped as anyone's
+                };
+                init.pid = Some(pid);
+                let argv = init.argv.clone();
+                self.init_output(&argv, pid, [p.stdout, p.stderr]);
+            }
+        }
         if let Some(why) = exited {
             return self.on_runner_exit(pid, why);
         }
@@ -398,16 +422,21 @@ impl Master {
         let Some(p) = self.preload.as_mut().and_then(|pre| pre.take(id)) else {
             return;
         };
-        warn!(
-            "the preload helper could not start runner {}: {text}; starting it without",
-            self.slices[p.idx].spec()
-        );
-        self.without_helper(p.idx);
+        let what = match p.target {
+            Target::Slice(idx) => format!("runner {}", self.slices[idx].spec()),
+            Target::Init => "init".to_string(),
+        };
+        warn!("the preload helper could not start {what}: {text}; starting it without");
+        self.without_helper(p.target);
     }
 
-    /// A slice the helper did not fork: started plainly, unless the master
-    /// is stopping.
-    fn without_helper(&mut self, idx: usize) {
+    /// What the helper did not fork: started plainly, unless the master is
+    /// stopping.
+    fn without_helper(&mut self, target: Target) {
+        let idx = match target {
+            Target::Slice(idx) => idx,
+            Target::Init => return self.init_without_helper(),
+        };
         if let Mode::Stopping { .. } = self.mode {
             self.slices[idx].state = State::Stopped;
             return;
@@ -417,6 +446,21 @@ impl Master {
             error!("{}", e.message);
             self.decide(idx, None, Why::Exit(127), Duration::ZERO);
         }
+    }
+
+    /// `init`, not forked by the helper: run as a process of its own, and a
+    /// new helper waits until it has succeeded.
+    fn init_without_helper(&mut self) {
+        if let Some(p) = &mut self.preload {
+            p.init_over = false;
+        }
+        let Some(init) = self.init.take() else {
+            return;
+        };
+        if let Mode::Stopping { .. } = self.mode {
+            return;
+        }
+        self.init_plainly(init.argv);
     }
 
     /// The helper exited: what it answered is read, the rest is started
@@ -442,7 +486,7 @@ impl Master {
         preload.helper = Helper::Down {
             retry_at: (!stopping).then(|| Instant::now() + retry),
         };
-        let orphans: Vec<usize> = preload.pending.drain(..).map(|p| p.idx).collect();
+        let orphans: Vec<Target> = preload.pending.drain(..).map(|p| p.target).collect();
         if reload {
             info!(
                 "Preload helper (pid {pid}) saw Mailman's configuration change: starting a new one"
@@ -453,8 +497,8 @@ impl Master {
                 retry.as_secs()
             );
         }
-        for idx in orphans {
-            self.without_helper(idx);
+        for target in orphans {
+            self.without_helper(target);
         }
     }
 
@@ -501,83 +545,9 @@ fn retry_delay(deaths: u32) -> Duration {
         .min(RETRY_MAX)
 }
 
-/// Starts `python` on the helper's script, with Mailman's runners'
-/// environment; returns it and the master's end of its socket.
-fn spawn_helper(
-    ctx: &spawn::SpawnContext,
-    python: &std::path::Path,
-    cfg: &std::path::Path,
-    merge_pages: bool,
-) -> std::io::Result<(spawn::Spawned, OwnedFd)> {
-    let (ours, theirs) = socket_pair()?;
-    let argv = [
-        python.to_string_lossy().into_owned(),
-        "-c".into(),
-        BOOT.into(),
-        theirs.as_raw_fd().to_string(),
-        ctx.master_pid.to_string(),
-        cfg.to_string_lossy().into_owned(),
-    ];
-    let mut env = indexmap::IndexMap::new();
-    env.insert(SCRIPT_ENV.to_string(), SCRIPT.to_string());
-    if merge_pages {
-        // Before Linux 6.7 the master's setting does not cross `execve`.
-        env.insert(MERGE_ENV.to_string(), "1".to_string());
-    }
-    let sp = spawn::start(
-        ctx,
-        &argv,
-        Environment::Mailman { env: &env },
-        Some(theirs.as_raw_fd()),
-    )?;
-    Ok((sp, ours))
-}
-
-/// A datagram socket pair, both ends close-on-exec, the master's end
-/// non-blocking.
-#[cfg(target_os = "linux")]
-fn socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
-    nix::fcntl::fcntl(
-        &ours,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )?;
-    Ok((ours, theirs))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn socket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "preloading runners needs Linux",
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn answers_are_read_strictly() {
-        assert!(matches!(parse(b"ready"), Some(Answer::Ready)));
-        assert!(matches!(
-            parse(b"7 1234"),
-            Some(Answer::Forked { id: 7, pid: 1234 })
-        ));
-        assert!(matches!(
-            parse(b"7 error fork: no memory"),
-            Some(Answer::Failed { id: 7, .. })
-        ));
-        for bad in [&b"7"[..], b"x 12", b"7 1", b"7 -5", b"7 12x", b"\xff"] {
-            assert!(parse(bad).is_none(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn the_helper_is_retried_ever_later() {
