@@ -1019,6 +1019,10 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
     let ours = |args: &[&str]| our_cli(&toml, &venv, dir, args);
     let pids = || runner_pids(&ours(&["status", "--json"]).stdout);
     let forked = |pid: i32| cmdline(pid).contains("MAILMAN_PRELOAD_SCRIPT");
+    // The helper works in the var dir, and searches for modules as the
+    // `runner` program does: not in its working directory.
+    std::fs::create_dir_all(&env.var).unwrap();
+    std::fs::write(env.var.join("mailman.py"), "raise SystemExit('shadowed')\n").unwrap();
     let started = ours(&["start"]);
     assert_eq!(started.code, 0, "{}{}", started.stdout, started.stderr);
     let master = env.pid_from_file().expect("master.pid");

@@ -324,6 +324,11 @@ def main():
     # what they have made so far, and leave no holes in shared pages that a
     # runner's new objects would fill, copying them.
     gc.disable()
+    # As the `runner` program's search path, which begins with its own
+    # directory, not the working directory (`-c` puts that first; here
+    # the var dir, whose files would shadow any module).
+    if sys.path and sys.path[0] == "":
+        del sys.path[0]
     first = load()
     while True:
         go = sock.recv(16)
