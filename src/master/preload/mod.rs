@@ -62,8 +62,8 @@ pub(super) struct Preload {
     deaths: u32,
     /// The helper was killed for not answering; its exit is awaited.
     killed: bool,
-    /// Mailman is initialised (`init` has succeeded, or there is none): a
-    /// helper may read its configuration.
+    /// A helper may read Mailman's configuration: `init` has succeeded, or
+    /// there is none, or it is to be forked from the helper.
     init_over: bool,
     /// Exits reaped of children that were nobody's yet: a forked runner's
     /// exit may come before its pid.
@@ -79,7 +79,8 @@ enum Helper {
     Loading {
         pid: i32,
         sock: OwnedFd,
-        /// When it was told to go on (`init` over); until then it waits.
+        /// When it was told to go on ([`Master::helper_go`]); until then it
+        /// waits.
         told: Option<Instant>,
     },
     Ready {
@@ -233,8 +234,8 @@ impl Master {
                     told: None,
                 };
                 preload.killed = false;
-                // Mailman is initialised (`init`) before the helper reads
-                // its configuration: both would create its directories.
+                // A plain `init` runs to its end before the helper reads
+                // Mailman's configuration: both would create its directories.
                 if preload.init_over {
                     self.helper_go();
                 }
@@ -254,9 +255,9 @@ impl Master {
         }
     }
 
-    /// Tells a loading helper that `init` is over: it may read Mailman's
-    /// configuration now. Its time to load counts from here (`init` may
-    /// migrate a database for minutes).
+    /// Tells a loading helper that it may read Mailman's configuration now:
+    /// `init` is over, or is to be forked from it. Its time to load counts
+    /// from here (a plain `init` may migrate a database for minutes).
     pub(super) fn helper_go(&mut self) {
         let Some(p) = &mut self.preload else {
             return;
