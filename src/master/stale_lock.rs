@@ -44,8 +44,7 @@ pub fn break_stale(lock_dir: &Path) -> Broken {
     let Some(node) = node.to_str() else {
         return broken;
     };
-    let fqdn = crate::os::lock::fqdn();
-    let host = [node, fqdn.as_str()];
+    let host = [node, crate::os::lock::fqdn()];
     let host = &host[..];
     let lock = lock_dir.join(LOCK);
     if let Some(pid) = read_claim(&lock).and_then(|claim| dead_holder(&claim, &lock, host)) {
@@ -177,7 +176,7 @@ mod tests {
     fn a_claim_naming_the_host_as_python_does_is_this_host_s() {
         let dir = tempfile::tempdir().unwrap();
         let pid = dead_pid();
-        let held = claim(dir.path(), &crate::os::lock::fqdn(), pid);
+        let held = claim(dir.path(), crate::os::lock::fqdn(), pid);
         std::fs::hard_link(&held, dir.path().join(LOCK)).unwrap();
         assert_eq!(break_stale(dir.path()).lock, Some(pid));
         assert!(!dir.path().join(LOCK).exists());

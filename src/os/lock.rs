@@ -106,7 +106,14 @@ fn flufl_line(lock_file: &Path) -> String {
 /// Python's `socket.getfqdn()`, as far as `/etc/hosts` answers it (a static
 /// binary does no DNS): the host name's address, the first `/etc/hosts`
 /// line for that address, its first name with a dot, else its first name.
-pub fn fqdn() -> String {
+/// Read once per process (our lock's claim and the stale-lock check both
+/// ask at start-up).
+pub fn fqdn() -> &'static str {
+    static FQDN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FQDN.get_or_init(read_fqdn)
+}
+
+fn read_fqdn() -> String {
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
