@@ -312,6 +312,61 @@ fn a_kept_descriptor_keeps_its_number() {
 /// another's exec: a program that cannot run, in the first batch of
 /// several, still fails the start-up with its cause, and the runners
 /// started beside it are stopped.
+/// Start-up's children are cloned side by side, each from a copy of its
+/// command line and environment made for it (`os::vfork::batch`): each
+/// gets its own, whole, however long.
+#[test]
+fn a_batch_of_runners_each_get_their_own_long_command_line_and_environment() {
+    const DUMP: &str = r#"import json, os, sys
+with open(sys.argv[1] + ".tmp", "w") as f:
+    json.dump({"arg": sys.argv[2], "env": os.environ["BIG"]}, f)
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+import time; time.sleep(1000)
+"#;
+    let long = |name: &str, what: &str, n: usize| -> String { format!("{name}-{what}-").repeat(n) };
+    let names: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
+    let runners: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            // From a few bytes to 100 KB: slots of one batch differ.
+            let n = [1, 10, 100, 1000, 5000, 12000][i];
+            format!(
+                "[runner.{name}]\ncommand = [\"python3\", \"-c\", {DUMP:?}, \"{{var_dir}}/{name}.json\", {:?}]\n\
+                 env = {{ BIG = {:?} }}\n",
+                long(name, "arg", n),
+                long(name, "env", n),
+            )
+        })
+        .collect();
+    let env = Env::new(&only(&runners));
+    let _master = untidy_master(&env, "clone3");
+    for (i, name) in names.iter().enumerate() {
+        let n = [1, 10, 100, 1000, 5000, 12000][i];
+        let file = env.var.join(format!("{name}.json"));
+        wait_until(&format!("{name}'s report"), PATIENCE, || file.exists());
+        let report: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+        assert!(
+            report["arg"] == long(name, "arg", n).as_str(),
+            "{name}: argv"
+        );
+        assert!(
+            report["env"] == long(name, "env", n).as_str(),
+            "{name}: env"
+        );
+    }
+    // Each started by the batch, at the first try (a restart would start it
+    // the single way).
+    let status: serde_json::Value =
+        serde_json::from_str(&env.run(&["status", "--json"]).stdout).unwrap();
+    let runners = status["runners"].as_array().unwrap();
+    assert_eq!(runners.len(), names.len(), "{status}");
+    for r in runners {
+        assert_eq!(r["total_restarts"], 0, "{r}");
+    }
+}
+
 #[test]
 fn a_program_that_cannot_run_fails_a_start_of_many() {
     let many: String = (0..150)

@@ -34,6 +34,7 @@ use std::os::fd::RawFd;
     not(all(target_os = "linux", target_arch = "x86_64")),
     allow(dead_code)
 )]
+#[derive(Clone, Copy)]
 pub struct Plan<'a> {
     /// The program, as `execve` takes it (a path: nothing searches `PATH`).
     pub path: &'a CStr,
@@ -384,9 +385,10 @@ mod imp {
     /// (all of ours are close-on-exec).
     unsafe fn close_range(first: libc::c_uint, last: libc::c_uint) {
         if first <= last {
-            // SAFETY: a system call on this process's descriptor table.
+            // SAFETY: a system call on this process's descriptor table,
+            // made directly (see `sys`).
             unsafe {
-                libc::syscall(libc::SYS_close_range, first, last, 0);
+                sys(libc::SYS_close_range, first as usize, last as usize, 0, 0);
             }
         }
     }
@@ -501,34 +503,85 @@ mod imp {
         }
     }
 
-    /// The child, between clone and `execve`. It shares the caller's memory
-    /// (which waits) and thread-local storage, or (a batch's child) has a
-    /// copy of them taken while another thread may have held a lock, so it
-    /// only makes system calls through libc's thin wrappers: no allocation,
-    /// no lock, no Rust runtime. A failure is written to the shared page, or
-    /// down the batch child's pipe, before `_exit(127)`.
+    /// A system call with up to four arguments, made directly: the
+    /// `-errno` of a failure is returned, not stored in `errno`. The child
+    /// runs with the caller's thread pointer, so libc's `errno` would be
+    /// the caller's, which a batch's caller is using at the same moment.
     ///
     /// # Safety
-    /// `arg` is the caller's `Shared`, alive until this process execs or exits.
+    /// As the system call `nr` with these arguments.
+    #[inline(always)]
+    unsafe fn sys(nr: libc::c_long, a0: usize, a1: usize, a2: usize, a3: usize) -> isize {
+        let ret: isize;
+        // SAFETY: the caller's; the kernel clobbers rcx and r11 only.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") nr as isize => ret,
+                in("rdi") a0,
+                in("rsi") a1,
+                in("rdx") a2,
+                in("r10") a3,
+                out("rcx") _,
+                out("r11") _,
+                options(nostack),
+            );
+        }
+        ret
+    }
+
+    /// The kernel's `struct sigaction` on x86_64 (not libc's).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+
+    /// The child, between clone and `execve`. It shares the caller's memory
+    /// and thread pointer: a vfork child while the caller waits, a batch's
+    /// child while the caller goes on cloning the next. So it makes only
+    /// direct system calls ([`sys`]: not even libc's `errno` is written),
+    /// reads only what [`Shared`] points to, and writes only its own stack
+    /// or, for a vfork child, its failure to `Shared`. A batch child's
+    /// failure goes down its pipe before it exits with 127.
+    ///
+    /// # Safety
+    /// `arg` is a `Shared` that, with all it points to, stays where it is,
+    /// unchanged, until this process has exec'd or exited.
     unsafe extern "C" fn child(arg: *mut c_void) -> c_int {
-        // SAFETY: see above; each call is a system call on this process.
+        use libc::{
+            SYS_close, SYS_close_range, SYS_dup2, SYS_execve, SYS_exit_group, SYS_fcntl,
+            SYS_getppid, SYS_openat, SYS_prctl, SYS_prlimit64, SYS_rt_sigaction,
+            SYS_rt_sigprocmask, SYS_setpgid, SYS_write,
+        };
+        // SAFETY: see above; each `sys` is a system call on this process
+        // with arguments that are live for it.
         unsafe {
             let shared = arg.cast::<Shared>();
             let plan = (*shared).plan;
-            let fail = |step: Step| -> ! {
-                let errno = *libc::__errno_location();
+            let fail = |step: Step, ret: isize| -> ! {
+                let errno = (-ret) as c_int;
                 let report = (*shared).report;
                 if report >= 0 {
-                    // A copy of our memory: the failure goes down the pipe,
-                    // whole (under PIPE_BUF bytes).
+                    // The failure goes down the pipe, whole (under
+                    // PIPE_BUF bytes).
                     let e = errno.to_ne_bytes();
                     let msg = [step as u8, e[0], e[1], e[2], e[3]];
-                    libc::write(report, msg.as_ptr().cast(), msg.len());
+                    sys(
+                        SYS_write,
+                        report as usize,
+                        msg.as_ptr() as usize,
+                        msg.len(),
+                        0,
+                    );
                 } else {
                     std::ptr::write_volatile(&raw mut (*shared).errno, errno);
                     std::ptr::write_volatile(&raw mut (*shared).step, step as u8);
                 }
-                libc::_exit(127)
+                sys(SYS_exit_group, 127, 0, 0, 0);
+                std::hint::unreachable_unchecked()
             };
             // Sharing our table, first of all: a table of its own holding
             // only what lies below the slots (nothing here may open or
@@ -536,46 +589,63 @@ mod imp {
             let below = (*shared)
                 .slots
                 .map(|s| s[..4].iter().max().map_or(3, |&m| m + 1) as libc::c_uint);
-            if let Some(k) = below
-                && libc::syscall(
-                    libc::SYS_close_range,
-                    k,
-                    libc::c_uint::MAX,
-                    libc::CLOSE_RANGE_UNSHARE,
-                ) != 0
-            {
-                fail(Step::Unshare);
+            if let Some(k) = below {
+                let ret = sys(
+                    SYS_close_range,
+                    k as usize,
+                    libc::c_uint::MAX as usize,
+                    libc::CLOSE_RANGE_UNSHARE as usize,
+                    0,
+                );
+                if ret != 0 {
+                    fail(Step::Unshare, ret);
+                }
             }
             if (*shared).join_cgroup
                 && let Some((_, procs)) = plan.cgroup
             {
                 // As before issue 19: a failure leaves the child unconfined.
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                let flags = (libc::O_WRONLY | libc::O_CLOEXEC) as usize;
+                let fd = sys(
+                    SYS_openat,
+                    libc::AT_FDCWD as usize,
+                    procs.as_ptr() as usize,
+                    flags,
+                    0,
+                );
                 if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
+                    sys(SYS_write, fd as usize, b"0".as_ptr() as usize, 1, 0);
+                    sys(SYS_close, fd as usize, 0, 0, 0);
                 }
             }
-            if let Some(lim) = plan.nofile {
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            if let Some(lim) = &plan.nofile {
+                let lim = lim as *const libc::rlimit as usize;
+                sys(SYS_prlimit64, 0, libc::RLIMIT_NOFILE as usize, lim, 0);
             }
             // Own process group, so that a stop reaches the runner's children.
-            if libc::setpgid(0, 0) != 0 {
-                fail(Step::ProcessGroup);
+            let ret = sys(SYS_setpgid, 0, 0, 0, 0);
+            if ret != 0 {
+                fail(Step::ProcessGroup, ret);
             }
             // Our handlers are not the child's (it shares our memory until it
             // execs): each one goes back to the default; what we ignore stays
             // ignored, but SIGPIPE, which the master ignores for itself.
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = libc::SIG_DFL;
+            let default = KernelSigaction {
+                handler: 0, // SIG_DFL
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
             for &sig in (*shared).handled {
-                libc::sigaction(sig, &sa, std::ptr::null_mut());
+                let act = &raw const default as usize;
+                sys(SYS_rt_sigaction, sig as usize, act, 0, 8);
             }
             // No runner outlives the master, even a kill -9 of it; then check the
             // master did not die before it took effect.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if libc::getppid() != plan.master {
-                libc::_exit(1);
+            let pdeathsig = (libc::PR_SET_PDEATHSIG as usize, libc::SIGKILL as usize);
+            sys(SYS_prctl, pdeathsig.0, pdeathsig.1, 0, 0);
+            if sys(SYS_getppid, 0, 0, 0, 0) != plan.master as isize {
+                sys(SYS_exit_group, 1, 0, 0, 0);
             }
             // Where the child's descriptors are now: in the slots, or where
             // the plan has them.
@@ -584,17 +654,19 @@ mod imp {
                 None => plan.stdio,
             };
             for (target, &fd) in stdio.iter().enumerate() {
-                if libc::dup2(fd, target as c_int) < 0 {
-                    fail(Step::Descriptors);
+                let ret = sys(SYS_dup2, fd as usize, target, 0, 0);
+                if ret < 0 {
+                    fail(Step::Descriptors, ret);
                 }
             }
             // The kept descriptor under its own number (a child may be told
             // it): back from its slot, where there is one.
             let keep = plan.keep;
-            if let (Some(s), Some(k)) = ((*shared).slots, keep)
-                && libc::dup2(s[3], k) < 0
-            {
-                fail(Step::Descriptors);
+            if let (Some(s), Some(k)) = ((*shared).slots, keep) {
+                let ret = sys(SYS_dup2, s[3] as usize, k as usize, 0, 0);
+                if ret < 0 {
+                    fail(Step::Descriptors, ret);
+                }
             }
             // Nothing else of ours goes with it: not the other runners' pipes
             // (at 1,000 runners, 2,000 of them, which a child sharing our
@@ -605,9 +677,11 @@ mod imp {
             let last = below.map_or(c_int::MAX as libc::c_uint, |k| k - 1);
             if let Some(fd) = keep
                 && fd >= 3
-                && libc::fcntl(fd, libc::F_SETFD, 0) == -1
             {
-                fail(Step::Descriptors);
+                let ret = sys(SYS_fcntl, fd as usize, libc::F_SETFD as usize, 0, 0);
+                if ret < 0 {
+                    fail(Step::Descriptors, ret);
+                }
             }
             let mut open = [keep.unwrap_or(-1), (*shared).report];
             open.sort_unstable();
@@ -617,14 +691,24 @@ mod imp {
                 first = fd as libc::c_uint + 1;
             }
             close_range(first, last);
-            let mut mask: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut mask);
+            // The kernel's signal set: one bit per signal, 64 of them.
+            let mut mask = 0u64;
             for &sig in plan.blocked {
-                libc::sigaddset(&mut mask, sig);
+                if (1..=64).contains(&sig) {
+                    mask |= 1 << (sig - 1);
+                }
             }
-            libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
-            libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
-            fail(Step::Exec)
+            let mask_at = &raw const mask as usize;
+            sys(
+                SYS_rt_sigprocmask,
+                libc::SIG_SETMASK as usize,
+                mask_at,
+                0,
+                8,
+            );
+            let (path, argv, envp) = (plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+            let ret = sys(SYS_execve, path as usize, argv as usize, envp as usize, 0);
+            fail(Step::Exec, ret)
         }
     }
 }
