@@ -468,6 +468,39 @@ fn the_daemon_keeps_no_descriptor_of_its_caller() {
     assert_eq!(env.run(&["stop"]).code, 0);
 }
 
+/// `start -C <(…)`: the daemon is the `start` that read the configuration
+/// (forked, not a new program), so a configuration that can be read only
+/// once (a pipe) is enough; the daemon's command line is `start`'s.
+#[test]
+fn start_reads_a_configuration_from_a_pipe_once() {
+    let env = Env::new(&only("[runner.s]\ncommand = [\"sleep\", \"1000\"]\n"));
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec {BIN} -C <(cat {}) start -q",
+            env.config.display()
+        ))
+        .env_remove("MAILMAN_VAR_DIR")
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let master = env.pid_from_file().unwrap();
+    wait_until("the runner", PATIENCE, || runners_of(master).len() == 1);
+    assert!(
+        cmdline(master).ends_with(" start -q"),
+        "{}",
+        cmdline(master)
+    );
+    assert_eq!(env.run(&["status"]).code, 0);
+    assert_eq!(env.run(&["stop"]).code, 0);
+    wait_until("the master to stop", PATIENCE, || !alive(master));
+}
+
 /// A master started with its standard descriptors closed (a careless init
 /// system, `mailman master <&- >&- 2>&-`) has them on /dev/null, as std's
 /// start-up would give them (ours is `os::runtime`): the lock file or a

@@ -36,7 +36,9 @@ fn seed_start_and_stop() {
 
     // The process exists, and its pid is available in a run time file.
     let pid = find_master(&env);
-    assert!(cmdline(pid).contains("master"), "{}", cmdline(pid));
+    // The `start` that became the master (no second program start).
+    assert!(cmdline(pid).ends_with(" start"), "{}", cmdline(pid));
+    assert!(holds_lock(pid, &env), "{}", cmdline(pid));
     assert!(runners_of(pid).is_empty());
 
     // You can also stop the master watcher process from the command line,

@@ -132,9 +132,10 @@ fn find_master(layout: &Layout) -> Target {
 }
 
 /// What the lock file's content cannot prove (anyone who may write it can
-/// copy another process's identity there): that `pid` is a `mailman master`
-/// that holds this very lock, and runs as the lock file's owner. Checked on
-/// Linux (`/proc/locks`, `/proc/PID`); elsewhere the identity check is all.
+/// copy another process's identity there): that `pid` is a master (`mailman
+/// master`, or the `mailman start` that became one) that holds this very
+/// lock, and runs as the lock file's owner. Checked on Linux (`/proc/locks`,
+/// `/proc/PID`); elsewhere the identity check is all.
 fn proven_master(pid: i32, layout: &Layout) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let lock = layout.lock_file();
@@ -147,12 +148,11 @@ fn proven_master(pid: i32, layout: &Layout) -> Result<(), String> {
         return Err(format!("does not run as the owner of {}", lock.display()));
     }
     if let Some(args) = crate::os::procinfo::cmdline(pid) {
-        let master = args.iter().skip(1).any(|a| a == "master")
-            || (args.iter().any(|a| a == "start") && args.iter().any(|a| a == "--foreground"));
+        let master = args.iter().skip(1).any(|a| a == "master" || a == "start");
         let called_master = args
             .first()
             .and_then(|a| std::path::Path::new(a).file_name())
-            .is_some_and(|n| n == "master");
+            .is_some_and(|n| n == "master" || n == "start");
         if !master && !called_master {
             return Err("is not a mailman master".into());
         }

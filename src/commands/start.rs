@@ -1,20 +1,19 @@
 //! `start`: validate, then run the master in the foreground or as a daemon
 //! that reports through a pipe once its runners are started.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::ForkResult;
 
 use super::ALREADY_RUNNING;
 use crate::cli::StartArgs;
 use crate::config::Config;
 use crate::exit::{EXIT_ERROR, EXIT_USAGE};
 use crate::master;
-use crate::master::spawn::READY_FD_ENV;
 use crate::os::lock::Probe;
 
 /// How long `start` waits for the master to say it is up.
@@ -43,7 +42,7 @@ pub fn start(
         let signals = signals.unwrap_or_else(master::install_signals);
         return master::main(config, opts, signals);
     }
-    match daemonise(&config, args) {
+    match daemonise(config, args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cannot start the master: {e}");
@@ -52,10 +51,13 @@ pub fn start(
     }
 }
 
-/// Starts `mailman master` in a new session, with stdin/stdout/stderr on
-/// /dev/null and the write end of a pipe as fd 3, and waits until the master
-/// writes `ready` or its error there.
-fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
+/// Forks the master: the child goes on as the daemon (a new session,
+/// stdin, stdout and stderr on /dev/null, nothing else of the caller's
+/// open but the write end of a pipe), with the configuration already read
+/// and checked; this process waits until it writes `ready` or its error
+/// there. No second program start: the master is this one, under the
+/// command line it was given (`ps` shows `mailman start`).
+fn daemonise(config: Config, args: &StartArgs) -> anyhow::Result<i32> {
     // pipe2 is not on macOS; `start` is single-threaded, so pipe + fcntl
     // cannot leak the fds into another fork.
     let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe()?;
@@ -65,51 +67,21 @@ fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
         )?;
     }
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("master");
-    if let Some(src) = &config.source {
-        cmd.arg("-C").arg(src);
-    }
-    if args.run_as_user {
-        cmd.arg("--run-as-user");
-    }
-    for set in &config.sets {
-        cmd.arg("--set").arg(set);
-    }
-    cmd.env(READY_FD_ENV, "3")
-        .env("MAILMAN_VAR_DIR", &config.mailman.var_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let wfd = write.as_raw_fd();
-    // SAFETY: setsid, dup2 and fcntl are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if wfd == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0);
-            } else if libc::dup2(wfd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // What the caller left open (a pipe, a lock file) is not the
-            // daemon's: held for the master's life, it would keep a reader
-            // of that pipe from its end of file, or the lock taken. Closed
-            // at the exec, so that an exec error is still reported. Best
-            // effort: a kernel before 5.11 has no CLOSE_RANGE_CLOEXEC.
-            #[cfg(target_os = "linux")]
-            libc::syscall(
-                libc::SYS_close_range,
-                4 as libc::c_uint,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
-            );
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
+    let log_file = config.layout().log_file();
+    // SAFETY: `start` has started no thread (nothing before this point
+    // does), so the child is a whole copy of this process and may go on
+    // running Rust code, allocating included.
+    let child = match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => {
+            drop(read);
+            let opts = master::Options {
+                run_as_user: args.run_as_user,
+                ..Default::default()
+            };
+            std::process::exit(become_daemon(config, opts, write));
+        }
+        ForkResult::Parent { child } => child,
+    };
     drop(write);
 
     let mut answer = Vec::new();
@@ -121,7 +93,7 @@ fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
             eprintln!(
                 "the master did not report within {}s; see {}",
                 START_TIMEOUT.as_secs(),
-                config.layout().log_file().display()
+                log_file.display()
             );
             return Ok(EXIT_ERROR);
         }
@@ -159,12 +131,68 @@ fn daemonise(config: &Config, args: &StartArgs) -> anyhow::Result<i32> {
             _ => EXIT_ERROR,
         });
     }
-    let status = child
-        .wait()
-        .map(|s| s.to_string())
-        .unwrap_or_else(|e| e.to_string());
+    let status = match nix::sys::wait::waitpid(child, None) {
+        Ok(WaitStatus::Exited(_, code)) => format!("exit status: {code}"),
+        Ok(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
+        Ok(other) => format!("{other:?}"),
+        Err(e) => e.desc().to_string(),
+    };
     eprintln!("the master exited during start-up ({status})");
     Ok(EXIT_ERROR)
+}
+
+/// In the forked child: what a daemon has (a session of its own, stdio on
+/// /dev/null, none of the caller's descriptors), then the master's
+/// handlers (their self-pipe must not be among what is closed), then the
+/// master, which reports down `ready`.
+fn become_daemon(config: Config, opts: master::Options, ready: OwnedFd) -> i32 {
+    if let Err(e) = detach(&ready) {
+        let mut f = std::fs::File::from(ready);
+        let _ = writeln!(f, "error {EXIT_ERROR} cannot start the master: {e}");
+        return EXIT_ERROR;
+    }
+    let signals = master::install_signals();
+    master::main_daemon(config, opts, signals, ready)
+}
+
+/// A new session; stdin, stdout and stderr on /dev/null; every other
+/// descriptor but `keep` closed: what the caller left open (a pipe, a lock
+/// file), held for the master's life, would keep a reader of that pipe
+/// from its end of file, or the lock taken.
+fn detach(keep: &OwnedFd) -> anyhow::Result<()> {
+    nix::unistd::setsid().map_err(|e| anyhow::anyhow!("setsid: {}", e.desc()))?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| anyhow::anyhow!("/dev/null: {e}"))?;
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors, which nothing in
+        // this process holds as an owned handle.
+        if unsafe { libc::dup2(null.as_raw_fd(), target) } < 0 {
+            let e = std::io::Error::last_os_error();
+            anyhow::bail!("/dev/null as descriptor {target}: {e}");
+        }
+    }
+    drop(null);
+    #[cfg(target_os = "linux")]
+    {
+        let k = keep.as_raw_fd() as libc::c_uint;
+        for (first, last) in [(3, k.saturating_sub(1)), (k + 1, libc::c_uint::MAX)] {
+            if first <= last {
+                // SAFETY: closes descriptors nothing in this process owns: it
+                // holds only `keep` and 0, 1, 2 (`start` opened nothing else
+                // that is still open). Best effort: a kernel before 5.9 has
+                // no close_range, and they stay.
+                unsafe {
+                    libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = keep;
+    Ok(())
 }
 
 /// How long `start` waits for the lock of a master that is dying (killed,

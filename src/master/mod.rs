@@ -143,7 +143,26 @@ pub fn fail_early(code: i32, message: &str) -> i32 {
 
 /// Runs the master to the end and returns its exit status.
 pub fn main(config: Config, opts: Options, signals: std::io::Result<SignalPipe>) -> i32 {
-    let mut ready = StartPipe::from_env();
+    run(config, opts, signals, StartPipe::from_env())
+}
+
+/// [`main`] for the daemon `mailman start` forks: it tells how start-up
+/// went down `ready` (`ready`, or `error CODE MESSAGE`).
+pub fn main_daemon(
+    config: Config,
+    opts: Options,
+    signals: std::io::Result<SignalPipe>,
+    ready: std::os::fd::OwnedFd,
+) -> i32 {
+    run(config, opts, signals, StartPipe::from_fd(ready))
+}
+
+fn run(
+    config: Config,
+    opts: Options,
+    signals: std::io::Result<SignalPipe>,
+    mut ready: StartPipe,
+) -> i32 {
     let signals = match signals {
         Ok(s) => s,
         Err(e) => {

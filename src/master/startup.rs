@@ -45,6 +45,9 @@ impl StartPipe {
         // SAFETY: `start` handed us this fd for our sole use.
         StartPipe(Some(unsafe { File::from_raw_fd(fd) }))
     }
+    pub(super) fn from_fd(fd: std::os::fd::OwnedFd) -> StartPipe {
+        StartPipe(Some(File::from(fd)))
+    }
     pub(super) fn daemonised(&self) -> bool {
         self.0.is_some()
     }

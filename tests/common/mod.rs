@@ -207,7 +207,7 @@ impl Drop for Env {
 
 fn is_master_of(pid: i32, var: &Path) -> bool {
     let marker = format!("MAILMAN_VAR_DIR={}", var.display());
-    cmdline(pid).contains("master")
+    (cmdline(pid).contains("master") || cmdline(pid).contains("start"))
         && (environ(pid).contains(&marker) || cmdline(pid).contains(BIN))
 }
 
@@ -258,6 +258,21 @@ pub fn all_threads_gone(pid: i32) -> bool {
                 .and_then(|i| s[i + 2..].chars().next())
                 .is_none_or(|state| state == 'Z' || state == 'X')
         })
+    })
+}
+
+/// Whether `pid` holds `env`'s master lock (an flock, in /proc/locks).
+pub fn holds_lock(pid: i32, env: &Env) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = fs::metadata(env.var.join("locks").join("master.lck"))
+        .unwrap()
+        .ino();
+    fs::read_to_string("/proc/locks").unwrap().lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 5
+            && f[1] == "FLOCK"
+            && f[4] == pid.to_string()
+            && f[5].rsplit(':').next() == Some(&ino.to_string())
     })
 }
 
