@@ -218,8 +218,9 @@ fn start_once(
 }
 
 /// Starts a batch of runners (start-up's): each cloned before any has
-/// exec'd (`os::vfork::spawn_all`), so that on two cores the first exec
-/// while the next are cloned. Per slice, as [`spawn`] says.
+/// exec'd, sharing our memory (`os::vfork::spawn_all`), so that on two
+/// cores the first exec while the next are cloned. Per slice, as [`spawn`]
+/// says.
 pub fn spawn_all(ctx: &SpawnContext, slices: &[&Slice]) -> Vec<io::Result<Spawned>> {
     let children: Vec<io::Result<Prepared>> = slices
         .iter()

@@ -11,12 +11,13 @@
 //! (`slots`): at 1,000 runners it neither copies nor closes the others'
 //! 2,000 pipes.
 //!
-//! A batch ([`spawn_all`], start-up's runners; `batch`) is started the other way:
-//! each child a copy of this process (a fork, by the same clone without
-//! `CLONE_VM`), the whole batch cloned before any has exec'd, then the
-//! failures read from one close-on-exec pipe per child (end of file: it
-//! exec'd). One clone does not wait for the last one's `execve`, and on
-//! two cores the children exec side by side while the next are cloned.
+//! A batch ([`spawn_all`], start-up's runners; `batch`) is started without
+//! waiting: each child shares our memory too (`CLONE_VM` without
+//! `CLONE_VFORK`), on a slot of its own holding a copy of its plan and its
+//! stack, with a copy of our descriptor table; the whole batch is cloned
+//! before any has exec'd, then the failures are read from one close-on-exec
+//! pipe per child (end of file: it exec'd). On two cores the children exec
+//! side by side while the next are cloned.
 //!
 //! Linux on x86_64 only; elsewhere, or where clone is refused (a seccomp
 //! profile), [`spawn`] says so and the caller forks (`master::spawn`).
