@@ -339,7 +339,8 @@ mod imp {
 
     /// Whether children share our descriptor table until they unshare the
     /// few they need (see [`slots`]); off once a kernel refused.
-    static SHARE_FILES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+    pub(super) static SHARE_FILES: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(true);
 
     /// Five descriptors reserved once, as low as they come (on /dev/null,
     /// close-on-exec): four for a child's stdin, stdout, stderr and kept
@@ -347,7 +348,7 @@ mod imp {
     /// them, so that it never copies nor closes the other runners' pipes (at
     /// 1,000 runners, 2,000 of them: a cost per spawn that grew with their
     /// number). `None` if they cannot be had.
-    fn slots() -> Option<&'static [c_int; 5]> {
+    pub(super) fn slots() -> Option<&'static [c_int; 5]> {
         static SLOTS: std::sync::OnceLock<Option<[c_int; 5]>> = std::sync::OnceLock::new();
         SLOTS
             .get_or_init(|| {
@@ -371,8 +372,46 @@ mod imp {
             .as_ref()
     }
 
+    /// A batch's slots ([`slots`], one set per child that shares our
+    /// table): four descriptors, and, fifth, the /dev/null they are put back
+    /// with; `taken` while a child that never exec'd may still use them
+    /// (never reused then). Made as a batch first needs them, by `dup`s of
+    /// one /dev/null, as low as they come.
+    pub(super) struct Set {
+        pub(super) fds: [c_int; 5],
+        pub(super) taken: bool,
+    }
+
+    /// The batch's sets, `n` of them at least (fewer if descriptors run
+    /// out). Only start-up's batches use them, one batch at a time.
+    pub(super) fn sets(n: usize) -> std::sync::MutexGuard<'static, Vec<Set>> {
+        static SETS: std::sync::Mutex<Vec<Set>> = std::sync::Mutex::new(Vec::new());
+        let mut sets = SETS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(null) = slots().map(|s| s[4]) else {
+            return sets;
+        };
+        while sets.len() < n {
+            let mut fds = [null; 5];
+            for slot in &mut fds[..4] {
+                // SAFETY: a copy of our own /dev/null, kept for good.
+                *slot = unsafe { libc::fcntl(null, libc::F_DUPFD_CLOEXEC, 3) };
+            }
+            if fds.iter().any(|&fd| fd < 0) {
+                for fd in fds[..4].iter().filter(|&&fd| fd >= 0) {
+                    // SAFETY: closes what was just made above.
+                    unsafe { libc::close(*fd) };
+                }
+                break;
+            }
+            sets.push(Set { fds, taken: false });
+        }
+        sets
+    }
+
     /// The slots back on /dev/null: no runner's pipe stays open in them.
-    fn put_back(s: &[c_int; 5]) {
+    pub(super) fn put_back(s: &[c_int; 5]) {
         for &slot in &s[..4] {
             // SAFETY: dup3 between our own reserved descriptors.
             unsafe {
@@ -452,6 +491,21 @@ mod imp {
         a1: usize,
         arg: *mut c_void,
     ) -> isize {
+        // SAFETY: the caller's.
+        unsafe { raw_clone4(nr, a0, a1, 0, arg) }
+    }
+
+    /// [`raw_clone`] with a fourth argument (`clone`'s `child_tid`).
+    ///
+    /// # Safety
+    /// As [`raw_clone`]'s; `a3`, if not zero, a word that outlives the child.
+    pub(super) unsafe fn raw_clone4(
+        nr: libc::c_long,
+        a0: usize,
+        a1: usize,
+        a3: usize,
+        arg: *mut c_void,
+    ) -> isize {
         let f: unsafe extern "C" fn(*mut c_void) -> c_int = child;
         let ret: isize;
         // SAFETY: a system call; the child never returns into this function's
@@ -478,7 +532,7 @@ mod imp {
                 in("rdi") a0,
                 in("rsi") a1,
                 in("rdx") 0usize,
-                in("r10") 0usize,
+                in("r10") a3,
                 in("r8") 0usize,
                 out("rcx") _,
                 out("r11") _,

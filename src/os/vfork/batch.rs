@@ -1,29 +1,52 @@
 //! Start-up's batches ([`spawn_all`]): every child cloned before any has
 //! exec'd, each sharing our memory (`CLONE_VM`, without `CLONE_VFORK`: we
 //! go on cloning while it sets itself up and execs on the other core), then
-//! the failures read from one close-on-exec pipe per child (end of file:
-//! it exec'd). A fork would copy our page tables and make our next writes
-//! fault, once per child.
+//! a wait until each has exec'd or failed. A fork would copy our page
+//! tables and make our next writes fault, once per child.
 //!
 //! A child that shares our memory while we run must not read anything we
 //! may change or free: each gets a slot of its own in a mapping made for
 //! the batch, a guard page below it, holding a copy of its plan (program,
-//! arguments, environment) and its `Shared`, and its stack above them.
+//! arguments, environment), its `Shared` and the word the kernel clears
+//! when it execs or exits (`CLONE_CHILD_CLEARTID`: what we wait on, with a
+//! futex), and its stack above them. A failure is written to its `Shared`.
+//!
+//! Once our descriptor table is large (past [`SHARE_ABOVE`]: the pipes of
+//! more than a hundred runners started before), each child shares it too, with a set of four
+//! descriptors of its own ([`sets`]) holding its stdin, stdout, stderr and
+//! kept descriptor; its first system call gives it a table of its own of
+//! only what lies below its set, as the single spawn's child does, so that
+//! at 1,000 runners it neither copies nor closes the others' 2,000 pipes.
+//! A set is put back on /dev/null once its child has exec'd or exited.
+//! With a small table, where the kernel cannot (`close_range` without
+//! `CLOSE_RANGE_UNSHARE`, before 5.9) or when no set is free, the child
+//! gets a copy of the table: the copy costs it less than the set costs us.
+//!
 //! The mapping is unmapped once every child has exec'd or exited; if one
-//! has done neither by [`BATCH_WAIT`], it is left mapped for good.
+//! has done neither by [`BATCH_WAIT`], it and its set are left as they are
+//! for good.
 //!
 //! Not here: the clone itself and the child's set-up, shared with the
 //! single spawn (`imp`).
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
+use std::time::Instant;
 
 use super::Plan;
 use super::imp::{
-    CLONE, CLONE_INTO_CGROUP, CLONE3_CGROUP, CloneArgs, Shared, block_all, clone3, failure,
-    handled, learning, raw_clone, restore,
+    CLONE, CLONE_INTO_CGROUP, CLONE3_CGROUP, CloneArgs, SHARE_FILES, Shared, Step, block_all,
+    clone3, failure, handled, learning, put_back, raw_clone4, restore, sets,
 };
+
+/// How far our table reaches past the batch's own pipes (the other
+/// runners' pipes: two a runner) before a batch's children share it (with
+/// a set of descriptors each) rather than copy it. Below, the copy costs
+/// each child less than its set costs us; past it, the sets (four
+/// descriptors on /dev/null per child of a batch, kept for the next) pay.
+const SHARE_ABOVE: c_int = 256;
 
 /// Starts every plan's program, cloning each child before any has
 /// exec'd, then waits until each has exec'd or failed. Per plan, as
@@ -40,8 +63,14 @@ pub fn spawn_all(plans: &[Plan]) -> Vec<Option<io::Result<i32>>> {
                 .collect();
         }
     };
+    let highest = plans.iter().flat_map(|p| p.stdio).max().unwrap_or(0);
+    let own = c_int::try_from(4 * plans.len()).unwrap_or(c_int::MAX);
+    let share = SHARE_FILES.load(Relaxed) && highest.saturating_sub(own) > SHARE_ABOVE;
+    let mut sets = sets(if share { plans.len() } else { 0 });
+    let mut free = (0..sets.len()).filter(|&n| !sets[n].taken);
     let mut out: Vec<Option<io::Result<i32>>> = Vec::with_capacity(plans.len());
-    let mut waiting: Vec<(usize, i32, OwnedFd)> = Vec::new();
+    // Each started child: its place in `out`, its pid, its slot, its set.
+    let mut waiting: Vec<(usize, i32, Child, Option<usize>)> = Vec::new();
     for (i, plan) in plans.iter().enumerate() {
         let child = match slots.fill(i, plan) {
             Ok(c) => c,
@@ -50,61 +79,59 @@ pub fn spawn_all(plans: &[Plan]) -> Vec<Option<io::Result<i32>>> {
                 continue;
             }
         };
-        match learning(plan, |_, mode| detached(&child, mode)) {
-            Some(Ok(Ok((pid, report)))) => {
-                waiting.push((out.len(), pid, report));
+        let set = if share { free.next() } else { None };
+        let fds = set.map(|n| sets[n].fds);
+        match learning(plan, |_, mode| detached(&child, fds, mode)) {
+            Some(Ok(Ok(pid))) => {
+                waiting.push((out.len(), pid, child, set));
                 out.push(Some(Ok(pid)));
             }
             Some(Ok(Err(e)) | Err(e)) => out.push(Some(Err(e))),
             None => out.push(None),
         }
     }
-    let deadline = std::time::Instant::now() + BATCH_WAIT;
-    while !waiting.is_empty() {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            break; // the rest count as started
+    let deadline = Instant::now() + BATCH_WAIT;
+    let mut lasting = false;
+    for (at, pid, child, set) in waiting {
+        // SAFETY: the word is in the child's slot, alive until we unmap it.
+        let done = unsafe { &*child.done };
+        if !wait_cleared(done, deadline) {
+            // Still before its exec: it may yet read its slot and (sharing
+            // our table) its set.
+            if let Some(n) = set {
+                sets[n].taken = true;
+            }
+            lasting = true;
+            continue; // counts as started
         }
-        let mut fds: Vec<libc::pollfd> = waiting
-            .iter()
-            .map(|(_, _, fd)| libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a live array of `fds.len()` pollfds.
-        let n = unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                left.as_millis().clamp(1, i32::MAX as u128) as c_int,
+        if let Some(n) = set {
+            put_back(&sets[n].fds);
+        }
+        // SAFETY: the child has exec'd or exited: it writes nothing any more.
+        let (errno, step) = unsafe {
+            (
+                std::ptr::read_volatile(&raw const (*child.shared).errno),
+                std::ptr::read_volatile(&raw const (*child.shared).step),
             )
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break; // cannot wait: the rest count as started
+        if step == 0 {
+            continue;
         }
-        for i in (0..fds.len()).rev() {
-            if fds[i].revents == 0 {
-                continue;
-            }
-            let (at, pid, report) = waiting.swap_remove(i);
-            if let Some((step, errno)) = read_report(&report) {
-                // SAFETY: our own child, which has failed and exits:
-                // reaped here, as `attempt` does (and so gone before its
-                // slot is unmapped).
-                unsafe {
-                    libc::waitpid(pid, std::ptr::null_mut(), 0);
-                }
-                out[at] = Some(Err(failure(step, errno)));
-            }
+        // SAFETY: our own child, which has failed and exits: reaped here, as
+        // `attempt` does.
+        unsafe {
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
+        out[at] = if step == Step::Unshare as u8 {
+            // An older kernel: from now on, children get a copy of the
+            // table; this one is forked by the caller.
+            SHARE_FILES.store(false, Relaxed);
+            None
+        } else {
+            Some(Err(failure(step, errno)))
+        };
     }
-    if !waiting.is_empty() {
+    if lasting {
         // Children that may still run on their slots: never unmapped.
         std::mem::forget(slots);
     }
@@ -114,22 +141,36 @@ pub fn spawn_all(plans: &[Plan]) -> Vec<Option<io::Result<i32>>> {
 /// How long [`spawn_all`] waits for a batch's children to exec.
 const BATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What a batch's child wrote before exiting: its step and errno; `None`
-/// at end of file (it exec'd) or if nothing whole can be read.
-fn read_report(fd: &OwnedFd) -> Option<(u8, c_int)> {
-    let mut buf = [0u8; 5];
+/// Waits until the kernel clears `done` (the child exec'd or exited), or
+/// `deadline`; whether it did.
+fn wait_cleared(done: &AtomicU32, deadline: Instant) -> bool {
     loop {
-        // SAFETY: reads into a local buffer of its length.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
+        let now = done.load(Acquire);
+        if now == 0 {
+            return true;
         }
-        return (n == 5).then(|| {
-            (
-                buf[0],
-                c_int::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]),
-            )
-        });
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: a wait on a live word of ours while it holds `now`; it
+        // returns on the kernel's wake, a change, a signal or the timeout
+        // (not private: the kernel's wake at exec is a shared one).
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                done.as_ptr(),
+                libc::FUTEX_WAIT,
+                now,
+                &raw const ts,
+                std::ptr::null::<u32>(),
+                0,
+            );
+        }
     }
 }
 
@@ -146,9 +187,13 @@ struct Slots {
     stride: usize,
 }
 
-/// A child ready to be cloned: its `Shared` and its stack, in its slot.
+/// A child ready to be cloned: its `Shared`, the word the kernel clears
+/// at its exec or exit, and its stack, in its slot.
 struct Child {
     shared: *mut Shared<'static>,
+    /// Where the child finds its set of descriptors, if it has one.
+    set: *mut [c_int; 5],
+    done: *const AtomicU32,
     stack: *mut u8,
     stack_size: usize,
 }
@@ -217,11 +262,19 @@ impl Slots {
                 step: 0,
             })
             .ok_or_else(|| io::Error::other("a child's plan does not fit its slot"))?;
+        let done = bump
+            .place(AtomicU32::new(0))
+            .ok_or_else(|| io::Error::other("a child's plan does not fit its slot"))?;
+        let set = bump
+            .place([-1; 5])
+            .ok_or_else(|| io::Error::other("a child's plan does not fit its slot"))?;
         let stack = bump.at.wrapping_add(bump.at.align_offset(16));
         // SAFETY: both inside the slot: the stack is what is left of it.
         let stack_size = unsafe { start.add(size).offset_from(stack) } as usize;
         Ok(Child {
             shared,
+            set,
+            done,
             stack,
             stack_size,
         })
@@ -257,6 +310,8 @@ fn copy_size(plan: &Plan) -> usize {
         + plan.cgroup.map_or(0, |(_, p)| p.count_bytes() + 1)
         + std::mem::size_of::<Plan>()
         + std::mem::size_of::<Shared>()
+        + std::mem::size_of::<AtomicU32>()
+        + std::mem::size_of::<[c_int; 5]>()
         + 128
 }
 
@@ -334,29 +389,47 @@ impl Bump {
 }
 
 /// One clone in `mode` of `child`, which shares our memory but does not
-/// wait for its `execve`: its pid, and the read end of the pipe it writes
-/// a failure to (end of file once it has exec'd). `Err`: the clone failed;
-/// `Ok(Err)`: the pipe could not be made.
-fn detached(child: &Child, mode: u8) -> io::Result<io::Result<(i32, OwnedFd)>> {
-    let mut ends = [-1; 2];
-    // SAFETY: pipe2 into a local array.
-    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Ok(Err(io::Error::last_os_error()));
-    }
-    // SAFETY: two descriptors pipe2 just made, owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
-    // SAFETY: the child's `Shared`, in its slot; no child runs on it yet
-    // (a clone that failed started none).
-    let plan = unsafe {
+/// wait for its `execve`, and shares our descriptor table until its first
+/// system call if it has a set of descriptors (`fds`): its pid. `Err`: the
+/// clone failed; `Ok(Err)`: its descriptors could not be set.
+fn detached(child: &Child, fds: Option<[c_int; 5]>, mode: u8) -> io::Result<io::Result<i32>> {
+    // SAFETY: the child's `Shared` and set, in its slot; no child runs on
+    // them yet (a clone that failed started none). The set is copied there
+    // so that the child reads nothing but its slot.
+    let (plan, fds) = unsafe {
         let shared = &mut *child.shared;
         shared.join_cgroup = shared.plan.cgroup.is_some() && mode != CLONE3_CGROUP;
-        shared.report = write.as_raw_fd();
-        shared.plan
+        let fds = fds.map(|f| {
+            child.set.write(f);
+            &*child.set
+        });
+        shared.slots = fds;
+        (shared.plan, fds)
     };
-    let flags = libc::CLONE_VM as u64;
+    let mut flags = (libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID) as u64;
+    if let Some(s) = fds {
+        // SAFETY: dup3 onto this child's own set of reserved descriptors,
+        // which nothing else uses until it is put back.
+        let moved = unsafe {
+            let mut ok = true;
+            for (i, fd) in plan.stdio.iter().chain(plan.keep.as_ref()).enumerate() {
+                ok &= libc::dup3(*fd, s[i], libc::O_CLOEXEC) >= 0;
+            }
+            ok
+        };
+        if !moved {
+            let e = io::Error::last_os_error();
+            put_back(s);
+            return Ok(Err(e));
+        }
+        flags |= libc::CLONE_FILES as u64;
+    }
+    // SAFETY: the word is in the slot, aligned; the kernel clears it.
+    unsafe { (*child.done).store(1, Relaxed) };
     let mut args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
+        child_tid: child.done as u64,
         stack: child.stack as u64,
         stack_size: child.stack_size as u64,
         ..CloneArgs::default()
@@ -370,18 +443,20 @@ fn detached(child: &Child, mode: u8) -> io::Result<io::Result<(i32, OwnedFd)>> {
     let old = block_all();
     let arg = child.shared.cast::<c_void>();
     // SAFETY: the child runs `child` on its own stack, in its slot, and
-    // reads only its slot (its `Shared` and the plan copied there) and
-    // static data; the slot stays mapped and unchanged until it has exec'd
-    // or exited (`spawn_all`). It makes only direct system calls (see
+    // reads only its slot (its `Shared` and the plan copied there), its set
+    // of descriptors and static data; the slot stays mapped and the set
+    // untouched until the kernel has cleared its word (it has exec'd or
+    // exited: `spawn_all`). It makes only direct system calls (see
     // `imp::child`). Every signal is blocked across the clone, so no
     // handler of ours runs in the child before it resets them.
     let ret = unsafe {
         if mode == CLONE {
             let top = child.stack.add(child.stack_size);
-            raw_clone(
+            raw_clone4(
                 libc::SYS_clone,
                 (flags | libc::SIGCHLD as u64) as usize,
                 top as usize,
+                child.done as usize,
                 arg,
             )
         } else {
@@ -389,9 +464,11 @@ fn detached(child: &Child, mode: u8) -> io::Result<io::Result<(i32, OwnedFd)>> {
         }
     };
     restore(&old);
-    drop(write);
     if ret < 0 {
+        if let Some(s) = fds {
+            put_back(s);
+        }
         return Err(io::Error::from_raw_os_error(-ret as i32));
     }
-    Ok(Ok((ret as i32, read)))
+    Ok(Ok(ret as i32))
 }
