@@ -219,18 +219,7 @@ mod imp {
         };
         let mut flags = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
         if let Some(s) = shared.slots {
-            // SAFETY: dup3 onto descriptors this process reserved for it
-            // (`slots`) and that nothing else uses; each stays close-on-exec.
-            let moved = unsafe {
-                let mut ok = true;
-                for (i, fd) in plan.stdio.iter().chain(plan.keep.as_ref()).enumerate() {
-                    ok &= libc::dup3(*fd, s[i], libc::O_CLOEXEC) >= 0;
-                }
-                ok
-            };
-            if !moved {
-                let e = io::Error::last_os_error();
-                put_back(s);
+            if let Err(e) = move_into(plan, s) {
                 return Ok(Err(e));
             }
             flags |= libc::CLONE_FILES as u64;
@@ -408,6 +397,27 @@ mod imp {
             sets.push(Set { fds, taken: false });
         }
         sets
+    }
+
+    /// `plan`'s stdin, stdout, stderr and kept descriptor copied into the
+    /// slots `s` (close-on-exec), for a child that shares our table; on a
+    /// failure the slots are put back.
+    pub(super) fn move_into(plan: &Plan, s: &[c_int; 5]) -> io::Result<()> {
+        // SAFETY: dup3 onto descriptors reserved for this child (`slots`,
+        // `sets`) that nothing else uses until they are put back.
+        let moved = unsafe {
+            let mut ok = true;
+            for (i, fd) in plan.stdio.iter().chain(plan.keep.as_ref()).enumerate() {
+                ok &= libc::dup3(*fd, s[i], libc::O_CLOEXEC) >= 0;
+            }
+            ok
+        };
+        if moved {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        put_back(s);
+        Err(e)
     }
 
     /// The slots back on /dev/null: no runner's pipe stays open in them.

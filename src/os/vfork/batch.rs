@@ -38,7 +38,7 @@ use std::time::Instant;
 use super::Plan;
 use super::imp::{
     CLONE, CLONE_INTO_CGROUP, CLONE3_CGROUP, CloneArgs, SHARE_FILES, Shared, Step, block_all,
-    clone3, failure, handled, learning, put_back, raw_clone4, restore, sets,
+    clone3, failure, handled, learning, move_into, put_back, raw_clone4, restore, sets,
 };
 
 /// How far our table reaches past the batch's own pipes (the other
@@ -408,18 +408,7 @@ fn detached(child: &Child, fds: Option<[c_int; 5]>, mode: u8) -> io::Result<io::
     };
     let mut flags = (libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID) as u64;
     if let Some(s) = fds {
-        // SAFETY: dup3 onto this child's own set of reserved descriptors,
-        // which nothing else uses until it is put back.
-        let moved = unsafe {
-            let mut ok = true;
-            for (i, fd) in plan.stdio.iter().chain(plan.keep.as_ref()).enumerate() {
-                ok &= libc::dup3(*fd, s[i], libc::O_CLOEXEC) >= 0;
-            }
-            ok
-        };
-        if !moved {
-            let e = io::Error::last_os_error();
-            put_back(s);
+        if let Err(e) = move_into(plan, s) {
             return Ok(Err(e));
         }
         flags |= libc::CLONE_FILES as u64;
