@@ -6,10 +6,10 @@
 //!
 //! A child that shares our memory while we run must not read anything we
 //! may change or free: each gets a slot of its own in a mapping made for
-//! the batch, a guard page below it, holding a copy of its plan (program,
-//! arguments, environment), its `Shared` and the word the kernel clears
-//! when it execs or exits (`CLONE_CHILD_CLEARTID`: what we wait on, with a
-//! futex), and its stack above them. A failure is written to its `Shared`.
+//! the batch: its stack (a guard page below), then a copy of its plan
+//! (program, arguments, environment), its `Shared` and the word the kernel
+//! clears when it execs or exits (`CLONE_CHILD_CLEARTID`: what we wait on,
+//! with a futex). A failure is written to its `Shared`.
 //!
 //! Once our descriptor table is large (past [`SHARE_ABOVE`]: the pipes of
 //! more than a hundred runners started before), each child shares it too, with a set of four
@@ -230,8 +230,8 @@ impl Slots {
         })
     }
 
-    /// Slot `i` made writable and filled: a copy of `plan` that points only
-    /// into the slot, the child's `Shared`, and the stack above them.
+    /// Slot `i` made writable and filled: the stack, then a copy of `plan`
+    /// that points only into the slot, and the child's `Shared`.
     fn fill(&self, i: usize, plan: &Plan) -> io::Result<Child> {
         // SAFETY: slot `i` lies inside the mapping (one per plan), past its
         // guard page; nothing else uses it.
@@ -244,9 +244,11 @@ impl Slots {
                 format!("mapping a child's stack: {e}"),
             ));
         }
+        // The stack at the bottom, so that an overflow meets the guard page
+        // below it rather than the copy above.
         let mut bump = Bump {
-            at: start,
-            end: start.wrapping_add(size - STACK),
+            at: start.wrapping_add(STACK),
+            end: start.wrapping_add(size),
         };
         let copy = bump
             .plan(plan)
@@ -268,15 +270,12 @@ impl Slots {
         let set = bump
             .place([-1; 5])
             .ok_or_else(|| io::Error::other("a child's plan does not fit its slot"))?;
-        let stack = bump.at.wrapping_add(bump.at.align_offset(16));
-        // SAFETY: both inside the slot: the stack is what is left of it.
-        let stack_size = unsafe { start.add(size).offset_from(stack) } as usize;
         Ok(Child {
             shared,
             set,
             done,
-            stack,
-            stack_size,
+            stack: start,
+            stack_size: STACK,
         })
     }
 }
