@@ -26,8 +26,8 @@
 //! has done neither by [`BATCH_WAIT`], it and its set are left as they are
 //! for good.
 //!
-//! Not here: the clone itself and the child's set-up, shared with the
-//! single spawn (`imp`).
+//! Not here: the clone itself and the child's set-up (`child`), shared
+//! with the single spawn (`imp`).
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::io;
@@ -36,9 +36,10 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::Instant;
 
 use super::Plan;
+use super::child::{CloneArgs, clone3, raw_clone4};
 use super::imp::{
-    CLONE, CLONE_INTO_CGROUP, CLONE3_CGROUP, CloneArgs, SHARE_FILES, Shared, Step, block_all,
-    clone3, failure, handled, learning, move_into, put_back, raw_clone4, restore, sets,
+    CLONE, CLONE_INTO_CGROUP, CLONE3_CGROUP, SHARE_FILES, Shared, Step, block_all, failure,
+    handled, learning, move_into, put_back, restore, sets,
 };
 
 /// How far our table reaches past the batch's own pipes (the other
@@ -259,7 +260,6 @@ impl Slots {
                 join_cgroup: false,
                 handled: handled(),
                 slots: None,
-                report: -1,
                 errno: 0,
                 step: 0,
             })
@@ -435,7 +435,7 @@ fn detached(child: &Child, fds: Option<[c_int; 5]>, mode: u8) -> io::Result<io::
     // of descriptors and static data; the slot stays mapped and the set
     // untouched until the kernel has cleared its word (it has exec'd or
     // exited: `spawn_all`). It makes only direct system calls (see
-    // `imp::child`). Every signal is blocked across the clone, so no
+    // `child::child`). Every signal is blocked across the clone, so no
     // handler of ours runs in the child before it resets them.
     let ret = unsafe {
         if mode == CLONE {
