@@ -1161,6 +1161,11 @@ fn preloaded_init_runs_without_a_helper_that_died() {
     wait_until("every runner to be ready", SLOW, || {
         ours(&["status", "--check"]).code == 0
     });
+    // The runners started plainly may all be ready before the next helper
+    // has loaded (it waits for `init`, then takes seconds).
+    wait_until("the next helper to be ready", SLOW, || {
+        env.log().contains("is ready: runners are forked from it")
+    });
     let log = env.log();
     let died = log
         .find(&format!("Preload helper (pid {helper}) exited"))
