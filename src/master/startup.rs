@@ -89,6 +89,7 @@ impl Master {
         // and failure pipe of each child of a start-up batch, and room for
         // the rest (control clients, jobs, the preload helper).
         process::reserve_fds(2 * slices.len() + 5 * BATCH + 128);
+        crate::os::vfork::prepare(slices.len(), BATCH);
         let root = nix::unistd::geteuid().is_root();
         if opts.run_as_user && root {
             crate::os::user::switch_to(&config.mailman.user, &config.mailman.group)

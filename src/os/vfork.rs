@@ -60,7 +60,7 @@ pub struct Plan<'a> {
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub use batch::spawn_all;
+pub use batch::{prepare, spawn_all};
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub use imp::spawn;
 
@@ -74,6 +74,10 @@ mod child;
 pub fn spawn(_plan: &Plan) -> Option<std::io::Result<i32>> {
     None
 }
+
+/// Elsewhere: nothing to prepare.
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+pub fn prepare(_children: usize, _batch: usize) {}
 
 /// Elsewhere: never; the caller forks each.
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
@@ -364,8 +368,9 @@ mod imp {
     /// A batch's slots ([`slots`], one set per child that shares our
     /// table): four descriptors, and, fifth, the /dev/null they are put back
     /// with; `taken` while a child that never exec'd may still use them
-    /// (never reused then). Made as a batch first needs them, by `dup`s of
-    /// one /dev/null, as low as they come.
+    /// (never reused then). Made before start-up's first batch (`prepare`),
+    /// else as a batch first needs them, by `dup`s of one /dev/null, as low
+    /// as they come.
     pub(super) struct Set {
         pub(super) fds: [c_int; 5],
         pub(super) taken: bool,

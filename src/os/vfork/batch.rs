@@ -11,12 +11,13 @@
 //! clears when it execs or exits (`CLONE_CHILD_CLEARTID`: what we wait on,
 //! with a futex). A failure is written to its `Shared`.
 //!
-//! Once our descriptor table is large (past [`SHARE_ABOVE`]: the pipes of
-//! more than a hundred runners started before), each child shares it too, with a set of four
-//! descriptors of its own ([`sets`]) holding its stdin, stdout, stderr and
-//! kept descriptor; its first system call gives it a table of its own of
-//! only what lies below its set, as the single spawn's child does, so that
-//! at 1,000 runners it neither copies nor closes the others' 2,000 pipes.
+//! Once our descriptor table is large (past [`SHARE_ABOVE`]: more than one
+//! batch's pipes), each child shares it too, with a set of four
+//! descriptors of its own ([`sets`], made before the first batch's pipes:
+//! [`prepare`]) holding its stdin, stdout, stderr and kept descriptor;
+//! its first system call gives it a table of its own of only what lies
+//! below its set, as the single spawn's child does, so that at 1,000
+//! runners it neither copies nor closes the others' 2,000 pipes.
 //! A set is put back on /dev/null once its child has exec'd or exited.
 //! With a small table, where the kernel cannot (`close_range` without
 //! `CLOSE_RANGE_UNSHARE`, before 5.9) or when no set is free, the child
@@ -42,12 +43,26 @@ use super::imp::{
     handled, learning, move_into, put_back, restore, sets,
 };
 
-/// How far our table reaches past the batch's own pipes (the other
-/// runners' pipes: two a runner) before a batch's children share it (with
-/// a set of descriptors each) rather than copy it. Below, the copy costs
-/// each child less than its set costs us; past it, the sets (four
-/// descriptors on /dev/null per child of a batch, kept for the next) pay.
-const SHARE_ABOVE: c_int = 256;
+/// How far our table reaches before a batch's children share it (with a
+/// set of descriptors each) rather than copy it: past what a start-up of
+/// one batch has (its pipes, two a child, and the master's own). A child
+/// that shares our table copies and closes what lies below its set, one
+/// that does not copies and closes the whole table (~0.25 µs a descriptor
+/// here); a set costs us a few `dup3`s a child, and its making once.
+const SHARE_ABOVE: c_int = 160;
+
+/// Before a start-up of `children` runners in batches of `batch`: if they
+/// are more than one batch (later batches will share our table), a
+/// batch's sets made now, while our table is small, so that they are its
+/// lowest descriptors and a child copies and closes only the few below
+/// its own set. Made at the first shared batch instead, they would lie
+/// above the first batches' pipes, and each child would copy and close
+/// those (at 1,000 runners, ~500 each: 150 ms of CPU in all, measured).
+pub fn prepare(children: usize, batch: usize) {
+    if children > batch && SHARE_FILES.load(Relaxed) {
+        drop(sets(batch));
+    }
+}
 
 /// Starts every plan's program, cloning each child before any has
 /// exec'd, then waits until each has exec'd or failed. Per plan, as
@@ -65,8 +80,7 @@ pub fn spawn_all(plans: &[Plan]) -> Vec<Option<io::Result<i32>>> {
         }
     };
     let highest = plans.iter().flat_map(|p| p.stdio).max().unwrap_or(0);
-    let own = c_int::try_from(4 * plans.len()).unwrap_or(c_int::MAX);
-    let share = SHARE_FILES.load(Relaxed) && highest.saturating_sub(own) > SHARE_ABOVE;
+    let share = SHARE_FILES.load(Relaxed) && highest > SHARE_ABOVE;
     let mut sets = sets(if share { plans.len() } else { 0 });
     let mut free = (0..sets.len()).filter(|&n| !sets[n].taken);
     let mut out: Vec<Option<io::Result<i32>>> = Vec::with_capacity(plans.len());
