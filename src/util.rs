@@ -36,6 +36,33 @@ pub fn read_config(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// Replaces `path` with `contents` (mode `mode`, whatever the umask): a
+/// temporary file beside it (a rename cannot cross file systems), renamed
+/// over it, so that a reader sees the old file or the whole new one. Not
+/// fsynced. On a failure nothing is left behind.
+pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::fs::{OpenOptions, Permissions};
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.set_permissions(Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
+        std::fs::rename(&tmp, path)
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 /// `path` with `.` components and `x/..` pairs removed, lexically.
 pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();

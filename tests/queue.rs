@@ -572,6 +572,59 @@ fn default_flow_ends_waiting_in_out() {
     assert_eq!(env.run(&["stop"]).code, 0);
 }
 
+/// Built-in runners of a configuration read from a pipe (`-C <(…)`), which
+/// they cannot read again, get the master's copy of it (mode 0600, beside
+/// the pid file, gone once the master stops): an entry flows as with a
+/// file. Before, each failed to read `/dev/fd/N` and was restarted for
+/// ever.
+#[test]
+fn built_in_runners_of_a_configuration_read_from_a_pipe_work() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::new(&only(
+        "[runner.in]\nsleep_time = \"50ms\"\n[runner.pipeline]\nsleep_time = \"50ms\"\n\
+         [runner.out]\nsleep_time = \"50ms\"\n",
+    ));
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec {BIN} -C <(cat {}) start -q",
+            env.config.display()
+        ))
+        .env_remove("MAILMAN_VAR_DIR")
+        .env_remove("MAILMAN_CONFIG_FILE")
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy = env.var.join("master.config.toml");
+    assert_eq!(
+        fs::read_to_string(&copy).unwrap(),
+        fs::read_to_string(&env.config).unwrap()
+    );
+    assert_eq!(
+        fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let msg = dir.path().join("msg");
+    fs::write(&msg, "Subject: hi\n\nhello\n").unwrap();
+    let name = inject(&env, "in", &[&msg]).remove(0);
+    wait_until("the entry to reach out", PATIENCE, || {
+        names(&queue_dir(&env, "out")) == vec![name.clone()]
+    });
+    let log = env.log();
+    assert!(!log.contains("cannot read the configuration"), "{log}");
+    assert!(!log.contains("Master detected subprocess exit"), "{log}");
+    let master = env.pid_from_file().unwrap();
+    assert_eq!(env.run(&["stop"]).code, 0);
+    wait_until("the master to stop", PATIENCE, || !alive(master));
+    assert!(!copy.exists());
+}
+
 /// A handler's background child outlives the handler (the master adopts it
 /// as subreaper), but not the master: a stop kills it and says so.
 #[test]

@@ -266,6 +266,7 @@ impl Config {
             runners,
             jobs: Vec::new(),
             core,
+            piped: None,
         }
     }
 }

@@ -117,6 +117,11 @@ pub struct Config {
     /// What Mailman computes from `mailman_cfg`, when there is one.
     #[serde(skip)]
     pub core: Option<mailman_cfg::Core>,
+    /// The text read, when `source` is not a regular file but a pipe or
+    /// the like, which a runner cannot read again (`-C <(envsubst < …)`):
+    /// the master keeps a copy for `{config}`.
+    #[serde(skip)]
+    pub piped: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -314,7 +319,11 @@ impl Config {
             return Config::build(&text, None, sets);
         }
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        Config::build(&text, Some(&abs), sets)
+        let mut config = Config::build(&text, Some(&abs), sets)?;
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            config.piped = Some(text);
+        }
+        Ok(config)
     }
 
     /// `text` (from `source`, if any) with the environment's overrides.

@@ -124,6 +124,9 @@ impl Master {
             o.drain(true);
         }
         lock::remove_pid_file(&self.layout);
+        if self.ctx.config_arg == self.layout.config_copy() {
+            let _ = std::fs::remove_file(&self.ctx.config_arg);
+        }
         self.lock.clear();
         if let Some(server) = self.control.take() {
             server.remove();

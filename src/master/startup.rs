@@ -121,6 +121,12 @@ impl Master {
             None => None,
         };
         lock::write_pid_file(&layout).map_err(|e| StartError::new(EXIT_ERROR, e))?;
+        let config_arg = match &config.piped {
+            Some(text) => keep_piped(&layout, text).inspect_err(|_| {
+                lock::remove_pid_file(&layout);
+            })?,
+            None => config.config_arg(),
+        };
         // Whatever a master of this var dir killed with -9 left behind.
         let confine = Confinement::new(&layout.lock_file());
         let left = confine.kill_leftovers();
@@ -159,7 +165,7 @@ impl Master {
             // Resolved once, now: by path, so that after a package upgrade
             // replaces the file, runners start the new binary.
             bin: std::env::current_exe().unwrap_or_else(|_| "mailman".into()),
-            config_arg: config.config_arg(),
+            config_arg,
             var_dir: layout.var_dir.clone(),
             master_pid: std::process::id() as i32,
             overrides: config
@@ -399,6 +405,28 @@ impl Master {
         self.ready.fail(&StartError::new(EXIT_ERROR, &message));
         self.begin_stop(libc::SIGTERM, EXIT_ERROR);
     }
+}
+
+/// A configuration read from a pipe (`-C <(envsubst < …)`), which no runner
+/// can read again, kept for them (`{config}`, `MAILMAN_CONFIG_FILE`): a
+/// copy beside the pid file, readable by the runners' user alone, removed
+/// when the master stops.
+fn keep_piped(
+    layout: &crate::os::layout::Layout,
+    text: &str,
+) -> Result<std::path::PathBuf, StartError> {
+    let path = layout.config_copy();
+    crate::util::replace_file(&path, text.as_bytes(), 0o600).map_err(|e| {
+        StartError::new(
+            EXIT_ERROR,
+            format!(
+                "cannot keep the configuration read from a pipe in {}: {}",
+                path.display(),
+                crate::util::io_text(&e)
+            ),
+        )
+    })?;
+    Ok(path)
 }
 
 /// Slices started per turn of the event loop at start-up.

@@ -70,6 +70,11 @@ impl Layout {
     pub fn log_file(&self) -> PathBuf {
         self.log_dir.join("mailman.log")
     }
+    /// Where the master keeps a copy of a configuration it read from a pipe
+    /// (`Config::piped`), for its runners: beside the pid file.
+    pub fn config_copy(&self) -> PathBuf {
+        self.pid_file.with_file_name("master.config.toml")
+    }
     /// Where the queues are (`QUEUE/NAME/`).
     pub fn queue_dir(&self) -> PathBuf {
         self.queue_dir.clone()

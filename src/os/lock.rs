@@ -11,7 +11,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -353,29 +353,9 @@ pub fn probe(layout: &Layout) -> Probe {
 /// would only delay the first runner (about a millisecond, issue 19).
 pub fn write_pid_file(layout: &Layout) -> Result<()> {
     let path = layout.pid_file();
-    // Beside it: a rename cannot cross file systems (a run_dir or Mailman's
-    // pid_file apart from the var dir).
-    let tmp = path
-        .parent()
-        .unwrap_or(&layout.var_dir)
-        .join(format!(".master.pid.{}.tmp", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        // create_new honours the umask; the spec says 0644.
-        f.set_permissions(fs::Permissions::from_mode(0o644))?;
-        writeln!(f, "{}", std::process::id())?;
-        fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        anyhow::anyhow!("cannot write {}: {}", path.display(), io_text(&e))
-    })
+    // The spec says 0644.
+    crate::util::replace_file(&path, format!("{}\n", std::process::id()).as_bytes(), 0o644)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), io_text(&e)))
 }
 
 /// Removes `master.pid` if it still names this process.
