@@ -1061,6 +1061,12 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
         .and_then(|(n, _)| n.parse::<u32>().ok());
     assert!(configured.is_some_and(|n| n > 0), "{loaded}");
     assert!(!log.contains("each runner does it itself"), "{log}");
+    // A fresh var dir has no code cache: the helper writes one.
+    assert!(
+        loaded.contains("modules cached for the next start"),
+        "{loaded}"
+    );
+    assert!(env.var.join("preload.cache").is_file());
     let before = pids();
     assert_eq!(before.len(), 12, "{before:?}");
     for (name, &pid) in &before {
@@ -1105,6 +1111,18 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
             .contains("saw Mailman's configuration change: starting a new one"),
         "{}",
         env.log()
+    );
+    // The new helper read its modules' code from the first one's cache,
+    // which held every module it imported (nothing more to cache).
+    let log = env.log();
+    let second = log
+        .lines()
+        .filter(|l| l.contains("[preload] preloaded "))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        second.contains(" modules from the code cache in "),
+        "{second}\n{log}"
     );
     let victim = pids()["archive"];
     assert!(send(victim, 9));

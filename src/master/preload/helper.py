@@ -2,8 +2,9 @@
 # Mailman's code once, then forks Mailman's runners on the master's request.
 #
 # Run by the master (wire.rs) as
-# `python3 -c 'exec(os.environ.pop(...))' FD MASTER CFG`, where FD is its
-# end of a SOCK_SEQPACKET socket pair and CFG Mailman's configuration file.
+# `python3 -c 'exec(os.environ.pop(...))' FD MASTER CFG CACHE`, where FD is
+# its end of a SOCK_SEQPACKET socket pair, CFG Mailman's configuration file
+# and CACHE its code cache (code_cache.py, which comes first in the script).
 # Before forking it only does what needs no database, socket or log:
 # imports Mailman's modules, runs Mailman's first initialisation step
 # (`initialize_1`: the component registry, the event subscribers, the
@@ -329,6 +330,7 @@ def main():
     # the var dir, whose files would shadow any module).
     if sys.path and sys.path[0] == "":
         del sys.path[0]
+    cache = CodeCache(sys.argv[4]) if len(sys.argv) > 4 else None
     first = load()
     while True:
         go = sock.recv(16)
@@ -338,6 +340,9 @@ def main():
             break
     loaded = identity(cfg)
     count, warmed, finish = initialise(cfg)
+    if cache is not None:
+        warmed.append(cache.close())
+        del cache
     # What was loaded stays out of the collector's reach: a collection in a
     # runner does not touch (and so copy) these pages. Runners (and the
     # helper) collect their own objects from here on.

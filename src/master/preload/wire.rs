@@ -11,8 +11,11 @@ use nix::sys::socket::{ControlMessage, MsgFlags};
 
 use crate::master::spawn::{self, Environment};
 
-/// The helper's code, handed over in its environment (not left in a file).
-const SCRIPT: &str = include_str!("helper.py");
+/// The helper's code, handed over in its environment (not left in a file):
+/// its code cache's, then its own.
+const SCRIPT: &str = concat!(include_str!("code_cache.py"), include_str!("helper.py"));
+/// The helper's code cache, in the var dir (`code_cache.py`).
+pub(super) const CODE_CACHE: &str = "preload.cache";
 const SCRIPT_ENV: &str = "MAILMAN_PRELOAD_SCRIPT";
 /// Set (to 1) when the helper offers its memory to same-page merging
 /// (`merge_pages`); the helper takes it out of its environment.
@@ -88,6 +91,7 @@ pub(super) fn spawn_helper(
         theirs.as_raw_fd().to_string(),
         ctx.master_pid.to_string(),
         cfg.to_string_lossy().into_owned(),
+        ctx.var_dir.join(CODE_CACHE).to_string_lossy().into_owned(),
     ];
     let mut env = indexmap::IndexMap::new();
     env.insert(SCRIPT_ENV.to_string(), SCRIPT.to_string());
