@@ -1327,3 +1327,52 @@ fn preloaded_runners_identical_pages_are_merged() {
     let r = ours(&["stop"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+/// The preload helper's code cache (docs/mailman-core.md): garbage in its
+/// place is replaced by a cache the next helper reads; a cache that cannot
+/// be written (a directory in its place) is said in the helper's log line
+/// and nothing is left behind; either way every runner starts from the
+/// helper.
+#[test]
+fn a_preload_code_cache_that_is_garbage_or_cannot_be_written() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = venv();
+    let env = Env::new("");
+    let dir = env.dir.path();
+    let toml = preloaded_config(&env, "");
+    let ours = |args: &[&str]| our_cli(&toml, &venv, dir, args);
+    let cache = env.var.join("preload.cache");
+    let run = |expect: &str| {
+        let started = ours(&["start"]);
+        assert_eq!(started.code, 0, "{}{}", started.stdout, started.stderr);
+        wait_until("every runner to be ready", SLOW, || {
+            ours(&["status", "--check"]).code == 0
+        });
+        let log = env.log();
+        let line = log
+            .lines()
+            .rfind(|l| l.contains("[preload] preloaded "))
+            .unwrap_or_default();
+        assert!(line.contains(expect), "{line}\n{log}");
+        let pids = runner_pids(&ours(&["status", "--json"]).stdout);
+        assert_eq!(pids.len(), 12, "{pids:?}");
+        for (name, &pid) in &pids {
+            assert!(cmdline(pid).contains("MAILMAN_PRELOAD_SCRIPT"), "{name}");
+        }
+        assert_eq!(ours(&["stop"]).code, 0);
+    };
+    std::fs::create_dir_all(&env.var).unwrap();
+    std::fs::write(&cache, "garbage").unwrap();
+    run("modules cached for the next start in ");
+    assert!(std::fs::metadata(&cache).unwrap().len() > 100_000);
+    run("modules from the code cache in ");
+    std::fs::remove_file(&cache).unwrap();
+    std::fs::create_dir(&cache).unwrap();
+    run("no code cache written (IsADirectoryError");
+    let left: Vec<String> = std::fs::read_dir(&env.var)
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

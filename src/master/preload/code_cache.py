@@ -27,6 +27,7 @@ import importlib.util
 import marshal
 import mmap
 import os
+import pkgutil
 import sys
 
 # What a cache written by another version of this code has: not used.
@@ -76,6 +77,10 @@ class CodeCache:
         self.path = path
         self.tmp = f"{path}.{os.getpid()}.tmp"
         self.index = {}
+        # pkgutil.iter_modules's answers (the helper's walk), by path and
+        # prefix: from the cache, and as given this time.
+        self.listings = {}
+        self.listed = {}
         self.view = None
         self.map = None
         self.hits = []  # (name, file, is package, offset, length) in the old
@@ -125,25 +130,26 @@ class CodeCache:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             return False
+        view = None
         try:
             self.map = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
             view = memoryview(self.map)
             at = int.from_bytes(view[-8:], "little")
             meta = marshal.loads(view[at:-8])
-            if meta["key"] != cache_key(meta["dirs"]):
-                view.release()
-                self.map.close()
-                self.map = None
-                return False
-            self.index, self.view = meta["index"], view
-            return True
+            if meta["key"] == cache_key(meta["dirs"]):
+                self.index, self.listings, self.view = meta["index"], meta["listings"], view
+                return True
         except Exception:  # empty, cut short, not ours
-            if self.map is not None:
-                self.map.close()
-                self.map = None
-            return False
+            pass
         finally:
             os.close(fd)
+        if view is not None:
+            view.release()
+        if self.map is not None:
+            with contextlib.suppress(BufferError):
+                self.map.close()
+            self.map = None
+        return False
 
     def find_spec(self, name, path=None, target=None):
         entry = self.index.get(name) if self.view is not None else None
@@ -158,6 +164,20 @@ class CodeCache:
             loader=loader,
             submodule_search_locations=[os.path.dirname(origin)] if package else None,
         )
+
+    def modules_in(self, path, prefix):
+        """`pkgutil.iter_modules(path, prefix)`'s names and whether each is
+        a package: from the cache while it is open and holds them (their
+        directories have not changed), else listed."""
+        key = (tuple(path), prefix)
+        found = self.listings.get(key) if self.view is not None else None
+        if found is None:
+            found = [(i.name, i.ispkg) for i in pkgutil.iter_modules(path, prefix)]
+            self.relisted = True
+        self.listed[key] = found
+        return found
+
+    relisted = False
 
     def used(self, name, loader, off, n):
         self.hits.append((name, loader.path, loader.is_package(name), off, n))
@@ -183,16 +203,17 @@ class CodeCache:
         if self in sys.meta_path:
             sys.meta_path.remove(self)
         try:
-            written = self._write() if self.new and self.error is None else False
+            changed = self.new or self.relisted
+            written = self._write() if changed and self.error is None else False
         except Exception as e:
             self.error = e
             written = False
-        if self.out is not None:
+        if self.out is not None and not self.out.closed:
             self.out.close()
         if not written:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp)
-        self.index = {}
+        self.index, self.listings, self.listed = {}, {}, {}
         view, self.view = self.view, None
         if view is not None:
             view.release()
@@ -205,12 +226,15 @@ class CodeCache:
         if written and self.opened:
             return f"the code of {hits} modules from the code cache, {new} more cached for the next start"
         if written:
-            return f"the code of {new} modules cached for the next start"
+            return f"the code of {hits + new} modules cached for the next start"
         if self.opened:
             return f"the code of {hits} modules from the code cache"
         return "no code cache"
 
     def _write(self):
+        if self.out is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            self.out = os.fdopen(os.open(self.tmp, flags, 0o644), "wb")
         index = {}
         for name, origin, package, off, n in self.new:
             index[name] = (origin, package, off, n)
@@ -219,8 +243,10 @@ class CodeCache:
                 index[name] = (origin, package, self.size, n)
                 self.out.write(self.view[off : off + n])
                 self.size += n
-        dirs = sorted({p for p in sys.path if p} | {os.path.dirname(e[0]) for e in index.values()})
-        self.out.write(marshal.dumps({"index": index, "dirs": dirs, "key": cache_key(dirs)}))
+        dirs = {p for p in sys.path if p} | {os.path.dirname(e[0]) for e in index.values()}
+        dirs = sorted(dirs.union(*(path for path, _ in self.listed)))
+        meta = {"index": index, "listings": self.listed, "dirs": dirs, "key": cache_key(dirs)}
+        self.out.write(marshal.dumps(meta))
         self.out.write(self.size.to_bytes(8, "little"))
         self.out.close()
         os.rename(self.tmp, self.path)

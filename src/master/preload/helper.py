@@ -69,20 +69,28 @@ def load():
     return count
 
 
+# The code cache (code_cache.py) while the helper loads, if it has one.
+CACHE = None
+
+
 def walk(path, prefix):
     """Imports the modules under `path` (skipping SKIP before importing
     anything of theirs); returns how many."""
     count = 0
-    for info in pkgutil.iter_modules(path, prefix):
-        if any(part in SKIP for part in info.name.split(".")):
+    if CACHE is not None:
+        listed = CACHE.modules_in(path, prefix)
+    else:
+        listed = [(i.name, i.ispkg) for i in pkgutil.iter_modules(path, prefix)]
+    for name, package in listed:
+        if any(part in SKIP for part in name.split(".")):
             continue
         try:
-            module = importlib.import_module(info.name)
+            module = importlib.import_module(name)
         except BaseException:  # an optional database driver, a missing extra
             continue
         count += 1
-        if info.ispkg:
-            count += walk(module.__path__, info.name + ".")
+        if package:
+            count += walk(module.__path__, name + ".")
     return count
 
 
@@ -330,7 +338,11 @@ def main():
     # the var dir, whose files would shadow any module).
     if sys.path and sys.path[0] == "":
         del sys.path[0]
-    cache = CodeCache(sys.argv[4]) if len(sys.argv) > 4 else None
+    global CACHE
+    try:
+        CACHE = CodeCache(sys.argv[4]) if len(sys.argv) > 4 else None
+    except Exception as e:
+        print(f"preload: no code cache ({e!r})", file=sys.stderr, flush=True)
     first = load()
     while True:
         go = sock.recv(16)
@@ -340,9 +352,9 @@ def main():
             break
     loaded = identity(cfg)
     count, warmed, finish = initialise(cfg)
-    if cache is not None:
-        warmed.append(cache.close())
-        del cache
+    if CACHE is not None:
+        warmed.append(CACHE.close())
+        CACHE = None
     # What was loaded stays out of the collector's reach: a collection in a
     # runner does not touch (and so copy) these pages. Runners (and the
     # helper) collect their own objects from here on.
