@@ -2,7 +2,9 @@
 //! (`[mailman] preload`, docs/mailman-core.md, "Preloaded runners"): the
 //! helper's life, the requests the master sends it, its answers.
 //!
-//! The helper (`helper.py`) imports Mailman's code once, then forks each
+//! The helper (`helper.py`, with its code cache in `code_cache.py`: the
+//! modules' compiled code in one file of the var dir for its next start)
+//! imports Mailman's code once, then forks each
 //! runner twice over so that the runner is adopted by the master: from then
 //! on it is a runner like any other (reaped, signalled, restarted by the
 //! master). Nothing here waits: a request is one datagram on a socket pair,
