@@ -474,21 +474,7 @@ fn the_daemon_keeps_no_descriptor_of_its_caller() {
 #[test]
 fn start_reads_a_configuration_from_a_pipe_once() {
     let env = Env::new(&only("[runner.s]\ncommand = [\"sleep\", \"1000\"]\n"));
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "exec {BIN} -C <(cat {}) start -q",
-            env.config.display()
-        ))
-        .env_remove("MAILMAN_VAR_DIR")
-        .current_dir(env.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.start_from_pipe();
     let master = env.pid_from_file().unwrap();
     wait_until("the runner", PATIENCE, || runners_of(master).len() == 1);
     assert!(

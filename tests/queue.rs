@@ -585,22 +585,7 @@ fn built_in_runners_of_a_configuration_read_from_a_pipe_work() {
         "[runner.in]\nsleep_time = \"50ms\"\n[runner.pipeline]\nsleep_time = \"50ms\"\n\
          [runner.out]\nsleep_time = \"50ms\"\n",
     ));
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "exec {BIN} -C <(cat {}) start -q",
-            env.config.display()
-        ))
-        .env_remove("MAILMAN_VAR_DIR")
-        .env_remove("MAILMAN_CONFIG_FILE")
-        .current_dir(env.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.start_from_pipe();
     let copy = env.var.join("master.config.toml");
     assert_eq!(
         fs::read_to_string(&copy).unwrap(),

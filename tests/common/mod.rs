@@ -155,6 +155,24 @@ impl Env {
     /// `start`, checked; returns the master's pid once its runners are up
     /// (`expect` children, each past its `execve`: a child is seen before
     /// it, still with the master's command line).
+    /// `start -q` with the configuration read from a pipe, as bash gives
+    /// it (`-C <(cat mailman.toml)`), from the test's directory; checked.
+    pub fn start_from_pipe(&self) {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "exec {BIN} -C <(cat {}) start -q",
+                self.config.display()
+            ))
+            .env_remove("MAILMAN_VAR_DIR")
+            .env_remove("MAILMAN_CONFIG_FILE")
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run bash");
+        let r = Ran::from(out);
+        assert_eq!(r.code, 0, "start failed: {}{}", r.stdout, r.stderr);
+    }
+
     pub fn start(&self, expect: usize) -> i32 {
         let r = self.run(&["start"]);
         assert_eq!(r.code, 0, "start failed: {}{}", r.stdout, r.stderr);

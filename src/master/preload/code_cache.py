@@ -81,6 +81,7 @@ class CodeCache:
         # prefix: from the cache, and as given this time.
         self.listings = {}
         self.listed = {}
+        self.relisted = False
         self.view = None
         self.map = None
         self.hits = []  # (name, file, is package, offset, length) in the old
@@ -177,8 +178,6 @@ class CodeCache:
         self.listed[key] = found
         return found
 
-    relisted = False
-
     def used(self, name, loader, off, n):
         self.hits.append((name, loader.path, loader.is_package(name), off, n))
 
@@ -186,11 +185,8 @@ class CodeCache:
         if self.error is not None:
             return
         try:
-            if self.out is None:
-                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-                self.out = os.fdopen(os.open(self.tmp, flags, 0o644), "wb")
             data = marshal.dumps(code)
-            self.out.write(data)
+            self._output().write(data)
             self.new.append((name, loader.path, loader.is_package(name), self.size, len(data)))
             self.size += len(data)
         except Exception as e:
@@ -221,20 +217,25 @@ class CodeCache:
             with contextlib.suppress(BufferError):
                 self.map.close()
         hits, new, self.hits, self.new = len(self.hits), len(self.new), [], []
-        if self.error is not None:
-            return f"no code cache written ({self.error!r})"
-        if written and self.opened:
-            return f"the code of {hits} modules from the code cache, {new} more cached for the next start"
-        if written:
-            return f"the code of {hits + new} modules cached for the next start"
+        said = []
         if self.opened:
-            return f"the code of {hits} modules from the code cache"
-        return "no code cache"
+            said.append(f"the code of {hits} modules from the code cache")
+        if written:
+            cached = f"{new} more" if self.opened else f"the code of {new} modules"
+            said.append(f"{cached} cached for the next start")
+        if self.error is not None:
+            said.append(f"no code cache written ({self.error!r})")
+        return ", ".join(said) or "no code cache"
 
-    def _write(self):
+    def _output(self):
+        """The new cache's file, made on first use (never another's)."""
         if self.out is None:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             self.out = os.fdopen(os.open(self.tmp, flags, 0o644), "wb")
+        return self.out
+
+    def _write(self):
+        self._output()
         index = {}
         for name, origin, package, off, n in self.new:
             index[name] = (origin, package, off, n)

@@ -15,7 +15,7 @@ use crate::master::spawn::{self, Environment};
 /// its code cache's, then its own.
 const SCRIPT: &str = concat!(include_str!("code_cache.py"), include_str!("helper.py"));
 /// The helper's code cache, in the var dir (`code_cache.py`).
-pub(super) const CODE_CACHE: &str = "preload.cache";
+const CODE_CACHE: &str = "preload.cache";
 const SCRIPT_ENV: &str = "MAILMAN_PRELOAD_SCRIPT";
 /// Set (to 1) when the helper offers its memory to same-page merging
 /// (`merge_pages`); the helper takes it out of its environment.

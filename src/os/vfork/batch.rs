@@ -11,10 +11,10 @@
 //! clears when it execs or exits (`CLONE_CHILD_CLEARTID`: what we wait on,
 //! with a futex). A failure is written to its `Shared`.
 //!
-//! Once our descriptor table is large (past [`SHARE_ABOVE`]: more than one
-//! batch's pipes), each child shares it too, with a set of four
-//! descriptors of its own ([`sets`], made before the first batch's pipes:
-//! [`prepare`]) holding its stdin, stdout, stderr and kept descriptor;
+//! In a start-up of more than one batch (or once our descriptor table is
+//! large: past [`SHARE_ABOVE`]), each child shares it too, with a set of
+//! four descriptors of its own ([`sets`], made before the first batch's
+//! pipes: [`prepare`]) holding its stdin, stdout, stderr and kept descriptor;
 //! its first system call gives it a table of its own of only what lies
 //! below its set, as the single spawn's child does, so that at 1,000
 //! runners it neither copies nor closes the others' 2,000 pipes.
@@ -43,21 +43,24 @@ use super::imp::{
     handled, learning, move_into, put_back, restore, sets,
 };
 
-/// How far our table reaches before a batch's children share it (with a
-/// set of descriptors each) rather than copy it: past what a start-up of
-/// one batch has (its pipes, two a child, and the master's own). A child
-/// that shares our table copies and closes what lies below its set, one
-/// that does not copies and closes the whole table (~0.25 µs a descriptor
-/// here); a set costs us a few `dup3`s a child, and its making once.
-const SHARE_ABOVE: c_int = 160;
+/// Where no sets were made beforehand ([`prepare`]): how far our table
+/// reaches past the batch's own pipes (the other runners' pipes: two a
+/// runner) before a batch's children share it (with a set of descriptors
+/// each) rather than copy it. A child that shares our table copies and
+/// closes what lies below its set, one that does not copies and closes the
+/// whole table (~0.25 µs a descriptor here); a set costs us a few `dup3`s a
+/// child, and its making once (four descriptors on /dev/null per child of
+/// a batch, kept for the next).
+const SHARE_ABOVE: c_int = 256;
 
 /// Before a start-up of `children` runners in batches of `batch`: if they
-/// are more than one batch (later batches will share our table), a
-/// batch's sets made now, while our table is small, so that they are its
-/// lowest descriptors and a child copies and closes only the few below
-/// its own set. Made at the first shared batch instead, they would lie
-/// above the first batches' pipes, and each child would copy and close
-/// those (at 1,000 runners, ~500 each: 150 ms of CPU in all, measured).
+/// are more than one batch, a batch's sets made now, while our table is
+/// small, so that they are its lowest descriptors and a child copies and
+/// closes only the few below its own set; with sets made, every batch
+/// shares our table. Made at the first batch past [`SHARE_ABOVE`] instead,
+/// they would lie above the first batches' pipes, and each child would
+/// copy and close those (at 1,000 runners, ~500 each: 150 ms of CPU in all,
+/// measured). A start-up of one batch makes none: its table is small.
 pub fn prepare(children: usize, batch: usize) {
     if children > batch && SHARE_FILES.load(Relaxed) {
         drop(sets(batch));
@@ -80,7 +83,10 @@ pub fn spawn_all(plans: &[Plan]) -> Vec<Option<io::Result<i32>>> {
         }
     };
     let highest = plans.iter().flat_map(|p| p.stdio).max().unwrap_or(0);
-    let share = SHARE_FILES.load(Relaxed) && highest > SHARE_ABOVE;
+    let own = c_int::try_from(4 * plans.len()).unwrap_or(c_int::MAX);
+    let prepared = !sets(0).is_empty();
+    let share =
+        SHARE_FILES.load(Relaxed) && (prepared || highest.saturating_sub(own) > SHARE_ABOVE);
     let mut sets = sets(if share { plans.len() } else { 0 });
     let mut free = (0..sets.len()).filter(|&n| !sets[n].taken);
     let mut out: Vec<Option<io::Result<i32>>> = Vec::with_capacity(plans.len());
