@@ -271,9 +271,15 @@ def one_run(name, round_no, messages):
         ip = address(core)
         poll(lambda: accepts(ip), step=0.01)
         r["accept_s"] = time.time() - t0
-        last = []
-        poll(lambda: last.append(last_started(core, since)) or last[-1] is not None, step=0.05)
-        r["ready_s"] = max(last[-1], t0 + r["accept_s"]) - t0
+        stamp = None
+
+        def all_logged():
+            nonlocal stamp
+            stamp = last_started(core, since)
+            return stamp is not None
+
+        poll(all_logged, step=0.05)
+        r["ready_s"] = max(stamp, t0 + r["accept_s"]) - t0
         r["cpu_s"] = cpu_seconds(core)
         poll(lambda: flow(core, "send", str(round_no)).returncode == 0, step=0.05)
         poll(lambda: delivered(f"{tag}-smtp", round_no), step=0.05)

@@ -89,7 +89,6 @@ class CodeCache:
         self.out = None
         self.size = 0
         self.error = None
-        self._sweep()
         self.opened = self._open()
         self._get_code = _FILE_LOADER.get_code
         cache = self
@@ -230,6 +229,7 @@ class CodeCache:
     def _output(self):
         """The new cache's file, made on first use (never another's)."""
         if self.out is None:
+            self._sweep()
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             self.out = os.fdopen(os.open(self.tmp, flags, 0o644), "wb")
         return self.out
