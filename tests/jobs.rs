@@ -184,7 +184,11 @@ fn a_job_running_during_stop_is_stopped_with_the_master() {
     let master = start(&env);
     env.wait_log("Job long started (run_on_start, pid ");
     let job = runners_of(master)[0];
-    assert!(cmdline(job).contains("sleep"));
+    // Logged once the clone returns: /proc shows an empty command line
+    // until the exec has set up the new one.
+    wait_until("the job past its exec", PATIENCE, || {
+        cmdline(job).contains("sleep")
+    });
     assert_eq!(env.run(&["stop"]).code, 0);
     assert!(!alive(job));
     let log = env.log();
