@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "target"
-BIN = TARGET / "x86_64-unknown-linux-gnu" / "release" / "mailman"
+BIN = TARGET / "x86_64-unknown-linux-musl" / "release" / "mailman"
 MM_VENV = TARGET / "mailman-core-3.3.10"
 SV_VENV = TARGET / "bench-venv"
 TRIVIAL = '["sleep", "100000"]'

@@ -30,7 +30,7 @@ from pathlib import Path
 from bench import children, rss_kib, switches  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "x86_64-unknown-linux-gnu" / "release" / "mailman"
+BIN = ROOT / "target" / "x86_64-unknown-linux-musl" / "release" / "mailman"
 VENV = ROOT / "target" / "mailman-core-3.3.10"
 
 

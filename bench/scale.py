@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "x86_64-unknown-linux-gnu" / "release" / "mailman"
+BIN = ROOT / "target" / "x86_64-unknown-linux-musl" / "release" / "mailman"
 MASTERS = 8
 SLICES = 16
 GROUPS = MASTERS // 2

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "x86_64-unknown-linux-gnu" / "release" / "mailman"
+BIN = ROOT / "target" / "x86_64-unknown-linux-musl" / "release" / "mailman"
 
 
 def rss_kib(pid):

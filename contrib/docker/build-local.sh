@@ -12,7 +12,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 tag=${1:-mailman:local}
-bin=${MAILMAN_BIN:-$root/target/x86_64-unknown-linux-gnu/release/mailman}
+bin=${MAILMAN_BIN:-$root/target/x86_64-unknown-linux-musl/release/mailman}
 if [ -z "${MAILMAN_BIN:-}" ]; then
     (cd "$root" && cargo build --release --locked --quiet)
 fi

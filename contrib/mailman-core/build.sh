@@ -16,7 +16,7 @@ root=$(cd "$here/../.." && pwd)
 tag=${1:-mailman-core:local}
 base=$("$here/base-image.sh")
 wheels=$("$here/wheels.sh")
-bin=${MAILMAN_BIN:-$root/target/x86_64-unknown-linux-gnu/release/mailman}
+bin=${MAILMAN_BIN:-$root/target/x86_64-unknown-linux-musl/release/mailman}
 if [ -z "${MAILMAN_BIN:-}" ]; then
     (cd "$root" && cargo build --release --locked --quiet)
 fi

@@ -96,27 +96,26 @@ fn light(explicit: Option<&Path>, sets: &[String]) -> Option<Layout> {
 /// tables), and each table whose header's first key is `mailman`. `None`
 /// when the document is not valid TOML syntax, keys and values included.
 ///
-/// Each table is lexed and parsed on its own, in one buffer of tokens, so
-/// that a file of 1,000 tables never holds all its tokens at once (144 KB
-/// of them: a third of `status`'s page faults). A table header can only
-/// begin a line outside any value (strings are single tokens; arrays and
-/// inline tables are counted open and closed), and the parser's state
-/// there is that of a document's start: parsing the tables one by one
-/// finds the errors parsing the whole would.
+/// The document is lexed once; each table's tokens are parsed on their
+/// own, in one buffer, so that a file of 1,000 tables never holds all its
+/// tokens at once (144 KB of them: a third of `status`'s page faults). A
+/// table header can only begin a line outside any value (strings are
+/// single tokens; arrays and inline tables are counted open and closed),
+/// and the parser's state there is that of a document's start: parsing
+/// the tables one by one finds the errors parsing the whole would.
 fn mailman_part(text: &str) -> Option<String> {
-    use toml_parser::lexer::TokenKind;
+    use toml_parser::lexer::{Token, TokenKind};
     use toml_parser::parser::{RecursionGuard, ValidateWhitespace};
     /// The `toml` crate's own limit.
     const MAX_DEPTH: u32 = 80;
 
+    // A table's end, for its parser: the lexer's end-of-input token (the
+    // only one it makes), from an empty source.
+    let end = Source::new("").lex().last()?;
     let mut kept = String::new();
-    let mut tokens = Vec::new();
-    let mut table = |from: usize, to: usize| {
-        let part = &text[from..to];
-        tokens.clear();
-        tokens.extend(Source::new(part).lex());
+    let mut table = |from: usize, to: usize, tokens: &[Token]| {
         let mut skim = Skim {
-            text: part,
+            text,
             header: false,
             first_key: None,
         };
@@ -124,24 +123,27 @@ fn mailman_part(text: &str) -> Option<String> {
         // As the `toml` crate reads: whitespace and comments checked, and
         // nesting bounded (the parser recurses into arrays and inline
         // tables: 200,000 of them overflowed the stack).
-        let mut checked = ValidateWhitespace::new(&mut skim, Source::new(part));
+        let mut checked = ValidateWhitespace::new(&mut skim, Source::new(text));
         let mut bounded = RecursionGuard::new(&mut checked, MAX_DEPTH);
-        toml_parser::parser::parse_document(&tokens, &mut bounded, &mut error);
+        toml_parser::parser::parse_document(tokens, &mut bounded, &mut error);
         // The root (before any header) has no first key, and is kept.
         if skim.first_key.as_ref().is_none_or(|k| k == "mailman") {
-            kept.push_str(part);
+            kept.push_str(&text[from..to]);
             kept.push('\n');
         }
         error.is_none()
     };
+    let mut tokens = Vec::new();
     let (mut from, mut depth, mut line_start) = (0, 0i32, true);
     for token in Source::new(text).lex() {
         match token.kind() {
             TokenKind::LeftSquareBracket if depth == 0 && line_start => {
                 let at = token.span().start();
-                if !table(from, at) {
+                tokens.push(end);
+                if !table(from, at, &tokens) {
                     return None;
                 }
+                tokens.clear();
                 (from, depth, line_start) = (at, 1, false);
             }
             TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => depth += 1,
@@ -150,8 +152,10 @@ fn mailman_part(text: &str) -> Option<String> {
             TokenKind::Whitespace => {}
             _ => line_start = false,
         }
+        tokens.push(token);
     }
-    table(from, text.len()).then_some(kept)
+    // The document's own end-of-input token is the last one pushed.
+    table(from, text.len(), &tokens).then_some(kept)
 }
 
 /// One table's events: its header's first key, decoded; every key and

@@ -12,15 +12,34 @@
 //! built-in runner had to restore by hand before); a panic, which aborts,
 //! names the main thread `<unnamed>`.
 //!
-//! Kept, as std has them: the command line (std reads it in an
-//! `.init_array` function on Linux and through `_NSGetArgv` on macOS, not
-//! in its start-up), SIGPIPE ignored (so a closed pipe is an `EPIPE` error;
+//! Kept, as std has them: the command line (taken from `main`'s own
+//! `argv`: std reads it in its start-up on musl, which we skip), SIGPIPE
+//! ignored (so a closed pipe is an `EPIPE` error;
 //! children get it back at its default), and standard descriptors that
 //! are closed opened on `/dev/null`, so that no file we open later lands
 //! on 0, 1 or 2. Standard output is flushed at exit by
 //! `std::process::exit`, as it is after a `main` that returns.
 //!
 //! Not here: the master's signal handlers (`signals`, `master`).
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+
+/// The command line, from C `main`'s arguments.
+///
+/// # Safety
+/// `argv` holds `argc` pointers to NUL-terminated strings that live as
+/// long as the process (what C's `main` is given).
+pub unsafe fn args(argc: libc::c_int, argv: *const *const libc::c_char) -> Vec<OsString> {
+    (0..usize::try_from(argc).unwrap_or(0))
+        .map(|i| {
+            // SAFETY: `i < argc`, and each of those pointers is a
+            // NUL-terminated string (the caller's promise).
+            let arg = unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) };
+            OsString::from_vec(arg.to_bytes().to_vec())
+        })
+        .collect()
+}
 
 /// Std's start-up, the parts we rely on. Call first of all, before any
 /// thread exists.
@@ -55,5 +74,24 @@ pub fn init() {
             }
         }
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every argument, bytes as they are (not UTF-8 ones included).
+    #[test]
+    fn the_command_line_is_argv() {
+        let owned = [c"mailman", c"-C", c"/etc/m\xffil.toml", c"status"];
+        let argv: Vec<*const libc::c_char> = owned.iter().map(|a| a.as_ptr()).collect();
+        // SAFETY: four pointers to NUL-terminated strings that outlive the call.
+        let args = unsafe { super::args(4, argv.as_ptr()) };
+        let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_encoded_bytes()).collect();
+        assert_eq!(
+            bytes,
+            [&b"mailman"[..], b"-C", b"/etc/m\xffil.toml", b"status"]
+        );
+        // SAFETY: no pointer is read.
+        assert!(unsafe { super::args(0, argv.as_ptr()) }.is_empty());
     }
 }

@@ -175,7 +175,7 @@ fn wait_cleared(done: &AtomicU32, deadline: Instant) -> bool {
             return false;
         }
         let ts = libc::timespec {
-            tv_sec: left.as_secs() as libc::time_t,
+            tv_sec: left.as_secs() as _,
             tv_nsec: left.subsec_nanos() as libc::c_long,
         };
         // SAFETY: a wait on a live word of ours while it holds `now`; it
