@@ -82,21 +82,32 @@ pub fn normalize(path: &Path) -> PathBuf {
 
 /// Mailman's log time stamp (`%b %d %H:%M:%S %Y`), in UTC.
 pub fn log_time(now: SystemTime) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86400));
-    let rem = secs.rem_euclid(86400);
-    format!(
-        "{} {:02} {:02}:{:02}:{:02} {}",
-        MONTHS[(m - 1) as usize],
-        d,
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        y
-    )
+    LogTime(now).to_string()
+}
+
+/// [`log_time`] written where it is formatted, with no string of its own
+/// (a log line is one allocation, not two).
+pub struct LogTime(pub SystemTime);
+
+impl std::fmt::Display for LogTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let secs = self.0.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+        let (y, m, d) = civil_from_days(secs.div_euclid(86400));
+        let rem = secs.rem_euclid(86400);
+        write!(
+            f,
+            "{} {:02} {:02}:{:02}:{:02} {}",
+            MONTHS[(m - 1) as usize],
+            d,
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60,
+            y
+        )
+    }
 }
 
 /// RFC 3339 time stamp in UTC with milliseconds (for JSON logs).

@@ -124,8 +124,7 @@ impl Output {
         let mut start = 0;
         while let Some(nl) = self.buf[start..].iter().position(|&b| b == b'\n') {
             let end = start + nl;
-            let line = self.buf[start..end].to_vec();
-            self.log(&line);
+            self.log(&self.buf[start..end]);
             start = end + 1;
         }
         self.buf.drain(..start);

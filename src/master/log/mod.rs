@@ -9,6 +9,7 @@
 
 mod writer;
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 use self::writer::{HIGH_WATER, Msg, Shared, Wake, Writer};
 use crate::config::{LogFormat, LogLevel, Logging};
-use crate::util::{io_text, log_time, rfc3339};
+use crate::util::{LogTime, io_text, rfc3339};
 
 /// Keeps the log alive; dropping it writes what is queued (not
 /// `process::exit` past it).
@@ -139,14 +140,14 @@ struct Fields {
     runner: Option<String>,
     slice: Option<u64>,
     pid: Option<u64>,
-    stream: Option<String>,
+    stream: Option<Cow<'static, str>>,
 }
 
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
             "runner" => self.runner = Some(value.to_string()),
-            "stream" => self.stream = Some(value.to_string()),
+            "stream" => self.stream = Some(stream_name(value)),
             "message" => self.message.push_str(value),
             _ => {}
         }
@@ -167,9 +168,39 @@ impl Visit for Fields {
                 let _ = write!(self.message, "{value:?}");
             }
             "runner" => self.runner = Some(format!("{value:?}")),
-            "stream" => self.stream = Some(format!("{value:?}")),
+            "stream" => self.stream = Some(format!("{value:?}").into()),
             _ => {}
         }
+    }
+}
+
+/// [`LogTime`] of `now` appended to `out`, from this thread's copy of the
+/// last second formatted.
+fn push_log_time(out: &mut String, now: SystemTime) {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            text.clear();
+            let _ = write!(text, "{}", LogTime(now));
+            *at = secs;
+        }
+        out.push_str(text);
+    });
+}
+
+/// A runner's stream by name, without a string of its own for the two
+/// there are.
+fn stream_name(value: &str) -> Cow<'static, str> {
+    match value {
+        "stdout" => Cow::Borrowed("stdout"),
+        "stderr" => Cow::Borrowed("stderr"),
+        other => Cow::Owned(other.to_string()),
     }
 }
 
@@ -179,7 +210,11 @@ impl<S: Subscriber> Layer<S> for LineLayer {
     }
 
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let mut f = Fields::default();
+        // Sized for a runner's line at once (it grew four times before).
+        let mut f = Fields {
+            message: String::with_capacity(160),
+            ..Fields::default()
+        };
         event.record(&mut f);
         let now = SystemTime::now();
         let pid = f.pid.unwrap_or(std::process::id() as u64);
@@ -205,13 +240,16 @@ impl<S: Subscriber> Layer<S> for LineLayer {
             text.push('\n');
             text
         } else {
-            match (&f.runner, f.slice) {
-                (Some(r), Some(s)) => {
-                    format!("{} ({pid}) [{r}:{s}] {}\n", log_time(now), f.message)
-                }
-                (Some(r), None) => format!("{} ({pid}) [{r}] {}\n", log_time(now), f.message),
-                _ => format!("{} ({pid}) {}\n", log_time(now), f.message),
-            }
+            // One allocation for the line; the time stamp is formatted
+            // once a second (a runner's lines come thousands a second).
+            let mut text = String::with_capacity(f.message.len() + 64);
+            push_log_time(&mut text, now);
+            let _ = match (&f.runner, f.slice) {
+                (Some(r), Some(s)) => writeln!(text, " ({pid}) [{r}:{s}] {}", f.message),
+                (Some(r), None) => writeln!(text, " ({pid}) [{r}] {}", f.message),
+                _ => writeln!(text, " ({pid}) {}", f.message),
+            };
+            text
         };
         let runner = f.stream.is_some();
         let kind = match f.stream.as_deref() {
@@ -230,5 +268,26 @@ impl<S: Subscriber> Layer<S> for LineLayer {
         if self.tx.send(msg).is_err() && runner {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// The time stamp kept from the last line is the right one for the next:
+    /// the same second again, then the next one, then an earlier one.
+    #[test]
+    fn a_lines_time_stamp_is_its_own_second() {
+        let at = |secs: u64| {
+            let mut out = String::from("x");
+            super::push_log_time(&mut out, UNIX_EPOCH + Duration::from_secs(secs));
+            out
+        };
+        let t = 1_795_551_451; // Nov 24 20:17:31 2026
+        assert_eq!(at(t), "xNov 24 20:17:31 2026");
+        assert_eq!(at(t), "xNov 24 20:17:31 2026");
+        assert_eq!(at(t + 1), "xNov 24 20:17:32 2026");
+        assert_eq!(at(0), "xJan 01 00:00:00 1970");
     }
 }
