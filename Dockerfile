@@ -8,7 +8,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked \
+RUN rustup target add x86_64-unknown-linux-musl \
+ && cargo build --release --locked \
  && sh contrib/docker/stage.sh /out target/x86_64-unknown-linux-musl/release/mailman
 
 # ---- runtime stage (contrib/docker/build-local.sh builds from this line on) ----

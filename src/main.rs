@@ -50,9 +50,11 @@ static HEAP: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
-    // SAFETY: first of all, before any allocation: the heap's lock is
-    // taken around a `fork` (the helper-less paths that fork while another
-    // thread may allocate), so that the child's heap is usable.
+    // SAFETY: first of all, before any allocation, as dlmalloc requires:
+    // it registers `pthread_atfork` handlers that hold the heap's lock
+    // across a `fork`, so that a child forked while another thread
+    // allocates does not inherit the lock held. (Our own spawns clone
+    // without `fork`, and their children do not allocate.)
     #[cfg(target_env = "musl")]
     unsafe {
         dlmalloc::enable_alloc_after_fork();

@@ -14,11 +14,11 @@
 //!
 //! Kept, as std has them: the command line (taken from `main`'s own
 //! `argv`: std reads it in its start-up on musl, which we skip), SIGPIPE
-//! ignored (so a closed pipe is an `EPIPE` error;
-//! children get it back at its default), and standard descriptors that
-//! are closed opened on `/dev/null`, so that no file we open later lands
-//! on 0, 1 or 2. Standard output is flushed at exit by
-//! `std::process::exit`, as it is after a `main` that returns.
+//! ignored (so a closed pipe is an `EPIPE` error; children get it back at
+//! its default), and standard descriptors that are closed opened on
+//! `/dev/null`, so that no file we open later lands on 0, 1 or 2. Standard
+//! output is flushed at exit by `std::process::exit`, as it is after a
+//! `main` that returns.
 //!
 //! Not here: the master's signal handlers (`signals`, `master`).
 
