@@ -152,9 +152,6 @@ impl Env {
             .ok()
     }
 
-    /// `start`, checked; returns the master's pid once its runners are up
-    /// (`expect` children, each past its `execve`: a child is seen before
-    /// it, still with the master's command line).
     /// `start -q` with the configuration read from a pipe, as bash gives
     /// it (`-C <(cat mailman.toml)`), from the test's directory; checked.
     pub fn start_from_pipe(&self) {
@@ -173,6 +170,9 @@ impl Env {
         assert_eq!(r.code, 0, "start failed: {}{}", r.stdout, r.stderr);
     }
 
+    /// `start`, checked; returns the master's pid once its runners are up
+    /// (`expect` children, each past its `execve`: a child is seen before
+    /// it, still with the master's command line).
     pub fn start(&self, expect: usize) -> i32 {
         let r = self.run(&["start"]);
         assert_eq!(r.code, 0, "start failed: {}{}", r.stdout, r.stderr);
