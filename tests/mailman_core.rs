@@ -210,6 +210,22 @@ fn mailmans_runners_under_our_master() {
     wait_until("the LMTP port", SLOW, || port_bound(core.lmtp));
     let before = core.pids();
     assert_eq!(before.len(), 12, "{before:?}");
+    // Mailman's own start-up can race on a fresh var dir (two runners
+    // making the queue directories at once: `FileExistsError: The path
+    // ... exists but is not a directory`, once in a CI run); such a runner
+    // exits 1 and is restarted, and what follows counts from here.
+    let crashed_at_start = core.count("[restarting]");
+    let started_at_start = core.count("runner started.");
+    let restarts = |json: &str| -> Vec<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v["runners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["restarts"].clone())
+            .collect()
+    };
+    let restarts_at_start = restarts(&env.run(&["status", "--json"]).stdout);
 
     // 2. Our reopen: every runner reopens its logs and keeps its pid.
     assert_eq!(env.run(&["reopen"]).code, 0);
@@ -238,27 +254,20 @@ fn mailmans_runners_under_our_master() {
             .contains("did not restart on SIGUSR1 within 10s; sending SIGTERM")
     };
     if escalated() {
-        core.wait_count("[restarting]", 12);
+        core.wait_count("[restarting]", crashed_at_start + 12);
         assert!(env.log().contains("class: rest"), "{}", env.log());
     } else {
         assert_eq!(now["rest"], before["rest"], "rest keeps its pid");
-        let n = core.count("[restarting]");
+        let n = core.count("[restarting]") - crashed_at_start;
         assert!(n == 11 || (n == 12 && escalated()), "{}", env.log());
     }
     assert!(!env.log().contains("maximum restart limit"));
+    // A restart on request is not counted.
     let json = env.run(&["status", "--json"]).stdout;
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert!(
-        v["runners"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["restarts"] == 0),
-        "{json}"
-    );
+    assert_eq!(restarts(&json), restarts_at_start, "{json}");
 
     // Every restarted runner has started (12 + 11).
-    core.wait_count("runner started.", 23);
+    core.wait_count("runner started.", started_at_start + 11);
 
     // 4. kill -9 of one runner: respawned.
     let victim = now["in"] as i32;
@@ -275,7 +284,7 @@ fn mailmans_runners_under_our_master() {
     // here): the new one has said so, and every runner is ready (the REST
     // runner finishes its imports before it accepts).
     core.wait_count(&format!("({fresh}) in runner started."), 1);
-    core.wait_count("runner started.", 24);
+    core.wait_count("runner started.", started_at_start + 12);
     wait_until("every runner ready", SLOW, || {
         env.run(&["status", "--check"]).code == 0
     });

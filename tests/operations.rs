@@ -350,6 +350,42 @@ command = ["sh", "-c", "trap '' HUP; trap 'exit 0' TERM; i=0; while [ $i -lt {N}
     println!("{rotations} rotations over {files_with_numbers} files");
 }
 
+/// A runner's output reaches the log line by line whatever its shape: the
+/// carriage return before a newline dropped, bytes that are not UTF-8
+/// replaced, a line longer than 16 KiB in pieces, a last line without a
+/// newline logged once the pipe closes, stdout and stderr both tagged.
+#[test]
+fn a_runners_output_is_logged_line_by_line_whatever_its_shape() {
+    let env = Env::new(&only(
+        r#"
+[runner.shapes]
+command = ["sh", "-c", "printf 'crlf\\r\\n'; printf 'bad \\377 byte\\n'; head -c 20000 /dev/zero | tr '\\0' x; echo; echo to stderr >&2; printf 'partial'; exec sleep 100000 >&- 2>&-"]
+"#,
+    ));
+    let master = env.start(1);
+    env.wait_log("[shapes:0] partial");
+    let log = env.log();
+    // What was said, a run of x's as its length.
+    let said = |stderr: bool| -> Vec<String> {
+        log.lines()
+            .filter_map(|l| l.split_once("[shapes:0] ").map(|(_, m)| m))
+            .filter(|m| (*m == "to stderr") == stderr)
+            .map(|m| match m.trim_start_matches('x') {
+                "" => format!("{} x", m.len()),
+                _ => m.to_string(),
+            })
+            .collect()
+    };
+    // Each pipe in order; the two pipes' lines are not ordered between them.
+    assert_eq!(
+        said(false),
+        ["crlf", "bad \u{FFFD} byte", "16384 x", "3616 x", "partial"]
+    );
+    assert_eq!(said(true), ["to stderr"]);
+    assert_eq!(env.run(&["stop"]).code, 0);
+    assert!(!alive(master));
+}
+
 #[test]
 fn systemd_readiness_over_notify_socket() {
     let env = Env::new(&only(TWO));

@@ -391,21 +391,18 @@ impl Master {
         }
     }
 
-    /// Writes job `idx`'s record (a temporary file renamed over the old:
-    /// never half a record).
+    /// Writes job `idx`'s record (`util::replace_file`: never half a
+    /// record).
     fn save_record(&mut self, idx: usize) {
         let dir = self.jobs_dir();
         let j = &mut self.jobs[idx];
         let path = record_path(&dir, &j.cfg.name);
-        let tmp = dir.join(format!(".{}.json.tmp", j.cfg.name));
         let text = serde_json::to_vec(&j.record).unwrap_or_default();
         let done = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&tmp, &text))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|()| crate::util::replace_file(&path, &text, 0o644));
         match done {
             Ok(()) => j.write_failed = false,
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
                 if !j.write_failed {
                     warn!(
                         "cannot keep job {}'s last run in {}: {} (catch_up cannot see it)",

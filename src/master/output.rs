@@ -9,7 +9,10 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-/// Longest line kept whole; longer ones are logged in pieces.
+use super::log::RunnerLines;
+
+/// Longest line kept whole; longer ones are logged in pieces (bounding what
+/// a line without a newline holds, and each log line).
 const MAX_LINE: usize = 16 * 1024;
 /// Bytes read from one pipe per wake-up, so that one flooding runner cannot
 /// starve the others or the event loop.
@@ -115,55 +118,55 @@ impl Output {
 
     fn flush_partial(&mut self) {
         if !self.buf.is_empty() {
-            let rest = std::mem::take(&mut self.buf);
-            self.log(&rest);
+            if let Some(mut out) = self.lines_out() {
+                for piece in self.buf.chunks(MAX_LINE) {
+                    out.push(piece);
+                }
+                out.send();
+            }
+            self.buf.clear();
         }
     }
 
+    /// Every whole line in the buffer to the log, in one message (a line
+    /// longer than [`MAX_LINE`], and what has grown past it without a
+    /// newline, in pieces).
     fn emit_lines(&mut self) {
+        let mut out = self.lines_out();
         let mut start = 0;
-        while let Some(nl) = self.buf[start..].iter().position(|&b| b == b'\n') {
-            let end = start + nl;
-            self.log(&self.buf[start..end]);
-            start = end + 1;
+        while let Some(nl) = memchr::memchr(b'\n', &self.buf[start..]) {
+            if let Some(out) = &mut out {
+                let line = &self.buf[start..start + nl];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                for piece in line.chunks(MAX_LINE) {
+                    out.push(piece);
+                }
+            }
+            start += nl + 1;
         }
-        self.buf.drain(..start);
-        while self.buf.len() >= MAX_LINE {
-            let piece: Vec<u8> = self.buf.drain(..MAX_LINE).collect();
-            self.log(&piece);
+        let mut rest = &self.buf[start..];
+        while rest.len() >= MAX_LINE {
+            if let Some(out) = &mut out {
+                out.push(&rest[..MAX_LINE]);
+            }
+            rest = &rest[MAX_LINE..];
         }
+        let used = self.buf.len() - rest.len();
+        if let Some(out) = out {
+            out.send();
+        }
+        self.buf.drain(..used);
     }
 
-    fn log(&self, line: &[u8]) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let text = String::from_utf8_lossy(line);
-        if self.quiet {
-            tracing::debug!(
-                runner = self.runner.as_str(),
-                pid = self.pid as u64,
-                stream = self.stream,
-                "{}",
-                text
-            );
-            return;
-        }
-        match self.slice {
-            Some(slice) => tracing::info!(
-                runner = self.runner.as_str(),
-                slice = slice as u64,
-                pid = self.pid as u64,
-                stream = self.stream,
-                "{}",
-                text
-            ),
-            None => tracing::info!(
-                runner = self.runner.as_str(),
-                pid = self.pid as u64,
-                stream = self.stream,
-                "{}",
-                text
-            ),
-        }
+    fn lines_out(&self) -> Option<RunnerLines<'_>> {
+        RunnerLines::new(
+            &self.runner,
+            self.slice,
+            self.pid,
+            self.stream,
+            self.quiet,
+            self.buf.len(),
+        )
     }
 }
 

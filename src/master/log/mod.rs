@@ -4,15 +4,20 @@
 //! both. Nothing here ever makes the master wait: see `writer` for what
 //! happens when the disk or a reader of stderr is slow.
 //!
-//! Runner output arrives as events with `runner`, `slice`, `pid` and `stream`
-//! fields (see `master::output`).
+//! Runner output does not go through `tracing`: a read of a runner's pipe
+//! brings hundreds of lines, and an event each (the formatting machinery, an
+//! allocation, a message on the channel and a free on the writer thread per
+//! line) cost more than the rest of the capture together. Its lines are
+//! formatted into one message per read ([`RunnerLines`], `master::output`),
+//! exactly as an event with `runner`, `slice`, `pid` and `stream` fields
+//! would be.
 
 mod writer;
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Sender, channel, sync_channel};
 use std::time::{Duration, SystemTime};
@@ -115,61 +120,195 @@ pub fn init(cfg: &Logging, file: Option<&Path>, stderr: bool) -> anyhow::Result<
         LogLevel::Debug => Level::DEBUG,
         LogLevel::Trace => Level::TRACE,
     };
-    let layer = LineLayer {
+    let sink = Sink {
         tx: tx.clone(),
         shared: Arc::clone(&shared),
         level,
         json: cfg.format == LogFormat::Json,
     };
-    let subscriber = tracing_subscriber::registry().with(layer);
+    SINK.set(sink)
+        .map_err(|_| anyhow::anyhow!("cannot set up logging: it is set up already"))?;
+    let Some(sink) = SINK.get() else {
+        anyhow::bail!("cannot set up logging: no sink");
+    };
+    let subscriber = tracing_subscriber::registry().with(LineLayer { sink });
     tracing::subscriber::set_global_default(subscriber)
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
     Ok(LogHandle { tx, shared, wake })
 }
 
-struct LineLayer {
+/// Where lines go, and which: for the `tracing` layer and [`RunnerLines`].
+struct Sink {
     tx: Sender<Msg>,
     shared: Arc<Shared>,
     level: Level,
     json: bool,
 }
 
-#[derive(Default)]
-struct Fields {
-    message: String,
-    runner: Option<String>,
-    slice: Option<u64>,
-    pid: Option<u64>,
-    stream: Option<Cow<'static, str>>,
+/// Set once, by [`init`]; before it, nothing is logged (as `tracing` without
+/// a subscriber).
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+impl Sink {
+    /// `lines` formatted lines of one kind (0: the master's own, 1: a
+    /// runner's stdout, 2: its stderr) to the writer.
+    fn send(&self, text: Vec<u8>, lines: usize, kind: usize) {
+        self.shared.lines[kind].fetch_add(lines as u64, Ordering::Relaxed);
+        let runner = kind != 0;
+        if runner {
+            self.shared.queued.fetch_add(lines, Ordering::AcqRel);
+        }
+        let msg = Msg::Line {
+            text,
+            lines,
+            runner,
+        };
+        if self.tx.send(msg).is_err() && runner {
+            self.shared.queued.fetch_sub(lines, Ordering::AcqRel);
+        }
+    }
 }
 
-impl Visit for Fields {
+struct LineLayer {
+    sink: &'static Sink,
+}
+
+/// What a line says besides its message and time.
+struct Head<'a> {
+    level: Level,
+    pid: u64,
+    runner: Option<&'a str>,
+    slice: Option<u64>,
+    stream: Option<&'a str>,
+}
+
+impl Head<'_> {
+    /// The line for `message` at `now`, as JSON or as Mailman writes it,
+    /// appended to `out`.
+    fn format(&self, out: &mut String, json: bool, now: SystemTime, message: &str) {
+        let pid = self.pid;
+        if json {
+            let mut obj = serde_json::Map::new();
+            obj.insert("time".into(), rfc3339(now).into());
+            obj.insert("level".into(), self.level.as_str().to_lowercase().into());
+            obj.insert("pid".into(), pid.into());
+            if let Some(r) = self.runner {
+                obj.insert("runner".into(), r.into());
+            }
+            if let Some(s) = self.slice {
+                obj.insert("slice".into(), s.into());
+            }
+            if let Some(s) = self.stream {
+                obj.insert("stream".into(), s.into());
+            }
+            obj.insert("message".into(), message.into());
+            let _ = writeln!(out, "{}", serde_json::Value::Object(obj));
+            return;
+        }
+        // The time stamp is formatted once a second.
+        push_log_time(out, now);
+        let _ = match (self.runner, self.slice) {
+            (Some(r), Some(s)) => writeln!(out, " ({pid}) [{r}:{s}] {message}"),
+            (Some(r), None) => writeln!(out, " ({pid}) [{r}] {message}"),
+            _ => writeln!(out, " ({pid}) {message}"),
+        };
+    }
+}
+
+/// A runner's lines from one read of its pipe (or `init`'s, a job's, the
+/// preload helper's), formatted into one message for the writer: what an
+/// event per line with `runner`, `slice`, `pid` and `stream` fields gave,
+/// at info level (debug if `quiet`), one time stamp for all of them.
+pub struct RunnerLines<'a> {
+    sink: &'static Sink,
+    head: Head<'a>,
+    now: SystemTime,
+    /// The plain format's start of every line, formatted once.
+    prefix: String,
+    text: Vec<u8>,
+    lines: usize,
+    kind: usize,
+}
+
+impl<'a> RunnerLines<'a> {
+    /// `None`: the log is not set up, or its level leaves these lines out.
+    /// `bytes`: about how much output is to come.
+    pub fn new(
+        runner: &'a str,
+        slice: Option<u32>,
+        pid: i32,
+        stream: &'a str,
+        quiet: bool,
+        bytes: usize,
+    ) -> Option<RunnerLines<'a>> {
+        let sink = SINK.get()?;
+        let level = if quiet { Level::DEBUG } else { Level::INFO };
+        if level > sink.level {
+            return None;
+        }
+        let head = Head {
+            level,
+            pid: pid.max(0) as u64,
+            runner: Some(runner),
+            slice: slice.map(u64::from),
+            stream: Some(stream),
+        };
+        let now = SystemTime::now();
+        let mut prefix = String::new();
+        if !sink.json {
+            head.format(&mut prefix, false, now, "");
+            prefix.pop();
+        }
+        Some(RunnerLines {
+            sink,
+            head,
+            now,
+            prefix,
+            // A 100-byte line takes about 150 in the log.
+            text: Vec::with_capacity(bytes + bytes / 2 + 128),
+            lines: 0,
+            kind: if stream == "stdout" { 1 } else { 2 },
+        })
+    }
+
+    /// One line, without its newline (bytes that are not UTF-8 are
+    /// replaced).
+    pub fn push(&mut self, line: &[u8]) {
+        let message = String::from_utf8_lossy(line);
+        if self.sink.json {
+            let mut one = String::new();
+            self.head.format(&mut one, true, self.now, &message);
+            self.text.extend_from_slice(one.as_bytes());
+        } else {
+            self.text.extend_from_slice(self.prefix.as_bytes());
+            self.text.extend_from_slice(message.as_bytes());
+            self.text.push(b'\n');
+        }
+        self.lines += 1;
+    }
+
+    /// The lines to the writer.
+    pub fn send(self) {
+        if self.lines > 0 {
+            self.sink.send(self.text, self.lines, self.kind);
+        }
+    }
+}
+
+/// An event's message (the master's own events have no other field the log
+/// shows).
+#[derive(Default)]
+struct Message(String);
+
+impl Visit for Message {
     fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "runner" => self.runner = Some(value.to_string()),
-            "stream" => self.stream = Some(stream_name(value)),
-            "message" => self.message.push_str(value),
-            _ => {}
+        if field.name() == "message" {
+            self.0.push_str(value);
         }
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        match field.name() {
-            "slice" => self.slice = Some(value),
-            "pid" => self.pid = Some(value),
-            _ => {}
-        }
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.record_u64(field, value.max(0) as u64);
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        match field.name() {
-            "message" => {
-                let _ = write!(self.message, "{value:?}");
-            }
-            "runner" => self.runner = Some(format!("{value:?}")),
-            "stream" => self.stream = Some(format!("{value:?}").into()),
-            _ => {}
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
         }
     }
 }
@@ -194,80 +333,24 @@ fn push_log_time(out: &mut String, now: SystemTime) {
     });
 }
 
-/// A runner's stream by name, without a string of its own for the two
-/// there are.
-fn stream_name(value: &str) -> Cow<'static, str> {
-    match value {
-        "stdout" => Cow::Borrowed("stdout"),
-        "stderr" => Cow::Borrowed("stderr"),
-        other => Cow::Owned(other.to_string()),
-    }
-}
-
 impl<S: Subscriber> Layer<S> for LineLayer {
     fn enabled(&self, meta: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
-        *meta.level() <= self.level
+        *meta.level() <= self.sink.level
     }
 
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        // Sized for a runner's line at once (it grew four times before).
-        let mut f = Fields {
-            message: String::with_capacity(160),
-            ..Fields::default()
+        let mut m = Message::default();
+        event.record(&mut m);
+        let head = Head {
+            level: *event.metadata().level(),
+            pid: std::process::id() as u64,
+            runner: None,
+            slice: None,
+            stream: None,
         };
-        event.record(&mut f);
-        let now = SystemTime::now();
-        let pid = f.pid.unwrap_or(std::process::id() as u64);
-        let line = if self.json {
-            let mut obj = serde_json::Map::new();
-            obj.insert("time".into(), rfc3339(now).into());
-            obj.insert(
-                "level".into(),
-                event.metadata().level().as_str().to_lowercase().into(),
-            );
-            obj.insert("pid".into(), pid.into());
-            if let Some(r) = &f.runner {
-                obj.insert("runner".into(), r.clone().into());
-            }
-            if let Some(s) = f.slice {
-                obj.insert("slice".into(), s.into());
-            }
-            if let Some(s) = &f.stream {
-                obj.insert("stream".into(), s.clone().into());
-            }
-            obj.insert("message".into(), f.message.into());
-            let mut text = serde_json::Value::Object(obj).to_string();
-            text.push('\n');
-            text
-        } else {
-            // One allocation for the line; the time stamp is formatted
-            // once a second (a runner's lines come thousands a second).
-            let mut text = String::with_capacity(f.message.len() + 64);
-            push_log_time(&mut text, now);
-            let _ = match (&f.runner, f.slice) {
-                (Some(r), Some(s)) => writeln!(text, " ({pid}) [{r}:{s}] {}", f.message),
-                (Some(r), None) => writeln!(text, " ({pid}) [{r}] {}", f.message),
-                _ => writeln!(text, " ({pid}) {}", f.message),
-            };
-            text
-        };
-        let runner = f.stream.is_some();
-        let kind = match f.stream.as_deref() {
-            None => 0,
-            Some("stdout") => 1,
-            Some(_) => 2,
-        };
-        self.shared.lines[kind].fetch_add(1, Ordering::Relaxed);
-        if runner {
-            self.shared.queued.fetch_add(1, Ordering::AcqRel);
-        }
-        let msg = Msg::Line {
-            text: line.into_bytes(),
-            runner,
-        };
-        if self.tx.send(msg).is_err() && runner {
-            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-        }
+        let mut text = String::with_capacity(m.0.len() + 64);
+        head.format(&mut text, self.sink.json, SystemTime::now(), &m.0);
+        self.sink.send(text.into_bytes(), 1, 0);
     }
 }
 

@@ -31,8 +31,12 @@ pub const LOW_WATER: usize = 1024;
 const BATCH: usize = 64 * 1024;
 
 pub enum Msg {
-    /// A formatted line; `runner`: counted against [`HIGH_WATER`].
-    Line { text: Vec<u8>, runner: bool },
+    /// `lines` formatted lines; `runner`: counted against [`HIGH_WATER`].
+    Line {
+        text: Vec<u8>,
+        lines: usize,
+        runner: bool,
+    },
     /// Open the log file again by path (logrotate).
     Reopen,
     /// Write what is queued, then answer.
@@ -139,11 +143,15 @@ impl Writer {
 
     fn take(&mut self, msg: Msg) {
         match msg {
-            Msg::Line { text, runner } => {
+            Msg::Line {
+                text,
+                lines,
+                runner,
+            } => {
                 self.batch.extend_from_slice(&text);
-                self.lines += 1;
+                self.lines += lines;
                 if runner {
-                    self.runner_lines += 1;
+                    self.runner_lines += lines;
                 }
             }
             Msg::Reopen => {
