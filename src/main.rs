@@ -193,8 +193,8 @@ fn status_command(
     args: &cli::StatusArgs,
 ) -> i32 {
     match Config::locate(config, sets) {
-        Ok(layout) if args.json => commands::status_json(&layout),
-        Ok(layout) => commands::status(&layout, args.check),
+        Ok(located) if args.json => commands::status_json(located),
+        Ok(located) => commands::status(located, args.check),
         // LSB's terms: it cannot tell.
         Err(e) => {
             eprintln!("{e}");

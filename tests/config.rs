@@ -80,6 +80,53 @@ fn status_reports_an_error_in_mailman_table() {
     );
 }
 
+/// With the master running, a file broken since outside `[mailman]` is
+/// still `status`'s error (the rest of the file is checked while the master
+/// answers: its answer is not printed), then the master's answer once the
+/// file is mended.
+#[test]
+fn status_with_a_running_master_reports_a_file_broken_since() {
+    let env = Env::new(&only("[runner.in]\nstart = true\n"));
+    let master = env.start(1);
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    let lines = good.lines().count();
+    std::fs::write(
+        &env.config,
+        format!("{good}[runner.late]\ncommand = [\"a\" \"b\"]\n"),
+    )
+    .unwrap();
+    let file = env.config.display();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["status", "--check"],
+    ] {
+        let r = env.run(args);
+        assert_eq!(
+            (r.code, r.stdout.as_str()),
+            (4, ""),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.starts_with(&format!("{file}:{}:", lines + 2)),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    std::fs::write(&env.config, &good).unwrap();
+    let r = env.run(&["status"]);
+    assert_eq!(
+        (r.code, r.stdout),
+        (
+            0,
+            format!("GNU Mailman is running (master pid: {master})\n")
+        )
+    );
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
 #[test]
 fn unknown_key() {
     config_error("[runner.in]\nstrat = true\n", 2, 1, "unknown field `strat`");

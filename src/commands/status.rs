@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{ASK_TIMEOUT, EXIT_UNHEALTHY, lsb, not_running, probe_settled};
+use crate::config::Located;
 use crate::control::{self, Answer, Request};
 use crate::os::layout::Layout;
 use crate::os::lock::{self, PidFile, Probe};
@@ -17,14 +18,19 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// what (`GNU Mailman is degraded: …`). The exit status is LSB's; with
 /// `check`, a master that runs but is starting, stopping or degraded
 /// exits 1, and one whose health cannot be learnt exits 4.
-pub fn status(layout: &Layout, check: bool) -> i32 {
-    let (line, code) = match probe_settled(layout) {
+pub fn status(located: Located, check: bool) -> i32 {
+    let (layout, probe, asked) = match ask_checking(located, &Request::Health, HEALTH_TIMEOUT) {
+        Ok(asked) => asked,
+        Err(code) => return code,
+    };
+    let layout = &layout;
+    let (line, code) = match probe {
         Probe::Unknown(e) => (
             format!("GNU Mailman is in an unexpected state ({e})"),
             lsb::UNKNOWN,
         ),
         Probe::Held(_) => {
-            return match control::ask(&layout.socket(), &Request::Health, HEALTH_TIMEOUT) {
+            return match asked {
                 Ok(Answer::Reply(r, _)) if r.health.is_some() => {
                     let h = r.health.unwrap_or_default();
                     println!("GNU Mailman is running (master pid: {})", h.pid);
@@ -76,8 +82,13 @@ pub fn status(layout: &Layout, check: bool) -> i32 {
 }
 
 /// `status --json`: the master's own report over the socket when it runs.
-pub fn status_json(layout: &Layout) -> i32 {
-    let (value, code) = match probe_settled(layout) {
+pub fn status_json(located: Located) -> i32 {
+    let (layout, probe, asked) = match ask_checking(located, &Request::Status, ASK_TIMEOUT) {
+        Ok(asked) => asked,
+        Err(code) => return code,
+    };
+    let layout = &layout;
+    let (value, code) = match probe {
         Probe::Unknown(e) => (
             json!({"running": null, "state": "unknown", "detail": e}),
             lsb::UNKNOWN,
@@ -96,7 +107,7 @@ pub fn status_json(layout: &Layout) -> i32 {
                 lsb::UNKNOWN,
             ),
         },
-        Probe::Held(_) => match control::ask(&layout.socket(), &Request::Status, ASK_TIMEOUT) {
+        Probe::Held(_) => match asked {
             Ok(Answer::Reply(r, _)) if r.status.is_some() => {
                 let mut v = serde_json::to_value(r.status).unwrap_or_default();
                 v["running"] = json!(true);
@@ -126,4 +137,37 @@ fn verified_pid(layout: &Layout) -> Option<i32> {
         super::Target::Master(id) => Some(id.pid),
         _ => None,
     }
+}
+
+/// The lock probed and, where it is held, `request` sent to the master;
+/// the rest of the configuration file checked while it answers
+/// ([`Located::confirm`]: at 1,000 runners that check is a third of the
+/// command's CPU); then its answer. `Err`: the exit status, the
+/// configuration's error said.
+fn ask_checking(
+    mut located: Located,
+    request: &Request,
+    timeout: Duration,
+) -> Result<(Layout, Probe, std::io::Result<Answer>), i32> {
+    let layout = located.layout.clone();
+    let probe = probe_settled(&layout);
+    let sent = match probe {
+        Probe::Held(_) => control::send(&layout.socket(), request, timeout),
+        _ => Ok(None),
+    };
+    if let Err(e) = located.confirm() {
+        // LSB's terms: it cannot tell.
+        eprintln!("{e}");
+        return Err(lsb::UNKNOWN);
+    }
+    if located.layout != layout {
+        // The full reading placed the files elsewhere: asked there instead.
+        return ask_checking(located, request, timeout);
+    }
+    let answer = match sent {
+        Ok(Some(pending)) => pending.answer(),
+        Ok(None) => Ok(Answer::NoSocket),
+        Err(e) => Err(e),
+    };
+    Ok((layout, probe, answer))
 }

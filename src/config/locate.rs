@@ -12,9 +12,16 @@
 //! are the full configuration's. A mistake elsewhere in the file is for
 //! `check-config` and `start` to report.
 //!
+//! The check comes in two halves ([`Config::locate`], then
+//! [`Located::confirm`]): the root and the `mailman` tables are checked
+//! first, since they give the layout; the syntax of the others (the 1,000
+//! runner tables of a large file) is checked while `status` waits for the
+//! master's answer, not before it asks.
+//!
 //! Not here: validation (`validate`), the full merge (`defaults`).
 
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -34,18 +41,71 @@ struct MailmanOnly {
 
 impl Config {
     /// `Config::discover(explicit, sets)?.layout()`, without reading more
-    /// of the file than its `[mailman]` table where that is the same.
-    pub fn locate(explicit: Option<&Path>, sets: &[String]) -> Result<Layout, ConfigError> {
-        match light(explicit, sets) {
-            Some(layout) => Ok(layout),
-            None => Config::discover(explicit, sets).map(|c| c.layout()),
+    /// of the file than its `[mailman]` table where that is the same: the
+    /// layout, with the syntax of the tables that cannot define `mailman`
+    /// still to be checked ([`Located::confirm`]).
+    pub fn locate(explicit: Option<&Path>, sets: &[String]) -> Result<Located, ConfigError> {
+        let (layout, rest) = match light(explicit, sets) {
+            Some((layout, rest)) => (layout, Some(rest)),
+            None => (Config::discover(explicit, sets)?.layout(), None),
+        };
+        Ok(Located {
+            layout,
+            rest,
+            explicit: explicit.map(Path::to_path_buf),
+            sets: sets.to_vec(),
+        })
+    }
+}
+
+/// Where the master's files are, as far as the root and `mailman` tables
+/// say; the rest of the file still to be checked.
+pub struct Located {
+    pub layout: Layout,
+    rest: Option<Rest>,
+    explicit: Option<PathBuf>,
+    sets: Vec<String>,
+}
+
+impl Located {
+    /// The rest of the file checked for TOML syntax. On a mistake, the full
+    /// reading's answer: its error (or, if it reads the file after all, its
+    /// layout, which then replaces [`Located::layout`]).
+    pub fn confirm(&mut self) -> Result<(), ConfigError> {
+        match self.rest.take() {
+            Some(rest) if !rest.check() => {
+                self.layout = Config::discover(self.explicit.as_deref(), &self.sets)?.layout();
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 }
 
-/// The layout from the `[mailman]` table alone; `None` where the full
-/// reading is needed.
-fn light(explicit: Option<&Path>, sets: &[String]) -> Option<Layout> {
+/// The tables of a file not checked yet: their text.
+struct Rest {
+    text: String,
+    tables: Vec<Range<usize>>,
+}
+
+impl Rest {
+    /// Whether every table is valid TOML syntax, keys and values included.
+    /// A table begins a line outside any value, so it is lexed on its own.
+    fn check(&self) -> bool {
+        let mut tokens = Vec::new();
+        self.tables.iter().all(|range| {
+            let table = &self.text[range.clone()];
+            tokens.clear();
+            // The lexer's own end-of-input token comes last.
+            tokens.extend(Source::new(table).lex());
+            parse_table(table, &tokens).is_some()
+        })
+    }
+}
+
+/// The layout from the `[mailman]` table alone, and the tables still to be
+/// checked; `None` where the full reading is needed.
+fn light(explicit: Option<&Path>, sets: &[String]) -> Option<(Layout, Rest)> {
     if !sets.is_empty() || !super::overrides::env_layers().ok()?.is_empty() {
         return None;
     }
@@ -63,9 +123,8 @@ fn light(explicit: Option<&Path>, sets: &[String]) -> Option<Layout> {
         }
         None => (String::new(), std::env::current_dir().ok()?),
     };
-    let m = toml::from_str::<MailmanOnly>(&mailman_part(&text)?)
-        .ok()?
-        .mailman;
+    let (part, tables) = mailman_part(&text)?;
+    let m = toml::from_str::<MailmanOnly>(&part).ok()?.mailman;
     if m.mailman_cfg.is_some() {
         return None;
     }
@@ -88,74 +147,124 @@ fn light(explicit: Option<&Path>, sets: &[String]) -> Option<Layout> {
         .unwrap_or_else(|| crate::util::normalize(&super::defaults::default_var_dir()));
     let run_dir = dir(&m.run_dir).unwrap_or_else(|| var_dir.clone());
     let queue_dir = dir(&m.queue_dir).unwrap_or_else(|| var_dir.join("queue"));
-    Some(layout_of(&var_dir, &run_dir, &queue_dir, None))
+    Some((
+        layout_of(&var_dir, &run_dir, &queue_dir, None),
+        Rest { text, tables },
+    ))
 }
 
 /// The parts of a TOML document that can define its top-level `mailman`
 /// table: what precedes the first table header (dotted keys and inline
-/// tables), and each table whose header's first key is `mailman`. `None`
-/// when the document is not valid TOML syntax, keys and values included.
+/// tables), and each table whose header's first key is `mailman`, checked;
+/// and where the other tables are, their syntax not checked beyond their
+/// header ([`Rest`]). `None` when what was checked is not valid TOML
+/// syntax, keys and values included.
 ///
-/// The document is lexed once; each table's tokens are parsed on their
-/// own, in one buffer, so that a file of 1,000 tables never holds all its
-/// tokens at once (144 KB of them: a third of `status`'s page faults). A
-/// table header can only begin a line outside any value (strings are
-/// single tokens; arrays and inline tables are counted open and closed),
-/// and the parser's state there is that of a document's start: parsing
-/// the tables one by one finds the errors parsing the whole would.
-fn mailman_part(text: &str) -> Option<String> {
-    use toml_parser::lexer::{Token, TokenKind};
-    use toml_parser::parser::{RecursionGuard, ValidateWhitespace};
-    /// The `toml` crate's own limit.
-    const MAX_DEPTH: u32 = 80;
+/// The document is lexed once; a table's tokens are parsed on their own,
+/// so that a file of 1,000 tables never holds all its tokens at once (144 KB
+/// of them: a third of `status`'s page faults). A table header can only
+/// begin a line outside any value (strings are single tokens; arrays and
+/// inline tables are counted open and closed), and the parser's state
+/// there is that of a document's start: parsing the tables one by one
+/// finds the errors parsing the whole would.
+fn mailman_part(text: &str) -> Option<(String, Vec<Range<usize>>)> {
+    use toml_parser::lexer::TokenKind;
+
+    /// What is done with the table being lexed.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Table {
+        /// Read (the root, or a `mailman` table).
+        Read,
+        /// Its header line not yet over.
+        Header,
+        /// Left for [`Rest`].
+        Rest,
+    }
 
     // A table's end, for its parser: the lexer's end-of-input token (the
     // only one it makes), from an empty source.
     let end = Source::new("").lex().last()?;
     let mut kept = String::new();
-    let mut table = |from: usize, to: usize, tokens: &[Token]| {
-        let mut skim = Skim {
-            text,
-            header: false,
-            first_key: None,
-        };
-        let mut error: Option<ParseError> = None;
-        // As the `toml` crate reads: whitespace and comments checked, and
-        // nesting bounded (the parser recurses into arrays and inline
-        // tables: 200,000 of them overflowed the stack).
-        let mut checked = ValidateWhitespace::new(&mut skim, Source::new(text));
-        let mut bounded = RecursionGuard::new(&mut checked, MAX_DEPTH);
-        toml_parser::parser::parse_document(tokens, &mut bounded, &mut error);
+    let mut rest = Vec::new();
+    let mut close = |from: usize, to: usize, tokens: &mut Vec<_>, table: Table| {
+        if table == Table::Rest {
+            rest.push(from..to);
+            return Some(());
+        }
+        tokens.push(end);
         // The root (before any header) has no first key, and is kept.
-        if skim.first_key.as_ref().is_none_or(|k| k == "mailman") {
+        if parse_table(text, tokens)?.is_none_or(|k| k == "mailman") {
             kept.push_str(&text[from..to]);
             kept.push('\n');
         }
-        error.is_none()
+        Some(())
     };
     let mut tokens = Vec::new();
+    let mut table = Table::Read;
     let (mut from, mut depth, mut line_start) = (0, 0i32, true);
     for token in Source::new(text).lex() {
         match token.kind() {
             TokenKind::LeftSquareBracket if depth == 0 && line_start => {
                 let at = token.span().start();
-                tokens.push(end);
-                if !table(from, at, &tokens) {
-                    return None;
-                }
+                close(from, at, &mut tokens, table)?;
                 tokens.clear();
-                (from, depth, line_start) = (at, 1, false);
+                (from, depth, line_start, table) = (at, 1, false, Table::Header);
             }
             TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => depth += 1,
             TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => depth -= 1,
+            TokenKind::Newline if table == Table::Header => {
+                // The header line, parsed alone, says whose table it is.
+                tokens.extend([token, end]);
+                let first = parse_table(text, &tokens)?;
+                tokens.pop();
+                table = if first.is_some_and(|k| k == "mailman") {
+                    Table::Read
+                } else {
+                    Table::Rest
+                };
+                line_start = true;
+                continue;
+            }
             TokenKind::Newline => line_start = true,
             TokenKind::Whitespace => {}
             _ => line_start = false,
         }
-        tokens.push(token);
+        if table != Table::Rest {
+            tokens.push(token);
+        }
     }
-    // The document's own end-of-input token is the last one pushed.
-    table(from, text.len(), &tokens).then_some(kept)
+    // The document's own end-of-input token was the last one lexed (and
+    // is pushed again by `close` for a table read).
+    if table != Table::Rest {
+        tokens.pop();
+    }
+    close(from, text.len(), &mut tokens, table)?;
+    Some((kept, rest))
+}
+
+/// Parses one table's `tokens` (lexed from `text`, its end-of-input token
+/// last): its header's first key, decoded (`None` for the root); `None`
+/// (the outer) on a syntax error.
+fn parse_table<'s>(
+    text: &'s str,
+    tokens: &[toml_parser::lexer::Token],
+) -> Option<Option<std::borrow::Cow<'s, str>>> {
+    use toml_parser::parser::{RecursionGuard, ValidateWhitespace};
+    /// The `toml` crate's own limit.
+    const MAX_DEPTH: u32 = 80;
+    let mut skim = Skim {
+        text,
+        header: false,
+        first_key: None,
+    };
+    let mut error: Option<ParseError> = None;
+    // As the `toml` crate reads: whitespace and comments checked, and
+    // nesting bounded (the parser recurses into arrays and inline tables:
+    // 200,000 of them overflowed the stack).
+    let mut checked = ValidateWhitespace::new(&mut skim, Source::new(text));
+    let mut bounded = RecursionGuard::new(&mut checked, MAX_DEPTH);
+    toml_parser::parser::parse_document(tokens, &mut bounded, &mut error);
+    error.is_none().then_some(skim.first_key)
 }
 
 /// One table's events: its header's first key, decoded; every key and
@@ -196,6 +305,13 @@ impl toml_parser::parser::EventReceiver for Skim<'_> {
 mod tests {
     use super::*;
 
+    /// Both halves: the layout once the whole file is checked.
+    fn locate(explicit: Option<&Path>, sets: &[String]) -> Result<Layout, ConfigError> {
+        let mut located = Config::locate(explicit, sets)?;
+        located.confirm()?;
+        Ok(located.layout)
+    }
+
     /// The light reading and the full one agree, and the light one is the
     /// one taken (it would not be, were it to give up).
     #[test]
@@ -227,20 +343,48 @@ mod tests {
             let file = dir.path().join(format!("c{i}.toml"));
             std::fs::write(&file, text).unwrap();
             let full = Config::discover(Some(&file), &[]).unwrap().layout();
-            assert_eq!(light(Some(&file), &[]), Some(full), "{text}");
+            let (layout, rest) = light(Some(&file), &[]).expect(text);
+            assert!(rest.check(), "{text}");
+            assert_eq!(layout, full, "{text}");
         }
     }
 
+    /// `mailman_part`, then the check of the rest: the part read, where the
+    /// whole is valid TOML syntax.
+    fn checked(text: &str) -> Option<String> {
+        let (kept, tables) = mailman_part(text)?;
+        let rest = Rest {
+            text: text.to_string(),
+            tables,
+        };
+        rest.check().then_some(kept)
+    }
+
     /// What the light reading reads as a document: the root and `mailman`'s
-    /// tables; and nothing when the file is not TOML, wherever it is not.
+    /// tables, the others' syntax left for later; and nothing when the file
+    /// is not TOML, wherever it is not.
     #[test]
     fn only_mailmans_part_is_read() {
         let doc = "top = 1\n[runner.a]\nx = 1\n[mailman]\nvar_dir = \"/v\"\n\
                    [[job.list]]\ny = 2\n['mailman'.sub]\nz = 3\n[runner.b]\n";
+        let (kept, rest) = mailman_part(doc).unwrap();
         assert_eq!(
-            mailman_part(doc).as_deref(),
-            Some("top = 1\n\n[mailman]\nvar_dir = \"/v\"\n\n['mailman'.sub]\nz = 3\n\n")
+            kept,
+            "top = 1\n\n[mailman]\nvar_dir = \"/v\"\n\n['mailman'.sub]\nz = 3\n\n"
         );
+        let rest: Vec<&str> = rest.into_iter().map(|r| &doc[r]).collect();
+        assert_eq!(
+            rest,
+            [
+                "[runner.a]\nx = 1\n",
+                "[[job.list]]\ny = 2\n",
+                "[runner.b]\n"
+            ]
+        );
+        // A mistake in a table left for later is not seen at first.
+        let late = "[mailman]\nvar_dir = \"/v\"\n[runner.x]\ncommand = [\"a\" \"b\"]\n";
+        assert!(mailman_part(late).is_some());
+        assert_eq!(checked(late), None);
         for broken in [
             "[runner.in\n",
             "[runner.in]\ncommand = [\"a\" \"b\"]\n",
@@ -263,34 +407,31 @@ mod tests {
                 "}".repeat(200_000)
             ),
         ] {
-            assert_eq!(mailman_part(broken), None, "{broken:?}");
+            assert_eq!(checked(broken), None, "{broken:?}");
             let file = tempfile::NamedTempFile::new().unwrap();
             std::fs::write(file.path(), broken).unwrap();
-            assert!(
-                Config::locate(Some(file.path()), &[]).is_err(),
-                "{broken:?}"
-            );
+            assert!(locate(Some(file.path()), &[]).is_err(), "{broken:?}");
         }
         // Brackets inside values, at the start of a line or not.
         let values = "a = [\n[1],\n  [2] ]\nt = { b = [\n[1]] }\n  [ mailman ]\nc = 1\n[[job.x]]\n";
         assert_eq!(
-            mailman_part(values).as_deref(),
+            checked(values).as_deref(),
             Some("a = [\n[1],\n  [2] ]\nt = { b = [\n[1]] }\n  \n[ mailman ]\nc = 1\n\n")
         );
         // What only the whole document's reading sees: left to `check-config`.
         let twice = "[mailman]\nvar_dir = \"/v\"\n[runner.a]\n[runner.a]\n";
-        assert!(mailman_part(twice).is_some());
+        assert!(checked(twice).is_some());
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), twice).unwrap();
         assert!(Config::discover(Some(file.path()), &[]).is_err());
         assert_eq!(
-            Config::locate(Some(file.path()), &[]).unwrap().var_dir,
+            locate(Some(file.path()), &[]).unwrap().var_dir,
             Path::new("/v")
         );
         // ... but not within `mailman`'s own part.
         assert!(light(Some(file.path()), &[]).is_some());
         std::fs::write(file.path(), "[mailman]\n[runner.a]\n[mailman]\n").unwrap();
-        assert_eq!(light(Some(file.path()), &[]), None);
+        assert!(light(Some(file.path()), &[]).is_none());
     }
 
     /// Where `[mailman]` is wrong, the full reading's error.
@@ -299,15 +440,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "[mailman]\nvar_dir = \"\"\n").unwrap();
-        assert_eq!(light(Some(&file), &[]), None);
-        let light_error = Config::locate(Some(&file), &[]).unwrap_err().to_string();
+        assert!(light(Some(&file), &[]).is_none());
+        let light_error = locate(Some(&file), &[]).unwrap_err().to_string();
         let full_error = Config::discover(Some(&file), &[]).unwrap_err().to_string();
         assert_eq!(light_error, full_error);
         // `--set` is the full reading's business.
         std::fs::write(&file, "").unwrap();
-        assert_eq!(light(Some(&file), &["mailman.var_dir=/x".into()]), None);
+        assert!(light(Some(&file), &["mailman.var_dir=/x".into()]).is_none());
         assert_eq!(
-            Config::locate(Some(&file), &["mailman.var_dir=/x".into()]).unwrap(),
+            locate(Some(&file), &["mailman.var_dir=/x".into()]).unwrap(),
             Config::discover(Some(&file), &["mailman.var_dir=/x".into()])
                 .unwrap()
                 .layout()

@@ -25,6 +25,7 @@ mod duration;
 pub mod jobs;
 mod layer;
 mod locate;
+pub use locate::Located;
 pub mod mailman_cfg;
 mod overrides;
 pub mod placeholders;

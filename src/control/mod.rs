@@ -24,7 +24,7 @@ mod client;
 pub mod http;
 mod server;
 
-pub use client::{Answer, ask, wait_closed};
+pub use client::{Answer, ask, send, wait_closed};
 pub use http::Http;
 pub use server::{Client, Server};
 
