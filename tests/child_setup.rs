@@ -209,6 +209,89 @@ fn check_set_up(mode: &str, env: &Env, pid: i32, before: &[i32]) -> (i32, i32) {
     (sleeper, probe)
 }
 
+/// Writes what only a queue entry's handler can tell (its parent-death
+/// signal, its stdin, its `MAILMAN_*` variables) to the file named by its
+/// argument, then sleeps.
+const HANDLER_PROBE: &str = r#"import ctypes, json, os, sys, time
+sig = ctypes.c_int()
+ctypes.CDLL(None).prctl(2, ctypes.byref(sig))  # PR_GET_PDEATHSIG
+report = {"pdeathsig": sig.value, "stdin": sys.stdin.read(),
+          "env": {k: v for k, v in os.environ.items() if k.startswith("MAILMAN_")}}
+with open(sys.argv[1] + ".tmp", "w") as f:
+    json.dump(report, f)
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(1000)
+"#;
+
+/// A built-in runner's handler, started the way `mode` says (the runner
+/// inherits `MAILMAN_SPAWN`): the entry on its stdin and nothing else of
+/// the runner's but its stdout and stderr, its own process group, no
+/// signal blocked, the parent-death signal (a kill -9 of its runner ends
+/// it), the entry's variables. (Python ignores SIGPIPE itself: the runners'
+/// test tells that one.)
+fn check_handler(mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("handler.json");
+    let env = Env::new(&only(&format!(
+        "[runner.work]\nhandler = [\"python3\", \"-c\", {HANDLER_PROBE:?}, \"{}\"]\n",
+        report.display()
+    )));
+    let master = untidy_master(&env, mode);
+    let pid = master.0.id() as i32;
+    wait_until("the runner", PATIENCE, || runners_of(pid).len() == 1);
+    let runner = runners_of(pid)[0];
+    let entry = dir.path().join("entry");
+    fs::write(&entry, "Subject: probe\n\nbody\n").unwrap();
+    let out = env.cmd(&["inject", "work"]).arg(&entry).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    wait_until("the handler's report", PATIENCE, || report.exists());
+    let handler = runners_of(runner)[0];
+    let (_, ppid, pgid) = stat(handler).unwrap();
+    assert_eq!((ppid, pgid), (runner, handler), "{mode}: parent and group");
+    let held = fds(handler);
+    assert_eq!(held.len(), 3, "{mode}: {held:?}");
+    assert!(
+        held[0].0 == "0" && held[0].1.ends_with(".bak"),
+        "{mode}: {held:?}"
+    );
+    assert_eq!(
+        held[1..],
+        [
+            ("1".to_string(), "pipe".to_string()),
+            ("2".to_string(), "pipe".to_string())
+        ],
+        "{mode}"
+    );
+    assert_eq!(proc_status(handler, "SigBlk"), "0000000000000000", "{mode}");
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["pdeathsig"], 9, "{mode}: {report}");
+    assert_eq!(report["stdin"], "Subject: probe\n\nbody\n", "{mode}");
+    assert_eq!(report["env"]["MAILMAN_QUEUE"], "work", "{mode}: {report}");
+    assert_eq!(report["env"]["MAILMAN_ENTRY"], name.as_str(), "{mode}");
+    let file = report["env"]["MAILMAN_ENTRY_FILE"].as_str().unwrap();
+    assert!(file.ends_with(".bak"), "{mode}: {file}");
+    assert_eq!(
+        report["env"]["MAILMAN_RUNNER"], "work:0:1",
+        "{mode}: {report}"
+    );
+    send(runner, libc::SIGKILL);
+    wait_until("the handler to die with its runner", PATIENCE, || {
+        !alive(handler)
+    });
+}
+
+#[test]
+fn handlers_set_up_by_clone3() {
+    check_handler("clone3");
+}
+
+#[test]
+fn handlers_set_up_by_fork() {
+    check_handler("fork");
+}
+
 #[test]
 fn runners_set_up_by_clone3() {
     check_runners("clone3");

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use super::slice::Slice;
 use crate::config::placeholders::{fill, placeholders};
-use crate::os::process::{START_SIGNALS, child_setup};
+use crate::os::process::{START_SIGNALS, child_setup, forget, resolve};
 use crate::os::vfork;
 
 /// The environment variable that hands the master its readiness pipe; never
@@ -143,41 +143,6 @@ fn runner_of<'a>(
         environment,
         s.owner.as_ref().map(|l| l.fd()),
     )
-}
-
-/// Where a bare program name (`sleep`) is found, by the `PATH` the child
-/// gets: looked up once in the master rather than by every child walking
-/// `PATH` with one failed `execve` per directory (issue 19). Forgotten when
-/// the program is not there any more.
-static RESOLVED: std::sync::Mutex<Vec<(String, std::ffi::OsString, PathBuf)>> =
-    std::sync::Mutex::new(Vec::new());
-
-fn resolve(program: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
-    if program.contains('/') || program.is_empty() {
-        return None;
-    }
-    let mut cache = RESOLVED.lock().ok()?;
-    if let Some((_, _, found)) = cache.iter().find(|(p, ps, _)| p == program && ps == path) {
-        return Some(found.clone());
-    }
-    let found = std::env::split_paths(path)
-        .filter(|d| d.is_absolute())
-        .map(|d| d.join(program))
-        .find(|f| {
-            nix::unistd::access(f.as_path(), nix::unistd::AccessFlags::X_OK).is_ok() && f.is_file()
-        })?;
-    cache.push((program.to_string(), path.to_owned(), found.clone()));
-    Some(found)
-}
-
-/// Drops `program`'s cached paths; whether there was one.
-fn forget(program: &str) -> bool {
-    let Ok(mut cache) = RESOLVED.lock() else {
-        return false;
-    };
-    let before = cache.len();
-    cache.retain(|(p, _, _)| p != program);
-    cache.len() != before
 }
 
 /// Forks and execs `argv` as a child of the master: its own process group,

@@ -1,11 +1,12 @@
 //! A child's set-up between fork and exec, shared by the master's runners
 //! and the built-in runner's handlers: own process group, a clean signal
 //! mask, the parent-death signal, the original open-file limit; and raising
-//! the master's own limit.
+//! the master's own limit; where a program named without a path is.
 //!
 //! Not here: what to run (`master::spawn`, `queue::runner`).
 
 use std::io;
+use std::path::PathBuf;
 
 /// Raises this process's soft open-file limit to its hard limit (each
 /// runner costs the master two pipes; 1024 would cap it near 500 runners).
@@ -154,4 +155,42 @@ pub fn child_setup(
         let _ = master;
     }
     Ok(())
+}
+
+/// Where a bare program name (`sleep`) is found, by the `PATH` the child
+/// gets: looked up once by whoever starts it (the master; a built-in runner
+/// for its handlers) rather than by every child walking `PATH` with one
+/// failed `execve` per directory (issue 19). Forgotten when the program is
+/// not there any more.
+static RESOLVED: std::sync::Mutex<Vec<(String, std::ffi::OsString, PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// `program`'s path by `path` ([`RESOLVED`]); `None` for a path (it has a
+/// `/`) or a program not found.
+pub fn resolve(program: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    if program.contains('/') || program.is_empty() {
+        return None;
+    }
+    let mut cache = RESOLVED.lock().ok()?;
+    if let Some((_, _, found)) = cache.iter().find(|(p, ps, _)| p == program && ps == path) {
+        return Some(found.clone());
+    }
+    let found = std::env::split_paths(path)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(program))
+        .find(|f| {
+            nix::unistd::access(f.as_path(), nix::unistd::AccessFlags::X_OK).is_ok() && f.is_file()
+        })?;
+    cache.push((program.to_string(), path.to_owned(), found.clone()));
+    Some(found)
+}
+
+/// Drops `program`'s cached paths; whether there was one.
+pub fn forget(program: &str) -> bool {
+    let Ok(mut cache) = RESOLVED.lock() else {
+        return false;
+    };
+    let before = cache.len();
+    cache.retain(|(p, _, _)| p != program);
+    cache.len() != before
 }

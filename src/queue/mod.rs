@@ -23,6 +23,7 @@
 //!
 //! Not here: the commands `inject` and `queues` (`commands::queues`).
 
+mod handler;
 pub mod runner;
 pub mod scan;
 mod switchboard;

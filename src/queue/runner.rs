@@ -17,8 +17,8 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -29,6 +29,7 @@ use crate::config::placeholders;
 use crate::config::{BAD_QUEUE, Config, RETRY_QUEUE, RunnerConfig, SHUNT_QUEUE};
 use crate::os::process;
 use crate::os::signals::{self, SignalPipe};
+use crate::queue::handler::{self, Handler};
 use crate::queue::{Entry, MAX_RECOVERIES, Recovered, Switchboard};
 use crate::util::io_text;
 
@@ -309,20 +310,13 @@ impl Worker<'_> {
             Ok(f) => f,
             Err(err) => return Outcome::Shunt(format!("cannot open the entry: {}", io_text(&err))),
         };
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env("MAILMAN_QUEUE", &self.runner.name)
-            .env("MAILMAN_ENTRY", e.file_name())
-            .env("MAILMAN_ENTRY_FILE", &file)
-            .stdin(stdin);
-        // Its own process group, so that a stop aimed at this runner's group
-        // lets it finish; and it dies with this runner.
-        let me = std::process::id() as i32;
-        // SAFETY: child_setup makes only async-signal-safe system calls.
-        unsafe {
-            cmd.pre_exec(move || process::child_setup(me, None, false, None));
-        }
-        let mut child = match cmd.spawn() {
+        let name = e.file_name();
+        let env = [
+            ("MAILMAN_QUEUE", self.runner.name.as_ref()),
+            ("MAILMAN_ENTRY", name.as_ref()),
+            ("MAILMAN_ENTRY_FILE", file.as_os_str()),
+        ];
+        let mut child = match handler::start(program, args, &env, stdin) {
             Ok(c) => c,
             Err(err) => {
                 return Outcome::Shunt(format!(
@@ -345,7 +339,7 @@ impl Worker<'_> {
         }
     }
 
-    fn wait_for(&mut self, child: &mut Child) -> io::Result<ExitStatus> {
+    fn wait_for(&mut self, child: &mut Handler) -> io::Result<ExitStatus> {
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok(status);
