@@ -394,10 +394,6 @@ fn a_kept_descriptor_keeps_its_number() {
     }
 }
 
-/// At start-up runners are cloned in batches of 64, none waiting for
-/// another's exec: a program that cannot run, in the first batch of
-/// several, still fails the start-up with its cause, and the runners
-/// started beside it are stopped.
 /// Start-up's children are cloned side by side, each from a copy of its
 /// command line and environment made for it (`os::vfork::batch`): each
 /// gets its own, whole, however long.
@@ -453,6 +449,10 @@ import time; time.sleep(1000)
     }
 }
 
+/// At start-up runners are cloned in batches of 128, none waiting for
+/// another's exec: a program that cannot run, in the first batch of
+/// several, still fails the start-up with its cause, and the runners
+/// started beside it are stopped.
 #[test]
 fn a_program_that_cannot_run_fails_a_start_of_many() {
     let many: String = (0..150)
