@@ -7,14 +7,13 @@
 use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::slice::Slice;
 use crate::config::placeholders::{fill, placeholders};
-use crate::os::process::{START_SIGNALS, child_setup, forget, resolve};
+use crate::os::process::{Exec, START_SIGNALS, child_setup, forget};
 use crate::os::vfork;
 
 /// The environment variable that hands the master its readiness pipe; never
@@ -231,17 +230,10 @@ pub fn spawn_all(ctx: &SpawnContext, slices: &[&Slice]) -> Vec<io::Result<Spawne
 struct Prepared {
     program: String,
     args: Vec<String>,
-    exe: PathBuf,
     /// Our own runner (see `START_SIGNALS`).
     ours: bool,
     env: indexmap::IndexMap<OsString, OsString>,
-    path_c: CString,
-    /// NULL-terminated; into `_argv_c` and `_envp_c`, whose strings a move
-    /// of `Prepared` does not move.
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-    _argv_c: Vec<CString>,
-    _envp_c: Vec<CString>,
+    exec: Exec,
     keep: Option<RawFd>,
     /// `[stdout read, stdout write, stderr read, stderr write]`.
     pipes: [OwnedFd; 4],
@@ -266,55 +258,17 @@ impl Prepared {
             .cloned()
             .or_else(|| std::env::var_os("PATH"))
             .unwrap_or_else(|| OsString::from("/bin:/usr/bin"));
-        let resolved = resolve(program, &path);
-        if resolved.is_none() && !program.contains('/') {
-            return Err(io::Error::from_raw_os_error(libc::ENOENT));
-        }
-        let exe = resolved.unwrap_or_else(|| PathBuf::from(program));
+        let exec = Exec::new(program, args, &env, &path)?;
         // Our own runner starts with its stop/restart/reopen signals blocked
         // and unblocks them once it handles them: one that arrives while it
         // starts waits instead of killing it.
         let ours = Path::new(program) == ctx.bin && args.first().is_some_and(|a| a == "runner");
-        let cstr = |s: &std::ffi::OsStr| {
-            CString::new(s.as_bytes()).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{:?} contains a NUL byte", s),
-                )
-            })
-        };
-        let path_c = cstr(exe.as_os_str())?;
-        // argv[0] as written: `ps` shows `sleep`, not its path.
-        let argv_c = std::iter::once(program)
-            .chain(args.iter().map(String::as_str))
-            .map(|a| cstr(a.as_ref()))
-            .collect::<io::Result<Vec<_>>>()?;
-        let envp_c = env
-            .iter()
-            .map(|(k, v)| {
-                let mut kv = k.clone();
-                kv.push("=");
-                kv.push(v);
-                cstr(&kv)
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        let pointers = |v: &[CString]| {
-            v.iter()
-                .map(|a| a.as_ptr())
-                .chain([std::ptr::null()])
-                .collect::<Vec<_>>()
-        };
         Ok(Prepared {
             program: program.to_string(),
             args: args.to_vec(),
-            exe,
             ours,
             env,
-            path_c,
-            argv: pointers(&argv_c),
-            envp: pointers(&envp_c),
-            _argv_c: argv_c,
-            _envp_c: envp_c,
+            exec,
             keep,
             pipes: pipes()?,
         })
@@ -325,9 +279,9 @@ impl Prepared {
         // Opened by `new`; -1 would be refused as a malformed plan.
         let null = dev_null().map_or(-1, |n| n.as_raw_fd());
         vfork::Plan {
-            path: &self.path_c,
-            argv: &self.argv,
-            envp: &self.envp,
+            path: &self.exec.path,
+            argv: &self.exec.argv,
+            envp: &self.exec.envp,
             stdio: [null, self.pipes[1].as_raw_fd(), self.pipes[3].as_raw_fd()],
             keep: self.keep,
             master: ctx.master_pid,
@@ -355,7 +309,7 @@ impl Prepared {
     /// the same environment, descriptors and set-up.
     fn fork(self, ctx: &SpawnContext) -> io::Result<Spawned> {
         let [out_r, out_w, err_r, err_w] = self.pipes;
-        let mut cmd = Command::new(&self.exe);
+        let mut cmd = Command::new(&self.exec.exe);
         cmd.arg0(&self.program)
             .args(&self.args)
             .env_clear()

@@ -194,3 +194,70 @@ pub fn forget(program: &str) -> bool {
     cache.retain(|(p, _, _)| p != program);
     cache.len() != before
 }
+
+/// A program's command line and environment as `execve` takes them: the
+/// program found by the child's `PATH` ([`resolve`]), and NULL-terminated
+/// arrays pointing into strings this holds (a move of it does not move
+/// them).
+pub struct Exec {
+    pub exe: PathBuf,
+    pub path: std::ffi::CString,
+    pub argv: Vec<*const libc::c_char>,
+    pub envp: Vec<*const libc::c_char>,
+    _strings: [Vec<std::ffi::CString>; 2],
+}
+
+impl Exec {
+    /// `program` (`argv[0]` as written: `ps` shows `sleep`, not its path)
+    /// with `args` and the environment `env`, `program` looked for by
+    /// `path` where it has no `/`. `NotFound` if it is not there; a NUL
+    /// byte anywhere is `InvalidInput`.
+    pub fn new<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+        program: &str,
+        args: &[String],
+        env: impl IntoIterator<Item = (K, V)>,
+        path: &std::ffi::OsStr,
+    ) -> io::Result<Exec> {
+        use std::ffi::{CString, OsStr};
+        use std::os::unix::ffi::OsStrExt;
+        let exe = match resolve(program, path) {
+            Some(exe) => exe,
+            None if program.contains('/') => PathBuf::from(program),
+            None => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        };
+        let cstr = |s: &OsStr| {
+            CString::new(s.as_bytes()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{s:?} contains a NUL byte"),
+                )
+            })
+        };
+        let argv = std::iter::once(program)
+            .chain(args.iter().map(String::as_str))
+            .map(|a| cstr(a.as_ref()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let envp = env
+            .into_iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_ref().to_os_string();
+                kv.push("=");
+                kv.push(v);
+                cstr(&kv)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let pointers = |list: &[CString]| {
+            list.iter()
+                .map(|c| c.as_ptr())
+                .chain([std::ptr::null()])
+                .collect::<Vec<_>>()
+        };
+        Ok(Exec {
+            path: cstr(exe.as_os_str())?,
+            exe,
+            argv: pointers(&argv),
+            envp: pointers(&envp),
+            _strings: [argv, envp],
+        })
+    }
+}

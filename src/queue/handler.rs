@@ -10,13 +10,11 @@
 //!
 //! Not here: what the runner does with the entry afterwards (`runner`).
 
-use std::ffi::{CString, OsStr, c_char};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 
 use crate::os::{process, vfork};
@@ -102,47 +100,12 @@ fn clone(
     out: &[OwnedFd; 2],
 ) -> Option<io::Result<i32>> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
-    let exe = match process::resolve(program, &path) {
-        Some(exe) => exe,
-        None if program.contains('/') => PathBuf::from(program),
-        None => return Some(Err(io::Error::from_raw_os_error(libc::ENOENT))),
-    };
-    let cstr = |s: &OsStr| {
-        CString::new(s.as_bytes()).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{s:?} contains a NUL byte"),
-            )
-        })
-    };
-    let strings = || -> io::Result<(CString, Vec<CString>, Vec<CString>)> {
-        let argv = std::iter::once(program)
-            .chain(args.iter().map(String::as_str))
-            .map(|a| cstr(a.as_ref()))
-            .collect::<io::Result<_>>()?;
-        let ours = std::env::vars_os().filter(|(k, _)| env.iter().all(|(e, _)| k != e));
-        let envp = ours
-            .chain(env.iter().map(|(k, v)| (k.into(), v.into())))
-            .map(|(k, v)| {
-                let mut kv = k;
-                kv.push("=");
-                kv.push(v);
-                cstr(&kv)
-            })
-            .collect::<io::Result<_>>()?;
-        Ok((cstr(exe.as_os_str())?, argv, envp))
-    };
-    let (path_c, argv_c, envp_c) = match strings() {
-        Ok(s) => s,
+    let ours = std::env::vars_os().filter(|(k, _)| env.iter().all(|(e, _)| k != e));
+    let vars = ours.chain(env.iter().map(|(k, v)| (k.into(), v.into())));
+    let exec = match process::Exec::new(program, args, vars, &path) {
+        Ok(exec) => exec,
         Err(e) => return Some(Err(e)),
     };
-    let pointers = |list: &[CString]| -> Vec<*const c_char> {
-        list.iter()
-            .map(|c| c.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect()
-    };
-    let (argv, envp) = (pointers(&argv_c), pointers(&envp_c));
     // The entry as 3 or above, for the plan; kept open until the clone
     // has exec'd.
     let moved = match stdin.as_raw_fd() {
@@ -154,9 +117,9 @@ fn clone(
     };
     let input = moved.as_ref().map_or(stdin.as_raw_fd(), |m| m.as_raw_fd());
     vfork::spawn(&vfork::Plan {
-        path: &path_c,
-        argv: &argv,
-        envp: &envp,
+        path: &exec.path,
+        argv: &exec.argv,
+        envp: &exec.envp,
         stdio: [input, out[0].as_raw_fd(), out[1].as_raw_fd()],
         keep: None,
         master: std::process::id() as i32,
