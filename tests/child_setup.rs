@@ -108,7 +108,7 @@ fn check_runners(mode: &str) {
     let mut master = untidy_master(&env, mode);
     let pid = master.0.id() as i32;
     // Started with the others at start-up (a batch, cloned side by side),
-    // then alone (a restart).
+    // then restarted (alone or together, as their restarts come due).
     let (sleeper, probe) = check_set_up(mode, &env, pid, &[]);
     fs::remove_file(env.var.join("probe.json")).unwrap();
     for r in [sleeper, probe] {
@@ -485,18 +485,42 @@ fn a_program_that_cannot_run_fails_a_start_of_many() {
 /// children share the master's descriptor table, each with a set of
 /// descriptors of its own, rather than copy it (`os::vfork::batch`): each
 /// runner still holds exactly its own stdin, stdout and stderr, in its own
-/// process group, nothing blocked.
+/// process group, nothing blocked. So do runners restarted together (all
+/// 200 killed at once: due at the same turn, cloned as batches).
 #[test]
 fn runners_of_a_large_start_hold_only_their_own_descriptors() {
     let many: String = (0..200)
-        .map(|i| format!("[runner.s{i:03}]\ncommand = [\"sleep\", \"1000\"]\n"))
+        .map(|i| {
+            format!("[runner.s{i:03}]\ncommand = [\"sleep\", \"1000\"]\nrestart_delay = \"0s\"\n")
+        })
         .collect();
     let env = Env::new(&only(&many));
     let master = untidy_master(&env, "clone3");
     let pid = master.0.id() as i32;
     wait_until("200 runners", PATIENCE, || runners_of(pid).len() == 200);
+    let first = runners_of(pid);
+    check_own_descriptors(&first);
+    for &r in &first {
+        send(r, libc::SIGKILL);
+    }
+    let again = || {
+        let mut r = runners_of(pid);
+        r.retain(|p| !first.contains(p));
+        r
+    };
+    wait_until("200 runners restarted", PATIENCE, || again().len() == 200);
+    check_own_descriptors(&again());
+    let log = env.log();
+    assert_eq!(log.matches("[restarting]").count(), 200, "{log}");
+    assert!(!log.contains("Cannot start"), "{log}");
+    drop(master);
+}
+
+/// Each of `runners` holds /dev/null as stdin and two pipes no other holds,
+/// leads its own process group, and blocks no signal.
+fn check_own_descriptors(runners: &[i32]) {
     let mut outputs = std::collections::HashSet::new();
-    for r in runners_of(pid) {
+    for &r in runners {
         // `sleep` opens its locale's files for a moment as it starts.
         wait_until(&format!("runner {r}: three descriptors"), PATIENCE, || {
             fds(r).len() == 3
@@ -519,7 +543,6 @@ fn runners_of_a_large_start_hold_only_their_own_descriptors() {
         assert_eq!(stat(r).unwrap().2, r, "runner {r}'s group");
         assert_eq!(proc_status(r, "SigBlk"), "0000000000000000", "{r}");
     }
-    drop(master);
 }
 
 /// A program that cannot run, started by a batch whose children share the

@@ -372,16 +372,16 @@ impl Master {
             Mode::Running => {
                 // A batch a turn: a thousand runners due at once (or crashing
                 // at once) never keep the loop from signals and requests.
-                let mut budget = super::startup::BATCH;
+                // Those due together are started together.
+                let mut due = Vec::new();
                 for idx in 0..self.slices.len() {
                     let s = &self.slices[idx];
                     match s.state {
                         State::BackingOff { until: at }
                         | State::WaitingForOwner { retry_at: at }
-                            if at <= now && budget > 0 =>
+                            if at <= now && due.len() < super::startup::BATCH =>
                         {
-                            budget -= 1;
-                            self.relaunch(idx)
+                            due.push(idx)
                         }
                         State::Running { .. }
                             if s.restart_asked.is_some_and(|r| r.deadline <= now) =>
@@ -391,6 +391,7 @@ impl Master {
                         _ => {}
                     }
                 }
+                self.relaunch_all(&due);
                 self.start_probes(now);
                 self.on_stall_timer(now);
                 self.on_job_timer(now);

@@ -109,17 +109,32 @@ impl Master {
         }
     }
 
-    /// Starts slice `idx` now; the error says why it cannot be started.
-    /// Another master owning the slice is no error: it then waits
+    /// Starts the slices `idxs` now, together: each claimed, forked by the
+    /// preload helper where it can, the others cloned side by side
+    /// ([`Self::launch_plain_all`]: none waits for the one before it to
+    /// exec). Returns those that could not be started and why, in slice
+    /// order. Another master owning a slice is no failure: it then waits
     /// ([`State::WaitingForOwner`]).
-    pub(super) fn launch(&mut self, idx: usize) -> Result<(), LaunchError> {
-        if !self.claim(idx)? {
-            return Ok(());
+    pub(super) fn launch_together(&mut self, idxs: &[usize]) -> Vec<(usize, LaunchError)> {
+        let mut plain = Vec::new();
+        let mut failed = Vec::new();
+        for &idx in idxs {
+            match self.claim(idx) {
+                Ok(false) => {}
+                Ok(true) if self.fork_from_helper(idx) => {}
+                Ok(true) => plain.push(idx),
+                Err(e) => failed.push((idx, e)),
+            }
         }
-        if self.fork_from_helper(idx) {
-            return Ok(());
-        }
-        self.launch_plain(idx)
+        let results = self.launch_plain_all(&plain);
+        failed.extend(
+            plain
+                .iter()
+                .zip(results)
+                .filter_map(|(&idx, r)| r.err().map(|e| (idx, e))),
+        );
+        failed.sort_by_key(|(idx, _)| *idx);
+        failed
     }
 
     /// Starts slice `idx` now as a process of its own (not from the
@@ -185,13 +200,17 @@ impl Master {
         }
     }
 
-    /// Starts slice `idx` again (after a back-off, a restart): a runner that
-    /// cannot be started counts as one that exited with 127 at once.
-    pub(super) fn relaunch(&mut self, idx: usize) {
-        if let Err(e) = self.launch(idx) {
-            error!("{}", e.message);
-            self.slices[idx].state = State::Stopped;
-            self.decide(idx, None, Why::Exit(127), Duration::ZERO);
+    /// Starts the slices `idxs` again, together (back-offs over, restarts
+    /// due at the same turn, a `restart` request): a runner that cannot be
+    /// started counts as one that exited with 127 at once. A start-up's
+    /// batches at most at a time.
+    pub(super) fn relaunch_all(&mut self, idxs: &[usize]) {
+        for batch in idxs.chunks(super::startup::BATCH) {
+            for (idx, e) in self.launch_together(batch) {
+                error!("{}", e.message);
+                self.slices[idx].state = State::Stopped;
+                self.decide(idx, None, Why::Exit(127), Duration::ZERO);
+            }
         }
     }
 
@@ -286,6 +305,7 @@ impl Master {
         if self.mode != Mode::Running {
             return;
         }
+        let mut again = Vec::new();
         for idx in 0..self.slices.len() {
             let s = &self.slices[idx];
             if runner.is_some_and(|n| n != s.runner.name) || slice.is_some_and(|n| n != s.slice) {
@@ -304,11 +324,12 @@ impl Master {
                 }
                 _ if self.restartable => {
                     self.slices[idx].forgive();
-                    self.relaunch(idx);
+                    again.push(idx);
                 }
                 _ => {}
             }
         }
+        self.relaunch_all(&again);
     }
 }
 

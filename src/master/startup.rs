@@ -342,36 +342,12 @@ impl Master {
     /// are stopped: that is a configuration error, not a crash to retry. A
     /// passing failure (a busy file, no memory) is a crash like any other.
     pub(super) fn launch_batch(&mut self) {
-        let (mut started, mut more) = (0, false);
-        let mut plain = Vec::new();
-        let mut failed = Vec::new();
-        for idx in 0..self.slices.len() {
-            if self.slices[idx].state != State::Pending {
-                continue;
-            }
-            if started == BATCH {
-                more = true; // the loop turns, then comes back here
-                break;
-            }
-            started += 1;
-            match self.claim(idx) {
-                Ok(false) => {}
-                Ok(true) if self.fork_from_helper(idx) => {}
-                Ok(true) => plain.push(idx),
-                Err(e) => failed.push((idx, e)),
-            }
-        }
-        // The batch's own processes side by side: none waits for the one
-        // before it to exec.
-        let results = self.launch_plain_all(&plain);
-        failed.extend(
-            plain
-                .iter()
-                .zip(results)
-                .filter_map(|(&idx, r)| r.err().map(|e| (idx, e))),
-        );
-        failed.sort_by_key(|(idx, _)| *idx);
-        for (idx, e) in failed {
+        let mut pending =
+            (0..self.slices.len()).filter(|&i| self.slices[i].state == State::Pending);
+        let batch: Vec<usize> = pending.by_ref().take(BATCH).collect();
+        // If so, the loop turns, then comes back here.
+        let more = pending.next().is_some();
+        for (idx, e) in self.launch_together(&batch) {
             if e.lasting {
                 return self.fail_start(e.message);
             }
