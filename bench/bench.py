@@ -239,6 +239,7 @@ def free_port():
 
 class Ours:
     name = "ours"
+    replaces_all = True
 
     def __init__(self, tmp, runners=None, extra="", own=()):
         self.var = tmp / "var"
@@ -336,6 +337,7 @@ class S6:
     """s6-svscan on a scan directory of 12 services; the runners are its
     s6-supervise processes' children."""
     name = "s6 2.11"
+    replaces_all = True
 
     def __init__(self, tmp, n=12):
         self.n = n
@@ -373,6 +375,9 @@ class BashLoop:
     """The floor: bash forking the 12 runners in a loop and waiting. Its
     `status` is `/bin/true` (the least a command can cost)."""
     name = "bash loop"
+    # Runners that die together: bash's `wait -n` returns for one of them,
+    # and the loop replaces only some (no figure).
+    replaces_all = False
 
     def __init__(self, tmp, n=12):
         self.n = n
@@ -451,7 +456,8 @@ def status_ms(master):
 
 
 def scale_peer(cls, n):
-    """start, `status` and stop of a master (ours, s6, the bash loop) with `n` runners."""
+    """start, stop, `status`, and every runner killed at once until all are
+    forked again, of a master (ours, s6, the bash loop) with `n` runners."""
     with tempfile.TemporaryDirectory() as tmp:
         m = cls(Path(tmp), n)
         runners = getattr(m, "runners", children)
@@ -461,11 +467,25 @@ def scale_peer(cls, n):
         start = timed(t, runners(m.master()))
         status = status_ms(m)
         pid = m.master()
+        storm = None
+        if cls.replaces_all:
+            # Every runner up for a second first (no guard against a quick
+            # crash applies), then all killed at once.
+            time.sleep(1.0)
+            first = set(runners(pid))
+            t = clock()
+            for r in first:
+                os.kill(r, signal.SIGKILL)
+
+            def again():
+                return [r for r in runners(pid) if r not in first]
+            poll(lambda: len(again()) >= n, step=0.005)
+            storm = timed(t, again())
         everyone = [pid] + children(pid) + runners(pid)
         t = time.perf_counter()
         m.stop().wait()
         poll(lambda: not any(alive(p) for p in everyone), step=0.002)
-        return start, (time.perf_counter() - t) * 1000, status
+        return start, (time.perf_counter() - t) * 1000, status, storm
 
 
 def capture_run(lines):
@@ -587,10 +607,12 @@ def main():
             for cls in (S6, BashLoop):
                 if cls in peers:
                     pairs[cls.name].append(scale_peer(cls, n))
-        scale[n] = {name: tuple(summary([p[i] for p in v]) for i in range(3))
+        scale[n] = {name: tuple(None if None in (col := [p[i] for p in v]) else summary(col)
+                                for i in range(4))
                     for name, v in pairs.items()}
         print(f"{n} runners: " + ", ".join(
-            f"{name} start {s[0][0]:.0f} ms stop {s[1][0]:.0f} ms status {s[2][0]:.2f} ms"
+            f"{name} start {s[0][0]:.0f} ms stop {s[1][0]:.0f} ms status {s[2][0]:.2f} ms "
+            f"all killed → all again {f'{s[3][0]:.0f} ms' if s[3] else '–'}"
             for name, s in scale[n].items()), flush=True)
     lines = 100_000 if args.smoke else 1_000_000
     caps = [capture_run(lines) for _ in range(runs)]
@@ -681,7 +703,8 @@ def write_report(results, scale, capture, queues, runs):
             "| figure | ours | s6 2.11 | bash loop | ours ÷ s6 | ours ÷ bash loop |",
             "|---|---|---|---|---|---|"]
     for n, by in scale.items():
-        for what, i in (("start", 0), ("stop", 1), ("`status`", 2)):
+        for what, i in (("start", 0), ("stop", 1), ("`status`", 2),
+                        ("every runner killed at once → all forked again", 3)):
             cell = {k: v[i] for k, v in by.items()}
             digits = 2 if i == 2 else 0
 
