@@ -212,6 +212,16 @@ fn mailman_part(text: &str) -> Option<(String, Vec<Range<usize>>)> {
             }
             TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => depth += 1,
             TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => depth -= 1,
+            TokenKind::Newline
+                if table == Table::Header
+                    && !may_name_mailman(&text[from..token.span().start()]) =>
+            {
+                // Left to [`Rest`], which checks its header too.
+                tokens.clear();
+                table = Table::Rest;
+                line_start = true;
+                continue;
+            }
             TokenKind::Newline if table == Table::Header => {
                 // The header line, parsed alone, says whose table it is.
                 tokens.extend([token, end]);
@@ -240,6 +250,14 @@ fn mailman_part(text: &str) -> Option<(String, Vec<Range<usize>>)> {
     }
     close(from, text.len(), &mut tokens, table)?;
     Some((kept, rest))
+}
+
+/// Whether a table's header line can name `mailman` as its first key:
+/// written bare, quoted, or with an escape in a basic string (`\u006d`).
+/// Without the word or a backslash in it, it cannot: the header is then
+/// left unparsed (its table's check parses it).
+fn may_name_mailman(header: &str) -> bool {
+    header.contains("mailman") || header.contains('\\')
 }
 
 /// Parses one table's `tokens` (lexed from `text`, its end-of-input token
@@ -331,6 +349,7 @@ mod tests {
             "mailman.var_dir = \"/dotted\"\n[runner.in]\ninstances = 2\n".into(),
             "mailman = { var_dir = \"/inline\", run_dir = \"/r\" }\n".into(),
             "# c\n[ \"mailman\" ] # c\nvar_dir = '/quoted'\n".into(),
+            "[runner.in]\n[\"\\u006Dail\\u006dan\"]\nvar_dir = \"/escaped\"\n".into(),
             "[runner.mailman]\n[job.x]\ncommand = [\"true\"]\nschedule = \"@hourly\"\n\
              [mailman]\nvar_dir = \"/late\"\n"
                 .into(),
@@ -392,6 +411,8 @@ mod tests {
             "[runner.in]\ninstances = 1__0\n",
             "[runner.in]\n= 1\n",
             "[job.\"a\nb\"]\n",
+            "[mailman]\nvar_dir = \"/v\"\n[runner.b1\n[runner.b2]\n",
+            "[mailman]\nvar_dir = \"/v\"\n[runner.b 1]\n",
             "a = [1,\n[mailman]\nvar_dir = \"/v\"\n",
             "[mailman]\nvar_dir = \"/v\"\n[runner.x]\nb = [1]]\n",
             "[mailman]\nvar_dir = \"/v\"\n[runner.x]\n[]\n",
