@@ -335,8 +335,9 @@ pub fn probe(layout: &Layout) -> Probe {
             Probe::Free
         }
         Err(TryLockError::WouldBlock) => {
-            // A few lines; anything longer is not the master's.
-            let mut text = String::new();
+            // A few lines; anything longer is not the master's. Read in
+            // one go (an empty string is grown from a 32-byte read).
+            let mut text = String::with_capacity(4096);
             let _ = (&mut file).take(4096).read_to_string(&mut text);
             Probe::Held(LockInfo::parse(&text))
         }
