@@ -206,6 +206,10 @@ impl Master {
     /// batches at most at a time.
     pub(super) fn relaunch_all(&mut self, idxs: &[usize]) {
         for batch in idxs.chunks(super::startup::BATCH) {
+            // A failure may have given up and stopped the master.
+            if self.mode != Mode::Running {
+                return;
+            }
             for (idx, e) in self.launch_together(batch) {
                 error!("{}", e.message);
                 self.slices[idx].state = State::Stopped;
