@@ -139,6 +139,15 @@ fn idle_longest(clients: &[Client]) -> Option<usize> {
         .min_by_key(|&i| clients[i].active)
 }
 
+/// What [`Server::accept`] did.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// Out of descriptors with no client to close.
+    pub ran_out: bool,
+    /// A client was added.
+    pub any: bool,
+}
+
 /// The master's listening socket.
 pub struct Server {
     listener: UnixListener,
@@ -199,9 +208,10 @@ impl Server {
 
     /// Accepts every waiting connection. Clients of another user (not root)
     /// are answered with an error and dropped. Out of descriptors, the
-    /// client idle longest is closed to make room; returns `true` if there
-    /// was none to close (the listener should rest: [`super::AcceptPause`]).
-    pub fn accept(&self, clients: &mut Vec<Client>) -> bool {
+    /// client idle longest is closed to make room; `ran_out` if there was
+    /// none to close (the listener should rest: [`super::AcceptPause`]).
+    pub fn accept(&self, clients: &mut Vec<Client>) -> Accepted {
+        let mut accepted = Accepted::default();
         loop {
             let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
@@ -211,9 +221,12 @@ impl Server {
                         drop(clients.swap_remove(i));
                         continue;
                     }
-                    None => return true,
+                    None => {
+                        accepted.ran_out = true;
+                        return accepted;
+                    }
                 },
-                Err(_) => return false,
+                Err(_) => return accepted,
             };
             // Non-blocking from the start: even a refusal never waits.
             if stream.set_nonblocking(true).is_err() {
@@ -244,6 +257,7 @@ impl Server {
                 }
             }
             clients.push(client);
+            accepted.any = true;
         }
     }
 

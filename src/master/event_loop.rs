@@ -285,9 +285,16 @@ impl Master {
             self.clients.swap_remove(i);
         }
         if listener && let Some(server) = &self.control {
-            let ran_out = server.accept(&mut self.clients);
-            if self.control_pause.record(ran_out, Instant::now()) {
+            let accepted = server.accept(&mut self.clients);
+            if self.control_pause.record(accepted.ran_out, Instant::now()) {
                 warn_out_of_fds("control");
+            }
+            // A newcomer has usually sent its request already (it writes
+            // as it connects): answered in this turn, not the next. The
+            // others' reads find nothing and cost a system call each.
+            if accepted.any {
+                let all: Vec<usize> = (0..self.clients.len()).collect();
+                self.serve(false, &all);
             }
         }
     }
