@@ -11,7 +11,8 @@
 //! (`slots`): at 1,000 runners it neither copies nor closes the others'
 //! 2,000 pipes.
 //!
-//! A batch ([`spawn_all`], start-up's runners; `batch`) is started without
+//! A batch ([`spawn_all`]: start-up's runners, restarts due together;
+//! `batch`) is started without
 //! waiting: each child shares our memory too (`CLONE_VM` without
 //! `CLONE_VFORK`), on a slot of its own holding a copy of its plan and its
 //! stack, and, past a few hundred descriptors, our table as well; the
@@ -377,7 +378,8 @@ mod imp {
     }
 
     /// The batch's sets, `n` of them at least (fewer if descriptors run
-    /// out). Only start-up's batches use them, one batch at a time.
+    /// out). Only batches use them (start-up's, restarts due together), one
+    /// batch at a time, from the master's thread.
     pub(super) fn sets(n: usize) -> std::sync::MutexGuard<'static, Vec<Set>> {
         static SETS: std::sync::Mutex<Vec<Set>> = std::sync::Mutex::new(Vec::new());
         let mut sets = SETS
