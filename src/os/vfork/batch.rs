@@ -1,9 +1,9 @@
 //! Batches ([`spawn_all`]: start-up's, and restarts due together): every
 //! child cloned before any has exec'd, each sharing our memory (`CLONE_VM`,
 //! without `CLONE_VFORK`: we go on cloning while it sets itself up and
-//! execs on the other core), then
-//! a wait until each has exec'd or failed. A fork would copy our page
-//! tables and make our next writes fault, once per child.
+//! execs on the other core), then a wait until each has exec'd or failed.
+//! A fork would copy our page tables and make our next writes fault, once
+//! per child.
 //!
 //! A child that shares our memory while we run must not read anything we
 //! may change or free: each gets a slot of its own in a mapping made for
