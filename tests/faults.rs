@@ -135,8 +135,12 @@ fn a_crash_loop_with_no_delay_leaves_the_master_responsive() {
             .expect("status answers during a crash loop");
         assert_eq!(r.code, 0, "{}", r.stdout);
         answers += 1;
+        // Bounded by the runners, not the crashes (hundreds of them): the
+        // master's own ~15, and each runner's two pipes, both ends held for
+        // a moment while those crashed together start again as a batch
+        // (about 80 at most).
         assert!(
-            fd_count(master) < 64,
+            fd_count(master) < 100,
             "the master holds {} fds",
             fd_count(master)
         );
