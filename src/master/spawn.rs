@@ -184,9 +184,8 @@ fn start_once(
 /// Starts a batch of runners (start-up's, restarts due together): each
 /// cloned before any has exec'd, sharing our memory
 /// (`os::vfork::spawn_all`), so that on two cores the first exec while the
-/// next are cloned. Per slice, as [`spawn`]
-/// says. One alone is started as [`spawn`] starts it (no batch mapping to
-/// make: a respawn's path).
+/// next are cloned. Per slice, as [`spawn`] says. One alone is started as
+/// [`spawn`] starts it (no batch mapping to make: a respawn's path).
 pub fn spawn_all(ctx: &SpawnContext, slices: &[&Slice]) -> Vec<io::Result<Spawned>> {
     if let [one] = slices {
         return vec![spawn(ctx, one)];
