@@ -436,6 +436,9 @@ def one_run(master, idle):
     poll(lambda: victim not in runners(pid) and len(runners(pid)) >= master.n,
          step=0.002 if WATCH else 0.0001)
     r["respawn_ms"] = timed(t, [p for p in runners(pid) if p not in kids])
+    # Again once it has answered a `status` and replaced a runner: the
+    # pages of its own code those paths touched stay mapped.
+    r["rss_after_mib"] = rss_kib(pid) / 1024
     everyone = [pid] + children(pid) + runners(pid)
     t = time.perf_counter()
     stopper = master.stop()
@@ -688,6 +691,7 @@ def write_report(results, scale, capture, queues, runs):
             ("stop: command → master and runners gone", "stop_ms", "ms"),
             ("`status` command (the loop: `/bin/true`)", "status_ms", "ms"),
             ("master RSS, 12 runners", "rss_mib", "MiB"),
+            ("master RSS, 12 runners, after a `status` and a respawn", "rss_after_mib", "MiB"),
             ("master wake-ups per 10 s idle", "wakeups", ""),
             ("kill -9 of a runner → new runner", "respawn_ms", "ms")]
     names = [n for n in ("ours", "bash loop", "s6 2.11", "supervisord 4.3.0",
@@ -703,7 +707,7 @@ def write_report(results, scale, capture, queues, runs):
            "| figure | " + " | ".join(names) + " | ours ÷ bash loop | ours ÷ s6 | target (ours) |",
            "|---|" + "---|" * (len(names) + 3)]
     target_of = {"start_ms": "≤ 20 ms", "stop_ms": "≤ 50 ms", "status_ms": "≤ 2 ms",
-                 "rss_mib": "≤ 3 MiB", "wakeups": "0", "respawn_ms": "≤ 2 ms"}
+                 "rss_mib": "≤ 3 MiB", "rss_after_mib": "≤ 2.5 MiB", "wakeups": "0", "respawn_ms": "≤ 2 ms"}
 
     def ratio(key, name):
         other = results.get(name, {}).get(key)
