@@ -417,10 +417,8 @@ fn runners_descendants_do_not_outlive_a_killed_master() {
                 send(p, 9);
             }
         }
-        assert!(
-            env.log()
-                .contains("left behind by a master that did not stop cleanly")
-        );
+        // Said once they are killed, by the log writer: waited for.
+        env.wait_log("left behind by a master that did not stop cleanly");
         assert_eq!(env.run(&["stop"]).code, 0);
         assert!(!alive(second));
         wait_until("nothing left", PATIENCE, || {
