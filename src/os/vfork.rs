@@ -174,32 +174,38 @@ mod imp {
                 .filter(|&p| p > 0 && STACK.is_multiple_of(p))
                 .unwrap_or(4096);
             let len = page + STACK;
-            // SAFETY: a new private anonymous mapping, ours alone; its
-            // first page then made inaccessible (an overflow faults).
-            let base = unsafe {
-                let base = libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
-                    -1,
-                    0,
-                );
-                if base == libc::MAP_FAILED {
-                    let e = io::Error::last_os_error();
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("mapping a child's stack: {e}"),
-                    ));
-                }
-                // A failure leaves no guard: the child's calls need far less.
-                libc::mprotect(base, page, libc::PROT_NONE);
-                base.cast::<u8>()
-            };
+            let base = map(len, libc::PROT_READ | libc::PROT_WRITE, "a child's stack")?;
+            // SAFETY: our new mapping's first page made inaccessible, so that
+            // an overflow faults. A failure leaves no guard: the child's calls
+            // need far less.
+            unsafe {
+                libc::mprotect(base.cast(), page, libc::PROT_NONE);
+            }
             let _ = cell.set(ChildStack { base, len });
             Ok(base.wrapping_add(page))
         });
         made.unwrap_or_else(|_| Err(io::Error::other("a child's stack, as this thread ends")))
+    }
+
+    /// A new private anonymous mapping of `len` bytes (`prot`), ours alone;
+    /// on a failure, an error naming `what` it was for.
+    pub(super) fn map(len: usize, prot: c_int, what: &str) -> io::Result<*mut u8> {
+        // SAFETY: asks the kernel for new memory; nothing of ours is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("mapping {what}: {e}")));
+        }
+        Ok(base.cast())
     }
 
     /// Starts `plan`'s program; its pid once it has exec'd. `None`: this system

@@ -41,7 +41,7 @@ use super::Plan;
 use super::child::{CloneArgs, clone3, raw_clone4};
 use super::imp::{
     CLONE, CLONE_INTO_CGROUP, CLONE3_CGROUP, SHARE_FILES, Shared, Step, block_all, failure,
-    handled, learning, move_into, put_back, restore, sets,
+    handled, learning, map, move_into, put_back, restore, sets,
 };
 
 /// Where no sets were made beforehand ([`prepare`]): how far our table
@@ -227,29 +227,8 @@ impl Slots {
         let need = plans.iter().map(copy_size).max().unwrap_or(0);
         let stride = PAGE + (need + STACK).next_multiple_of(PAGE);
         let len = stride * plans.len().max(1);
-        // SAFETY: a new private anonymous mapping, ours alone.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("mapping the children's stacks: {e}"),
-            ));
-        }
-        Ok(Slots {
-            base: base.cast(),
-            len,
-            stride,
-        })
+        let base = map(len, libc::PROT_NONE, "the children's stacks")?;
+        Ok(Slots { base, len, stride })
     }
 
     /// Slot `i` made writable and filled: the stack, then a copy of `plan`
