@@ -132,11 +132,11 @@ fn idle_connections_do_not_keep_stop_out() {
 /// served once descriptors are free again.
 #[test]
 fn out_of_descriptors_the_listeners_rest() {
-    let port = free_port();
     let env = Env::new(&only(&format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n{SLEEPER}"
+        "[http]\nlisten = \"127.0.0.1:0\"\n{SLEEPER}"
     )));
     let master = env.start(1);
+    let port = env.http_port();
     // Idle control clients fill the low holes of its table, until every
     // descriptor below a limit roomy enough for its `poll` set is in use
     // (one at least: `status` below makes room by closing it).

@@ -382,14 +382,14 @@ fn metric(port: u16, series: &str) -> Option<f64> {
 
 #[test]
 fn job_metrics_count_runs_failures_and_successes() {
-    let port = free_port();
-    let env = env_with(&format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n\
+    let env = env_with(
+        "[http]\nlisten = \"127.0.0.1:0\"\n\
          [job.good]\ncommand = [\"sh\", \"-c\", \"sleep 0.2\"]\nevery = \"1s\"\n\
          [job.broken]\ncommand = [\"sh\", \"-c\", \"exit 4\"]\nevery = \"1s\"\n\
-         [job.later]\ncommand = [\"true\"]\nschedule = \"@yearly\"\n"
-    ));
+         [job.later]\ncommand = [\"true\"]\nschedule = \"@yearly\"\n",
+    );
     start(&env);
+    let port = env.http_port();
     wait_until("two runs of each job", PATIENCE, || {
         metric(port, "mailman_job_runs_total{job_name=\"good\"}").is_some_and(|n| n >= 2.0)
             && metric(port, "mailman_job_failures_total{job_name=\"broken\"}")

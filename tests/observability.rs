@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// An environment whose master serves HTTP on a free port.
-fn env_with_http(extra: &str) -> (Env, u16) {
-    let port = free_port();
-    let env = Env::new(&format!("[http]\nlisten = \"127.0.0.1:{port}\"\n{extra}"));
-    (env, port)
+/// An environment whose master serves HTTP on a port the kernel chooses
+/// ([`Env::http_port`] once started).
+fn env_with_http(extra: &str) -> Env {
+    Env::new(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{extra}"))
 }
 
 struct Reply {
@@ -123,10 +122,11 @@ fn metrics_livez_and_readyz() {
         "promtool",
         "apt-get install prometheus (it brings promtool)",
     );
-    let (env, port) = env_with_http(&only(
+    let env = env_with_http(&only(
         "[runner.in]\nstall_after = \"10m\"\n[runner.out]\ninstances = 2\n",
     ));
     let master = env.start(3);
+    let port = env.http_port();
     assert_eq!(get(port, "/livez").status, 200);
     wait_until("/readyz to say ready", PATIENCE, || {
         get(port, "/readyz").status == 200
@@ -228,8 +228,9 @@ fn metrics_livez_and_readyz() {
 
 #[test]
 fn readyz_says_what_is_not_ready() {
-    let (env, port) = env_with_http(&only("[runner.in]\nrestart_delay = \"1h\"\n[runner.out]\n"));
+    let env = env_with_http(&only("[runner.in]\nrestart_delay = \"1h\"\n[runner.out]\n"));
     let master = env.start(2);
+    let port = env.http_port();
     wait_until("ready", PATIENCE, || get(port, "/readyz").status == 200);
     let victim = runners_of(master)
         .into_iter()
@@ -255,8 +256,9 @@ fn readyz_says_what_is_not_ready() {
 /// closed within its deadline, leaving no fd behind.
 #[test]
 fn bad_http_clients_never_hold_the_master() {
-    let (env, port) = env_with_http(&only("[runner.in]\n"));
+    let env = env_with_http(&only("[runner.in]\n"));
     let master = env.start(1);
+    let port = env.http_port();
     wait_until("ready", PATIENCE, || get(port, "/readyz").status == 200);
     let fds = || {
         std::fs::read_dir(format!("/proc/{master}/fd"))
@@ -344,12 +346,13 @@ fn bad_http_clients_never_hold_the_master() {
 
 #[test]
 fn a_stalled_slice_is_reported_logged_and_restarted() {
-    let (env, port) = env_with_http(&only(
+    let env = env_with_http(&only(
         "[runner.in]\nstall_after = \"1s\"\nsleep_time = \"100ms\"\non_stall = \"restart\"\n\
          [runner.out]\nstall_after = \"1s\"\nsleep_time = \"100ms\"\nhandler = [\"true\"]\n",
     ));
     env.edit_config("stop_timeout = \"3s\"", "stop_timeout = \"1s\"");
     let master = env.start(2);
+    let port = env.http_port();
     let pid_of = |spec: &str| {
         runners_of(master)
             .into_iter()
@@ -458,15 +461,49 @@ fn http_listen_errors_are_clear() {
     );
     assert_eq!(env.run(&["status"]).code, 3);
     // Through the environment, like every key.
-    let free = free_port();
     let r = env
         .cmd(&["start"])
-        .env("MAILMAN__HTTP__LISTEN", format!("127.0.0.1:{free}"))
+        .env("MAILMAN__HTTP__LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(get(free, "/livez").status, 200);
+    let chosen = env.http_port();
+    env.wait_log(&format!(
+        "Serving /metrics, /livez and /readyz on http://127.0.0.1:{chosen}"
+    ));
+    assert_eq!(get(chosen, "/livez").status, 200);
     assert_eq!(env.run(&["stop"]).code, 0);
+}
+
+/// The port Prometheus says it listens on (`msg="Listening on"
+/// address=127.0.0.1:PORT`), read from its log, which a thread keeps
+/// draining afterwards.
+fn listening_on(log: std::process::ChildStderr) -> u16 {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(log).lines().map_while(Result::ok) {
+            let port = line
+                .contains("msg=\"Listening on\"")
+                .then(|| line.rsplit_once("address=127.0.0.1:"))
+                .flatten()
+                .and_then(|(_, p)| p.trim().parse::<u16>().ok());
+            match port {
+                Some(p) => {
+                    let _ = tx.send(Ok(p));
+                }
+                None if seen.len() < 8192 => seen += &format!("{line}\n"),
+                None => {}
+            }
+        }
+        let _ = tx.send(Err(seen));
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(port)) => port,
+        Ok(Err(log)) => panic!("Prometheus exited without listening:\n{log}"),
+        Err(e) => panic!("Prometheus did not say where it listens: {e}"),
+    }
 }
 
 /// Debian's Prometheus scrapes the master and its query API returns our
@@ -480,9 +517,9 @@ fn a_real_prometheus_scrapes_the_master() {
         .status()
         .is_ok_and(|s| s.success());
     require(have, "Prometheus", "apt-get install prometheus");
-    let (env, port) = env_with_http(&only("[runner.in]\n[runner.out]\ninstances = 2\n"));
+    let env = env_with_http(&only("[runner.in]\n[runner.out]\ninstances = 2\n"));
     env.start(3);
-    let prom_port = free_port();
+    let port = env.http_port();
     let cfg = env.dir.path().join("prometheus.yml");
     std::fs::write(
         &cfg,
@@ -497,9 +534,10 @@ fn a_real_prometheus_scrapes_the_master() {
             "--storage.tsdb.path={}",
             env.dir.path().join("tsdb").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        // Its own port, chosen by the kernel and learnt from its log.
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start prometheus");
     struct Kill(std::process::Child);
@@ -509,7 +547,8 @@ fn a_real_prometheus_scrapes_the_master() {
             let _ = self.0.wait();
         }
     }
-    let _prom = Kill(child);
+    let mut prom = Kill(child);
+    let prom_port = listening_on(prom.0.stderr.take().unwrap());
     let query = |q: &str| -> serde_json::Value {
         let r = std::panic::catch_unwind(|| get(prom_port, &format!("/api/v1/query?query={q}")));
         r.ok()

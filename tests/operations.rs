@@ -177,6 +177,8 @@ max_restarts = 1
     assert_eq!(v["master"]["pid"], master);
     assert_eq!(v["master"]["version"], env!("CARGO_PKG_VERSION"));
     assert!(v["master"]["uptime_secs"].as_f64().unwrap() > 0.0);
+    // No HTTP endpoint configured: no address shown.
+    assert!(v["master"].get("http").is_none(), "{}", v["master"]);
     let runners = v["runners"].as_array().unwrap();
     assert_eq!(runners.len(), 3, "{runners:?}");
     for r in runners.iter().filter(|r| r["name"] == "in") {

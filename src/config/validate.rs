@@ -32,7 +32,8 @@ pub(super) fn var_dir(v: &std::path::Path) -> Result<(), String> {
 }
 
 /// `[http] listen` as written: `""` (off) or `HOST:PORT` with a port
-/// number (the host is resolved when the master binds).
+/// number (the host is resolved when the master binds; port 0 lets the
+/// kernel choose one, which `status --json` then shows).
 pub(super) fn listen(v: &str) -> Result<(), String> {
     let ok = v.is_empty()
         || v.rsplit_once(':').is_some_and(|(h, p)| {

@@ -147,6 +147,10 @@ pub struct MasterStatus {
     pub uptime_secs: f64,
     /// `running` or `stopping`.
     pub state: String,
+    /// Where the HTTP endpoint listens (`[http] listen`, with the port the
+    /// kernel chose for a port 0); absent when it is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

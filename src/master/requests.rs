@@ -164,6 +164,7 @@ impl Master {
                 version: env!("CARGO_PKG_VERSION").into(),
                 uptime_secs: now.saturating_duration_since(self.started).as_secs_f64(),
                 state: self.state_name().into(),
+                http: self.http.as_ref().map(|h| h.local.to_string()),
             },
             runners,
             problems: self.problems(now),

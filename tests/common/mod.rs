@@ -191,6 +191,21 @@ impl Env {
         pid
     }
 
+    /// The port the running master's HTTP endpoint listens on, as
+    /// `status --json` shows it (`master.http`). Tests configure port 0:
+    /// the master's own bind picks the port, so nothing can take it between
+    /// a check and the bind (as happened once with [`free_port`]).
+    pub fn http_port(&self) -> u16 {
+        let r = self.run(&["status", "--json"]);
+        assert_eq!(r.code, 0, "status --json: {}{}", r.stdout, r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("status --json");
+        let addr = v["master"]["http"].as_str().unwrap_or_default();
+        addr.rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .filter(|&p: &u16| p != 0)
+            .unwrap_or_else(|| panic!("no HTTP port in status --json: {}", r.stdout))
+    }
+
     /// What `status` prints (and `stop` on stderr) when no master runs here.
     pub fn not_running(&self) -> String {
         format!(
