@@ -458,3 +458,57 @@ fn the_first_sigsegv_ends_a_built_in_runner() {
     env.wait_log(&format!("(pid: {runner}, why: SIGNAL 11, class: in"));
     assert_eq!(env.run(&["stop"]).code, 0);
 }
+
+/// Each runner's environment is the master's, the variables that say where
+/// it runs, and its own `env`, which wins over the master's: one entry per
+/// name, and one runner's `env` is not another's (the master's part is
+/// encoded once and shared by every child).
+#[test]
+fn a_runners_env_wins_over_the_masters_and_stays_its_own() {
+    let env = Env::new(&only(
+        "[runner.a]\ncommand = [\"sleep\", \"1000\"]\n\
+         env = { SHARED = \"a\", PATH = \"/nowhere:/usr/bin:/bin\", ONLY_A = \"1\" }\n\
+         [runner.b]\ncommand = [\"sleep\", \"1000\"]\ninstances = 2\n",
+    ));
+    let r = env
+        .cmd(&["start"])
+        .env("SHARED", "master")
+        .env("KEPT", "master")
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let master = env.pid_from_file().unwrap();
+    wait_until("three runners past exec", PATIENCE, || {
+        let rs = runners_of(master);
+        rs.len() == 3 && rs.iter().all(|&p| cmdline(p) == "sleep 1000")
+    });
+    let path = std::env::var("PATH").unwrap();
+    for pid in runners_of(master) {
+        let vars = environ(pid);
+        let value = |name: &str| -> Vec<String> {
+            vars.iter()
+                .filter_map(|v| v.strip_prefix(&format!("{name}=")))
+                .map(str::to_string)
+                .collect()
+        };
+        let mut names: Vec<&str> = vars.iter().filter_map(|v| v.split('=').next()).collect();
+        names.sort();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(names.len(), before, "one entry per name: {vars:?}");
+        assert_eq!(value("KEPT"), ["master"]);
+        assert_eq!(value("MAILMAN_UNDER_MASTER_CONTROL"), ["1"]);
+        let spec = &value("MAILMAN_RUNNER")[0];
+        if spec == "a:0:1" {
+            assert_eq!(value("SHARED"), ["a"]);
+            assert_eq!(value("PATH"), ["/nowhere:/usr/bin:/bin"]);
+            assert_eq!(value("ONLY_A"), ["1"]);
+        } else {
+            assert!(spec == "b:0:2" || spec == "b:1:2", "{spec}");
+            assert_eq!(value("SHARED"), ["master"]);
+            assert_eq!(value("PATH"), [path.as_str()]);
+            assert!(value("ONLY_A").is_empty(), "{vars:?}");
+        }
+    }
+    assert_eq!(env.run(&["stop"]).code, 0);
+}

@@ -4,16 +4,18 @@
 //! Not here: deciding when to start (`runners`), the set-up between fork and
 //! exec (`os::process`), the placeholders (`config::placeholders`).
 
-use std::ffi::{CString, OsString};
+use std::borrow::Cow;
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use super::slice::Slice;
 use crate::config::placeholders::{fill, placeholders};
-use crate::os::process::{Exec, START_SIGNALS, child_setup, forget};
+use crate::os::process::{EnvBase, Exec, START_SIGNALS, child_setup, forget};
 use crate::os::vfork;
 
 /// The environment variable that hands the master its readiness pipe; never
@@ -27,14 +29,66 @@ pub struct SpawnContext {
     pub config_arg: PathBuf,
     pub var_dir: PathBuf,
     pub master_pid: i32,
-    /// The master's `--set` overrides as `MAILMAN__…` variables.
-    pub overrides: Vec<(String, String)>,
     /// The open-file limit the master started with, given back to runners
     /// (the master raised its own: see [`crate::os::process::raise_nofile`]).
     pub nofile: Option<libc::rlimit>,
     /// The cgroup runners are born in (`os::confine`), if there is one:
     /// its directory, open, and its `cgroup.procs`.
     pub cgroup: Option<(RawFd, CString)>,
+    pub bases: Bases,
+}
+
+/// The environments children start from, encoded once ([`EnvBase`]): a
+/// child's own variables (its spec, its `env`) are added to one of them.
+#[derive(Debug, Clone)]
+pub struct Bases {
+    /// Ours: the master's whole environment but what it speaks to systemd
+    /// with, the `MAILMAN_*` variables that say where it runs, the `--set`
+    /// overrides (as `MAILMAN__…` variables).
+    ours: Arc<EnvBase>,
+    /// Mailman Core's: what Mailman's own master gives its runners (its
+    /// `PRESERVE_ENVS`, `MAILMAN_UNDER_MASTER_CONTROL=1`, the var dir).
+    mailman: Arc<EnvBase>,
+}
+
+impl Bases {
+    /// A NUL byte in a path or override is `InvalidInput`.
+    pub fn new(
+        config_arg: &Path,
+        var_dir: &Path,
+        overrides: &[(String, String)],
+    ) -> io::Result<Bases> {
+        let under: [(&OsStr, &OsStr); 1] =
+            [("MAILMAN_UNDER_MASTER_CONTROL".as_ref(), "1".as_ref())];
+        let own = std::env::vars_os()
+            .filter(|(k, _)| k != READY_FD_ENV && k != "NOTIFY_SOCKET")
+            .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
+            .chain(
+                under
+                    .into_iter()
+                    .chain([
+                        ("MAILMAN_CONFIG_FILE".as_ref(), config_arg.as_os_str()),
+                        ("MAILMAN_VAR_DIR".as_ref(), var_dir.as_os_str()),
+                    ])
+                    .chain(overrides.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
+                    .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v))),
+            );
+        let preserved = std::env::vars_os()
+            .filter(|(k, _)| k.to_str().is_some_and(|k| MAILMAN_PRESERVED.contains(&k)))
+            .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
+            .chain(
+                under
+                    .into_iter()
+                    // As Mailman's `start` does: the runners' var dir is
+                    // the master's, whatever their working directory.
+                    .chain([("MAILMAN_VAR_DIR".as_ref(), var_dir.as_os_str())])
+                    .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v))),
+            );
+        Ok(Bases {
+            ours: Arc::new(EnvBase::new(own)?),
+            mailman: Arc::new(EnvBase::new(preserved)?),
+        })
+    }
 }
 
 pub struct Spawned {
@@ -236,7 +290,6 @@ struct Prepared {
     args: Vec<String>,
     /// Our own runner (see `START_SIGNALS`).
     ours: bool,
-    env: indexmap::IndexMap<OsString, OsString>,
     exec: Exec,
     keep: Option<RawFd>,
     /// `[stdout read, stdout write, stderr read, stderr write]`.
@@ -253,16 +306,19 @@ impl Prepared {
     ) -> io::Result<Prepared> {
         // Every child's stdin, opened once: its failure is this child's.
         dev_null()?;
-        let env = environment_of(ctx, environment);
+        let (base, own) = environment_of(ctx, environment);
         // The PATH the child will have: the runner's own, else ours
         // (Mailman's environment has none: its programs are absolute), else
         // the C library's default, as `execvp` would search.
-        let path = env
-            .get(std::ffi::OsStr::new("PATH"))
-            .cloned()
+        let path = own
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == "PATH")
+            .map(|(_, v)| v.to_os_string())
+            .or_else(|| base.get("PATH".as_ref()).map(OsStr::to_os_string))
             .or_else(|| std::env::var_os("PATH"))
             .unwrap_or_else(|| OsString::from("/bin:/usr/bin"));
-        let exec = Exec::new(program, args, &env, &path)?;
+        let exec = Exec::new(program, args, base, own, &path)?;
         // Our own runner starts with its stop/restart/reopen signals blocked
         // and unblocks them once it handles them: one that arrives while it
         // starts waits instead of killing it.
@@ -271,7 +327,6 @@ impl Prepared {
             program: program.to_string(),
             args: args.to_vec(),
             ours,
-            env,
             exec,
             keep,
             pipes: pipes()?,
@@ -317,7 +372,7 @@ impl Prepared {
         cmd.arg0(&self.program)
             .args(&self.args)
             .env_clear()
-            .envs(self.env)
+            .envs(self.exec.vars())
             .stdin(Stdio::from(dev_null()?.try_clone()?))
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w));
@@ -359,50 +414,25 @@ impl Prepared {
     }
 }
 
-/// The child's environment, in order, later entries replacing earlier ones.
-fn environment_of(
-    ctx: &SpawnContext,
-    environment: &Environment,
-) -> indexmap::IndexMap<OsString, OsString> {
-    let mut vars = indexmap::IndexMap::new();
+/// The child's environment: the base it starts from, and its own
+/// variables, which replace the base's of the same name (later ones
+/// earlier ones).
+fn environment_of<'a>(
+    ctx: &'a SpawnContext,
+    environment: &'a Environment,
+) -> (&'a Arc<EnvBase>, Vec<(&'a str, &'a OsStr)>) {
+    let vars = |env: &'a indexmap::IndexMap<String, String>| {
+        env.iter().map(|(k, v)| (k.as_str(), OsStr::new(v)))
+    };
     match environment {
-        Environment::Ours { spec, env } => {
-            for (k, v) in std::env::vars_os() {
-                // The master speaks to systemd; runners must not.
-                if k != READY_FD_ENV && k != "NOTIFY_SOCKET" {
-                    vars.insert(k, v);
-                }
-            }
-            let mut set = |k: &str, v: &std::ffi::OsStr| {
-                vars.insert(OsString::from(k), v.to_owned());
-            };
-            set("MAILMAN_UNDER_MASTER_CONTROL", "1".as_ref());
-            set("MAILMAN_CONFIG_FILE", ctx.config_arg.as_os_str());
-            set("MAILMAN_VAR_DIR", ctx.var_dir.as_os_str());
-            set("MAILMAN_RUNNER", spec.as_ref());
-            for (k, v) in ctx.overrides.iter().map(|(k, v)| (k, v)).chain(env.iter()) {
-                set(k, v.as_ref());
-            }
-        }
-        Environment::Mailman { env } => {
-            for (k, v) in std::env::vars_os() {
-                if k.to_str().is_some_and(|k| MAILMAN_PRESERVED.contains(&k)) {
-                    vars.insert(k, v);
-                }
-            }
-            let mut set = |k: &str, v: &std::ffi::OsStr| {
-                vars.insert(OsString::from(k), v.to_owned());
-            };
-            set("MAILMAN_UNDER_MASTER_CONTROL", "1".as_ref());
-            // As Mailman's `start` does: the runners' var dir is the
-            // master's, whatever their working directory.
-            set("MAILMAN_VAR_DIR", ctx.var_dir.as_os_str());
-            for (k, v) in env.iter() {
-                set(k, v.as_ref());
-            }
-        }
+        Environment::Ours { spec, env } => (
+            &ctx.bases.ours,
+            std::iter::once(("MAILMAN_RUNNER", OsStr::new(spec)))
+                .chain(vars(env))
+                .collect(),
+        ),
+        Environment::Mailman { env } => (&ctx.bases.mailman, vars(env).collect()),
     }
-    vars
 }
 
 /// Two pipes for a child's output: `[stdout read, stdout write, stderr

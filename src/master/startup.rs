@@ -15,7 +15,7 @@ use super::log;
 use super::output::{Output, Outputs};
 use super::slice::Slice;
 use super::slice::{State, Why};
-use super::spawn::{self, Environment, READY_FD_ENV, SpawnContext};
+use super::spawn::{self, Bases, Environment, READY_FD_ENV, SpawnContext};
 use super::{EXIT_ERROR, EXIT_USAGE, Master, Mode, Options, StartError};
 use crate::config::{Config, RunnerSpec};
 use crate::control;
@@ -127,6 +127,15 @@ impl Master {
             })?,
             None => config.config_arg(),
         };
+        let overrides: Vec<_> = config
+            .sets
+            .iter()
+            .filter_map(|s| crate::config::set_as_env(s))
+            .collect();
+        let bases = Bases::new(&config_arg, &layout.var_dir, &overrides).map_err(|e| {
+            lock::remove_pid_file(&layout);
+            StartError::new(EXIT_ERROR, anyhow::anyhow!("the runners' environment: {e}"))
+        })?;
         // Whatever a master of this var dir killed with -9 left behind.
         let confine = Confinement::new(&layout.lock_file());
         let left = confine.kill_leftovers();
@@ -168,13 +177,9 @@ impl Master {
             config_arg,
             var_dir: layout.var_dir.clone(),
             master_pid: std::process::id() as i32,
-            overrides: config
-                .sets
-                .iter()
-                .filter_map(|s| crate::config::set_as_env(s))
-                .collect(),
             nofile,
             cgroup: confine.cgroup().map(|(fd, procs)| (fd, procs.clone())),
+            bases,
         };
         let mut master = Master {
             config,

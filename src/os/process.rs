@@ -5,8 +5,12 @@
 //!
 //! Not here: what to run (`master::spawn`, `queue::runner`).
 
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Raises this process's soft open-file limit to its hard limit (each
 /// runner costs the master two pipes; 1024 would cap it near 500 runners).
@@ -195,69 +199,173 @@ pub fn forget(program: &str) -> bool {
     cache.len() != before
 }
 
+/// Environment variables encoded once as `K=V` C strings, for many
+/// children to start from: a process's own variables do not change while
+/// it runs, so the master (and a built-in runner, for its handlers) encodes
+/// them once rather than for every child (issue 19). A later variable of a
+/// name already there replaces it, in its place.
+#[derive(Debug, Default)]
+pub struct EnvBase {
+    entries: Vec<CString>,
+    /// Each name's place in `entries`.
+    names: HashMap<Vec<u8>, usize>,
+}
+
+impl EnvBase {
+    /// A NUL byte in a name or value is `InvalidInput`.
+    pub fn new<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> io::Result<EnvBase> {
+        let mut base = EnvBase::default();
+        for (k, v) in vars {
+            let (k, v) = (k.as_ref().as_bytes(), v.as_ref().as_bytes());
+            let kv = entry(k, v)?;
+            match base.names.get(k) {
+                Some(&i) => base.entries[i] = kv,
+                None => {
+                    base.names.insert(k.to_vec(), base.entries.len());
+                    base.entries.push(kv);
+                }
+            }
+        }
+        Ok(base)
+    }
+
+    /// The value of variable `name`, if set.
+    pub fn get(&self, name: &OsStr) -> Option<&OsStr> {
+        let i = *self.names.get(name.as_bytes())?;
+        let kv = self.entries.get(i)?.as_bytes();
+        Some(OsStr::from_bytes(kv.get(name.len() + 1..)?))
+    }
+}
+
+/// `K=V` as a C string.
+fn entry(k: &[u8], v: &[u8]) -> io::Result<CString> {
+    let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
+    kv.extend_from_slice(k);
+    kv.push(b'=');
+    kv.extend_from_slice(v);
+    c_string(kv)
+}
+
+fn c_string(bytes: Vec<u8>) -> io::Result<CString> {
+    CString::new(bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{:?} contains a NUL byte",
+                String::from_utf8_lossy(&e.into_vec())
+            ),
+        )
+    })
+}
+
+/// Where an entry of a child's environment comes from.
+#[derive(Clone, Copy)]
+enum Slot {
+    Base(usize),
+    Own(usize),
+}
+
 /// A program's command line and environment as `execve` takes them: the
 /// program found by the child's `PATH` ([`resolve`]), and NULL-terminated
-/// arrays pointing into strings this holds (a move of it does not move
-/// them).
+/// arrays pointing into strings this holds or shares (a move of it does
+/// not move them).
 pub struct Exec {
     pub exe: PathBuf,
-    pub path: std::ffi::CString,
+    pub path: CString,
     pub argv: Vec<*const libc::c_char>,
     pub envp: Vec<*const libc::c_char>,
-    _strings: [Vec<std::ffi::CString>; 2],
+    /// What `argv` points into.
+    _argv: Vec<CString>,
+    /// What `envp` points into: the base's entries and the child's own.
+    base: Arc<EnvBase>,
+    own: Vec<CString>,
+    slots: Vec<Slot>,
 }
 
 impl Exec {
     /// `program` (`argv[0]` as written: `ps` shows `sleep`, not its path)
-    /// with `args` and the environment `env`, `program` looked for by
+    /// with `args` and the environment `base` with `own` variables added
+    /// (one of a name `base` has replaces it), `program` looked for by
     /// `path` where it has no `/`. `NotFound` if it is not there; a NUL
     /// byte anywhere is `InvalidInput`.
-    pub fn new<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    pub fn new<K: AsRef<OsStr>, V: AsRef<OsStr>>(
         program: &str,
         args: &[String],
-        env: impl IntoIterator<Item = (K, V)>,
-        path: &std::ffi::OsStr,
+        base: &Arc<EnvBase>,
+        own: impl IntoIterator<Item = (K, V)>,
+        path: &OsStr,
     ) -> io::Result<Exec> {
-        use std::ffi::{CString, OsStr};
-        use std::os::unix::ffi::OsStrExt;
         let exe = match resolve(program, path) {
             Some(exe) => exe,
             None if program.contains('/') => PathBuf::from(program),
             None => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
         };
-        let cstr = |s: &OsStr| {
-            CString::new(s.as_bytes()).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{s:?} contains a NUL byte"),
-                )
-            })
-        };
-        let argv = std::iter::once(program)
+        let argv_strings = std::iter::once(program)
             .chain(args.iter().map(String::as_str))
-            .map(|a| cstr(a.as_ref()))
+            .map(|a| c_string(a.as_bytes().to_vec()))
             .collect::<io::Result<Vec<_>>>()?;
-        let envp = env
-            .into_iter()
-            .map(|(k, v)| {
-                let mut kv = k.as_ref().to_os_string();
-                kv.push("=");
-                kv.push(v);
-                cstr(&kv)
+        let mut slots: Vec<Slot> = (0..base.entries.len()).map(Slot::Base).collect();
+        let mut own_strings = Vec::new();
+        // Names `own` added beyond the base's, and their slots.
+        let mut added: Vec<(Vec<u8>, usize)> = Vec::new();
+        for (k, v) in own {
+            let (k, v) = (k.as_ref().as_bytes(), v.as_ref().as_bytes());
+            let slot = Slot::Own(own_strings.len());
+            own_strings.push(entry(k, v)?);
+            let at = base.names.get(k).copied().or_else(|| {
+                added
+                    .iter()
+                    .find_map(|(name, at)| (name.as_slice() == k).then_some(*at))
+            });
+            match at {
+                Some(at) => slots[at] = slot,
+                None => {
+                    added.push((k.to_vec(), slots.len()));
+                    slots.push(slot);
+                }
+            }
+        }
+        let argv = argv_strings
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let envp = slots
+            .iter()
+            .map(|&s| match s {
+                Slot::Base(i) => base.entries[i].as_ptr(),
+                Slot::Own(i) => own_strings[i].as_ptr(),
             })
-            .collect::<io::Result<Vec<_>>>()?;
-        let pointers = |list: &[CString]| {
-            list.iter()
-                .map(|c| c.as_ptr())
-                .chain([std::ptr::null()])
-                .collect::<Vec<_>>()
-        };
+            .chain([std::ptr::null()])
+            .collect();
         Ok(Exec {
-            path: cstr(exe.as_os_str())?,
+            path: c_string(exe.as_os_str().as_bytes().to_vec())?,
             exe,
-            argv: pointers(&argv),
-            envp: pointers(&envp),
-            _strings: [argv, envp],
+            argv,
+            envp,
+            _argv: argv_strings,
+            base: Arc::clone(base),
+            own: own_strings,
+            slots,
+        })
+    }
+
+    /// The environment's variables, in order (for a child forked through
+    /// the standard library instead).
+    pub fn vars(&self) -> impl Iterator<Item = (&OsStr, &OsStr)> {
+        self.slots.iter().map(|&s| {
+            let kv = match s {
+                Slot::Base(i) => &self.base.entries[i],
+                Slot::Own(i) => &self.own[i],
+            }
+            .as_bytes();
+            let eq = kv.iter().position(|&b| b == b'=').unwrap_or(kv.len());
+            (
+                OsStr::from_bytes(&kv[..eq]),
+                OsStr::from_bytes(kv.get(eq + 1..).unwrap_or_default()),
+            )
         })
     }
 }

@@ -16,6 +16,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::Arc;
 
 use crate::os::{process, vfork};
 
@@ -90,6 +91,17 @@ fn above_stdio(fd: RawFd) -> Option<OwnedFd> {
     (copy >= 3).then(|| unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
+/// The runner's own environment, which every handler starts from, encoded
+/// once (it does not change while the runner runs).
+fn base() -> io::Result<&'static Arc<process::EnvBase>> {
+    static BASE: std::sync::OnceLock<Arc<process::EnvBase>> = std::sync::OnceLock::new();
+    if let Some(base) = BASE.get() {
+        return Ok(base);
+    }
+    let base = Arc::new(process::EnvBase::new(std::env::vars_os())?);
+    Ok(BASE.get_or_init(|| base))
+}
+
 /// The handler cloned (`os::vfork::spawn`); `None` where this system does
 /// not clone so.
 fn clone(
@@ -100,9 +112,9 @@ fn clone(
     out: &[OwnedFd; 2],
 ) -> Option<io::Result<i32>> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
-    let ours = std::env::vars_os().filter(|(k, _)| env.iter().all(|(e, _)| k != e));
-    let vars = ours.chain(env.iter().map(|(k, v)| (k.into(), v.into())));
-    let exec = match process::Exec::new(program, args, vars, &path) {
+    let exec = match base()
+        .and_then(|base| process::Exec::new(program, args, base, env.iter().copied(), &path))
+    {
         Ok(exec) => exec,
         Err(e) => return Some(Err(e)),
     };
