@@ -61,6 +61,7 @@ impl Bases {
         let under: [(&OsStr, &OsStr); 1] =
             [("MAILMAN_UNDER_MASTER_CONTROL".as_ref(), "1".as_ref())];
         let own = std::env::vars_os()
+            // The master speaks to systemd; runners must not.
             .filter(|(k, _)| k != READY_FD_ENV && k != "NOTIFY_SOCKET")
             .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
             .chain(
@@ -415,8 +416,8 @@ impl Prepared {
 }
 
 /// The child's environment: the base it starts from, and its own
-/// variables, which replace the base's of the same name (later ones
-/// earlier ones).
+/// variables, which replace the base's of the same name (and a later one of
+/// its own an earlier one).
 fn environment_of<'a>(
     ctx: &'a SpawnContext,
     environment: &'a Environment,

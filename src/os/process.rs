@@ -369,3 +369,45 @@ impl Exec {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envp(e: &Exec) -> Vec<String> {
+        e.vars()
+            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+            .collect()
+    }
+
+    #[test]
+    fn a_childs_own_variables_replace_the_bases_in_place() {
+        let base =
+            Arc::new(EnvBase::new([("A", "1"), ("PATH", "/bin"), ("B", "2"), ("A", "3")]).unwrap());
+        assert_eq!(base.get("A".as_ref()), Some(OsStr::new("3")));
+        assert_eq!(base.get("C".as_ref()), None);
+        let own = [("B", "own"), ("C", "new"), ("C", "newer"), ("D", "")];
+        let e = Exec::new("/bin/true", &[], &base, own, "/bin".as_ref()).unwrap();
+        assert_eq!(envp(&e), ["A=3", "PATH=/bin", "B=own", "C=newer", "D="]);
+        // The C strings `execve` gets, NULL-terminated.
+        assert_eq!(e.envp.len(), 6);
+        assert!(e.envp[5].is_null());
+        // SAFETY: each pointer but the last is a C string `e` holds.
+        let third = unsafe { std::ffi::CStr::from_ptr(e.envp[2]) };
+        assert_eq!(third.to_bytes(), b"B=own");
+        // The base is shared, not changed.
+        let plain = Exec::new("/bin/true", &[], &base, [("X", "")], "/bin".as_ref()).unwrap();
+        assert_eq!(envp(&plain), ["A=3", "PATH=/bin", "B=2", "X="]);
+    }
+
+    #[test]
+    fn a_nul_byte_is_invalid_input() {
+        let e = EnvBase::new([("A", "x\0y")]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let base = Arc::new(EnvBase::default());
+        let Err(e) = Exec::new("/bin/true", &[], &base, [("A\0", "1")], "/bin".as_ref()) else {
+            panic!("a NUL byte in a name was taken");
+        };
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+}
