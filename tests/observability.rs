@@ -468,9 +468,10 @@ fn http_listen_errors_are_clear() {
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let chosen = env.http_port();
-    env.wait_log(&format!(
-        "Serving /metrics, /livez and /readyz on http://127.0.0.1:{chosen}"
-    ));
+    // `status --json` says where it listens too, the chosen port included.
+    let r = env.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["master"]["http"], format!("127.0.0.1:{chosen}"), "{v}");
     assert_eq!(get(chosen, "/livez").status, 200);
     assert_eq!(env.run(&["stop"]).code, 0);
 }

@@ -191,19 +191,23 @@ impl Env {
         pid
     }
 
-    /// The port the running master's HTTP endpoint listens on, as
-    /// `status --json` shows it (`master.http`). Tests configure port 0:
-    /// the master's own bind picks the port, so nothing can take it between
-    /// a check and the bind (as happened once with [`free_port`]).
+    /// The port the master's HTTP endpoint listens on, as its log says
+    /// (the last start's `Serving … on http://HOST:PORT`; read from the log,
+    /// not asked over the control socket, whose connection would take one
+    /// of the master's descriptors). Tests configure port 0: the master's
+    /// own bind picks the port, so nothing can take it between a check and
+    /// the bind (as happened once with [`free_port`]).
     pub fn http_port(&self) -> u16 {
-        let r = self.run(&["status", "--json"]);
-        assert_eq!(r.code, 0, "status --json: {}{}", r.stdout, r.stderr);
-        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("status --json");
-        let addr = v["master"]["http"].as_str().unwrap_or_default();
-        addr.rsplit_once(':')
+        const SERVING: &str = "Serving /metrics, /livez and /readyz on http://";
+        self.wait_log(SERVING);
+        let log = self.log();
+        log.lines()
+            .rev()
+            .find_map(|l| l.split_once(SERVING))
+            .and_then(|(_, addr)| addr.trim().rsplit_once(':'))
             .and_then(|(_, p)| p.parse().ok())
             .filter(|&p: &u16| p != 0)
-            .unwrap_or_else(|| panic!("no HTTP port in status --json: {}", r.stdout))
+            .unwrap_or_else(|| panic!("no HTTP port in the log:\n{log}"))
     }
 
     /// What `status` prints (and `stop` on stderr) when no master runs here.
