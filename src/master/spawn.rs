@@ -4,7 +4,6 @@
 //! Not here: deciding when to start (`runners`), the set-up between fork and
 //! exec (`os::process`), the placeholders (`config::placeholders`).
 
-use std::borrow::Cow;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -58,36 +57,29 @@ impl Bases {
         var_dir: &Path,
         overrides: &[(String, String)],
     ) -> io::Result<Bases> {
-        let under: [(&OsStr, &OsStr); 1] =
-            [("MAILMAN_UNDER_MASTER_CONTROL".as_ref(), "1".as_ref())];
-        let own = std::env::vars_os()
-            // The master speaks to systemd; runners must not.
-            .filter(|(k, _)| k != READY_FD_ENV && k != "NOTIFY_SOCKET")
-            .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
-            .chain(
-                under
-                    .into_iter()
-                    .chain([
-                        ("MAILMAN_CONFIG_FILE".as_ref(), config_arg.as_os_str()),
-                        ("MAILMAN_VAR_DIR".as_ref(), var_dir.as_os_str()),
-                    ])
-                    .chain(overrides.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
-                    .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v))),
-            );
-        let preserved = std::env::vars_os()
-            .filter(|(k, _)| k.to_str().is_some_and(|k| MAILMAN_PRESERVED.contains(&k)))
-            .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v)))
-            .chain(
-                under
-                    .into_iter()
-                    // As Mailman's `start` does: the runners' var dir is
-                    // the master's, whatever their working directory.
-                    .chain([("MAILMAN_VAR_DIR".as_ref(), var_dir.as_os_str())])
-                    .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v))),
-            );
+        let under = ("MAILMAN_UNDER_MASTER_CONTROL", OsStr::new("1"));
+        let var_dir = ("MAILMAN_VAR_DIR", var_dir.as_os_str());
+        let mut ours = EnvBase::new(
+            std::env::vars_os()
+                // The master speaks to systemd; runners must not.
+                .filter(|(k, _)| k != READY_FD_ENV && k != "NOTIFY_SOCKET"),
+        )?;
+        ours.extend([
+            under,
+            ("MAILMAN_CONFIG_FILE", config_arg.as_os_str()),
+            var_dir,
+        ])?;
+        ours.extend(overrides.iter().map(|(k, v)| (k, v)))?;
+        let mut mailman = EnvBase::new(
+            std::env::vars_os()
+                .filter(|(k, _)| k.to_str().is_some_and(|k| MAILMAN_PRESERVED.contains(&k))),
+        )?;
+        // As Mailman's `start` does: the runners' var dir is the master's,
+        // whatever their working directory.
+        mailman.extend([under, var_dir])?;
         Ok(Bases {
-            ours: Arc::new(EnvBase::new(own)?),
-            mailman: Arc::new(EnvBase::new(preserved)?),
+            ours: Arc::new(ours),
+            mailman: Arc::new(mailman),
         })
     }
 }

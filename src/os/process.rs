@@ -217,18 +217,27 @@ impl EnvBase {
         vars: impl IntoIterator<Item = (K, V)>,
     ) -> io::Result<EnvBase> {
         let mut base = EnvBase::default();
+        base.extend(vars)?;
+        Ok(base)
+    }
+
+    /// `vars` added, each replacing one of its name already there.
+    pub fn extend<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        &mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> io::Result<()> {
         for (k, v) in vars {
             let (k, v) = (k.as_ref().as_bytes(), v.as_ref().as_bytes());
             let kv = entry(k, v)?;
-            match base.names.get(k) {
-                Some(&i) => base.entries[i] = kv,
+            match self.names.get(k) {
+                Some(&i) => self.entries[i] = kv,
                 None => {
-                    base.names.insert(k.to_vec(), base.entries.len());
-                    base.entries.push(kv);
+                    self.names.insert(k.to_vec(), self.entries.len());
+                    self.entries.push(kv);
                 }
             }
         }
-        Ok(base)
+        Ok(())
     }
 
     /// The value of variable `name`, if set.
