@@ -16,7 +16,10 @@
 //! [`Located::confirm`]): the root and the `mailman` tables are checked
 //! first, since they give the layout; the syntax of the others (the 1,000
 //! runner tables of a large file) is checked while `status` waits for the
-//! master's answer, not before it asks.
+//! master's answer, not before it asks. The first half lexes the file only
+//! as far as the last table that can be `mailman`'s (one whose header holds
+//! the word, or a backslash that could spell it); the tables after it are
+//! lexed in the second half alone.
 //!
 //! Not here: validation (`validate`), the full merge (`defaults`).
 
@@ -82,7 +85,8 @@ impl Located {
     }
 }
 
-/// The tables of a file not checked yet: their text.
+/// The tables of a file not checked yet: their text, and where they are
+/// (a range is one table, or the run of tables that ends the file).
 struct Rest {
     text: String,
     tables: Vec<Range<usize>>,
@@ -90,16 +94,59 @@ struct Rest {
 
 impl Rest {
     /// Whether every table is valid TOML syntax, keys and values included.
-    /// A table begins a line outside any value, so it is lexed on its own.
+    /// A range begins a line outside any value, so it is lexed on its own;
+    /// its tables are parsed one by one, as [`mailman_part`] does.
     fn check(&self) -> bool {
         let mut tokens = Vec::new();
-        self.tables.iter().all(|range| {
-            let table = &self.text[range.clone()];
+        self.tables
+            .iter()
+            .all(|range| check_tables(&self.text[range.clone()], &mut tokens).is_some())
+    }
+}
+
+/// Whether `text`, a run of whole tables, is valid TOML syntax: lexed
+/// once, each table parsed alone (`tokens`: room for one table's tokens).
+fn check_tables(text: &str, tokens: &mut Vec<toml_parser::lexer::Token>) -> Option<()> {
+    let end = Source::new("").lex().last()?;
+    let mut headers = Headers::default();
+    tokens.clear();
+    for token in Source::new(text).lex() {
+        if headers.begins(token.kind()) && !tokens.is_empty() {
+            tokens.push(end);
+            parse_table(text, tokens)?;
             tokens.clear();
-            // The lexer's own end-of-input token comes last.
-            tokens.extend(Source::new(table).lex());
-            parse_table(table, &tokens).is_some()
-        })
+        }
+        tokens.push(token);
+    }
+    // The lexer's own end-of-input token came last.
+    parse_table(text, tokens).map(drop)
+}
+
+/// Where table headers begin in a document's tokens: at a `[` that starts
+/// a line outside any value (strings are single tokens; arrays and inline
+/// tables are counted open and closed).
+#[derive(Default)]
+struct Headers {
+    depth: i32,
+    mid_line: bool,
+}
+
+impl Headers {
+    /// Whether a token of `kind`, the next one, begins a table header.
+    fn begins(&mut self, kind: toml_parser::lexer::TokenKind) -> bool {
+        use toml_parser::lexer::TokenKind;
+        match kind {
+            TokenKind::LeftSquareBracket if self.depth == 0 && !self.mid_line => {
+                (self.depth, self.mid_line) = (1, true);
+                return true;
+            }
+            TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => self.depth += 1,
+            TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => self.depth -= 1,
+            TokenKind::Newline => self.mid_line = false,
+            TokenKind::Whitespace => {}
+            _ => self.mid_line = true,
+        }
+        false
     }
 }
 
@@ -160,13 +207,15 @@ fn light(explicit: Option<&Path>, sets: &[String]) -> Option<(Layout, Rest)> {
 /// header ([`Rest`]). `None` when what was checked is not valid TOML
 /// syntax, keys and values included.
 ///
-/// The document is lexed once; a table's tokens are parsed on their own,
-/// so that a file of 1,000 tables never holds all its tokens at once (144 KB
-/// of them: a third of `status`'s page faults). A table header can only
-/// begin a line outside any value (strings are single tokens; arrays and
-/// inline tables are counted open and closed), and the parser's state
-/// there is that of a document's start: parsing the tables one by one
-/// finds the errors parsing the whole would.
+/// The document is lexed once, and only up to the first header past the
+/// last `mailman` or backslash in the file: no header after that can name
+/// `mailman`, and the tables from there on are one range of [`Rest`]. A
+/// table's tokens are parsed on their own, so that a file of 1,000 tables
+/// never holds all its tokens at once (144 KB of them: a third of
+/// `status`'s page faults). A table header can only begin a line outside
+/// any value ([`Headers`]), and the parser's state there is that of a
+/// document's start: parsing the tables one by one finds the errors
+/// parsing the whole would.
 fn mailman_part(text: &str) -> Option<(String, Vec<Range<usize>>)> {
     use toml_parser::lexer::TokenKind;
 
@@ -199,30 +248,28 @@ fn mailman_part(text: &str) -> Option<(String, Vec<Range<usize>>)> {
         }
         Some(())
     };
+    // Past the last place a header could name `mailman`.
+    let last_mention = [text.rfind("mailman"), text.rfind('\\')]
+        .into_iter()
+        .flatten()
+        .max();
     let mut tokens = Vec::new();
     let mut table = Table::Read;
-    let (mut from, mut depth, mut line_start) = (0, 0i32, true);
+    let mut from = 0;
+    let mut headers = Headers::default();
     for token in Source::new(text).lex() {
-        match token.kind() {
-            TokenKind::LeftSquareBracket if depth == 0 && line_start => {
-                let at = token.span().start();
-                close(from, at, &mut tokens, table)?;
-                tokens.clear();
-                (from, depth, line_start, table) = (at, 1, false, Table::Header);
-            }
-            TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => depth += 1,
-            TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => depth -= 1,
-            TokenKind::Newline
-                if table == Table::Header
-                    && !may_name_mailman(&text[from..token.span().start()]) =>
-            {
-                // Left to [`Rest`], which checks its header too.
-                tokens.clear();
+        if headers.begins(token.kind()) {
+            let at = token.span().start();
+            close(from, at, &mut tokens, table)?;
+            tokens.clear();
+            (from, table) = (at, Table::Header);
+            if last_mention.is_none_or(|m| m < at) {
+                // Every table from here on is left to [`Rest`], unlexed.
                 table = Table::Rest;
-                line_start = true;
-                continue;
+                break;
             }
-            TokenKind::Newline if table == Table::Header => {
+        } else if token.kind() == TokenKind::Newline && table == Table::Header {
+            if may_name_mailman(&text[from..token.span().start()]) {
                 // The header line, parsed alone, says whose table it is.
                 tokens.extend([token, end]);
                 let first = parse_table(text, &tokens)?;
@@ -232,12 +279,12 @@ fn mailman_part(text: &str) -> Option<(String, Vec<Range<usize>>)> {
                 } else {
                     Table::Rest
                 };
-                line_start = true;
-                continue;
+            } else {
+                // Left to [`Rest`], which checks its header too.
+                tokens.clear();
+                table = Table::Rest;
             }
-            TokenKind::Newline => line_start = true,
-            TokenKind::Whitespace => {}
-            _ => line_start = false,
+            continue;
         }
         if table != Table::Rest {
             tokens.push(token);
@@ -400,10 +447,26 @@ mod tests {
                 "[runner.b]\n"
             ]
         );
+        // Past the last `mailman` (or backslash), the tables are one range,
+        // not lexed until it is checked.
+        let doc =
+            "[runner.a]\n[mailman]\nx = 'mailman'\n[runner.b]\n[[job.c]]\n[runner.d]\ny = 1\n";
+        let (_, rest) = mailman_part(doc).unwrap();
+        let rest: Vec<&str> = rest.into_iter().map(|r| &doc[r]).collect();
+        assert_eq!(
+            rest,
+            ["[runner.a]\n", "[runner.b]\n[[job.c]]\n[runner.d]\ny = 1\n"]
+        );
+        assert!(checked(doc).is_some());
         // A mistake in a table left for later is not seen at first.
-        let late = "[mailman]\nvar_dir = \"/v\"\n[runner.x]\ncommand = [\"a\" \"b\"]\n";
-        assert!(mailman_part(late).is_some());
-        assert_eq!(checked(late), None);
+        for late in [
+            "[mailman]\nvar_dir = \"/v\"\n[runner.x]\ncommand = [\"a\" \"b\"]\n",
+            "[mailman]\nvar_dir = \"/v\"\n[runner.x]\n[runner.y]\ncommand = [\"a\" \"b\"]\n[runner.z]\n",
+            "[mailman]\nvar_dir = \"/v\"\n[runner.x]\n[runner.y]\nc = 'unclosed\n[runner.z]\n",
+        ] {
+            assert!(mailman_part(late).is_some(), "{late:?}");
+            assert_eq!(checked(late), None, "{late:?}");
+        }
         for broken in [
             "[runner.in\n",
             "[runner.in]\ncommand = [\"a\" \"b\"]\n",
