@@ -107,6 +107,34 @@ fn crashing_runner_backs_off_then_is_given_up() {
     assert_eq!(env.run(&["stop"]).code, 0);
 }
 
+/// Back-off timers fall due while another runner's output keeps the loop
+/// busy with turns that change nothing (which do not look at the timers
+/// before the deadline the loop waited for): each restart still comes.
+#[test]
+fn restarts_come_while_another_runner_talks() {
+    let env = Env::new(&only(
+        r#"
+[runner.chatty]
+command = ["sh", "-c", "while :; do echo chatter; sleep 0.01; done"]
+[runner.crash]
+command = ["sh", "-c", "date +%s%3N >> {var_dir}/crash.starts; exit 1"]
+restart_delay = "200ms"
+restart_delay_max = "200ms"
+max_restarts = 3
+"#,
+    ));
+    let r = env.run(&["start"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    env.wait_log("Runner crash reached maximum restart limit of 3, not restarting.");
+    let t = starts(&env, "crash.starts");
+    assert_eq!(t.len(), 4, "{t:?}");
+    for pair in t.windows(2) {
+        assert!(pair[1] - pair[0] >= 160, "{t:?}");
+    }
+    assert!(env.log().contains("[chatty:0] chatter"));
+    assert_eq!(env.run(&["stop"]).code, 0);
+}
+
 #[test]
 fn exit_15_is_not_restarted() {
     let env = Env::new(&only(

@@ -84,11 +84,17 @@ impl Master {
             // Before sleeping: what changed this turn is recorded.
             self.keep_record();
             let ready = self.wait();
+            // Whether this turn may change a slice. A turn that only reads
+            // (runner output, `status`, a scrape) before the deadline `poll`
+            // waited for has nothing due: the timers are left alone, and
+            // the slices are not scanned for them again (~30 µs at 1,000).
+            let mut changes = ready.helper || ready.lock_dir || !ready.probes.is_empty();
             // What `poll` found, by index, before anything below changes the
             // tables (a reaped runner's pipes go).
             self.pump(&ready.outputs);
             self.finish_probes(&ready.probes);
             for sig in self.signals.take() {
+                changes = true;
                 self.on_signal(sig);
             }
             if ready.helper {
@@ -97,9 +103,13 @@ impl Master {
             if ready.lock_dir {
                 self.keep_lock();
             }
-            self.serve(ready.listener, &ready.clients);
+            changes |= self.serve(ready.listener, &ready.clients);
             self.serve_http(ready.http_listener, &ready.http);
-            self.on_timer(Instant::now());
+            let now = Instant::now();
+            if changes || self.wake_at.is_some_and(|at| at <= now) {
+                self.on_timer(now);
+                self.slice_timer = None;
+            }
         }
     }
 
@@ -127,7 +137,8 @@ impl Master {
     /// Sleeps until a signal, a control connection or request, runner
     /// output, or the next timer. Says what is ready.
     fn wait(&mut self) -> Ready {
-        let timeout = match self.next_deadline() {
+        self.wake_at = self.next_deadline();
+        let timeout = match self.wake_at {
             None => PollTimeout::NONE,
             Some(at) => {
                 let ms = at.saturating_duration_since(Instant::now()).as_millis();
@@ -267,11 +278,15 @@ impl Master {
     }
 
     /// Control socket: new connections, then requests from ready clients.
-    fn serve(&mut self, listener: bool, ready: &[usize]) {
+    /// Whether a request may have changed a slice (any but a question).
+    fn serve(&mut self, listener: bool, ready: &[usize]) -> bool {
+        let mut changes = false;
         let mut gone = Vec::new();
         for &i in ready {
             match self.clients[i].next_request() {
                 Ok(Some(request)) => {
+                    changes |=
+                        !matches!(request, Request::Status | Request::Health | Request::Jobs);
                     let response = self.on_request(&request);
                     let client = &mut self.clients[i];
                     client.reply(&response);
@@ -294,12 +309,13 @@ impl Master {
             // others' reads find nothing and cost a system call each.
             if accepted.any {
                 let all: Vec<usize> = (0..self.clients.len()).collect();
-                self.serve(false, &all);
+                changes |= self.serve(false, &all);
             }
         }
+        changes
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         let http = self.http.as_ref().and_then(|h| h.next_deadline());
         let own = match self.mode {
             Mode::Stopping { deadline, .. } => Some(deadline),
@@ -307,15 +323,9 @@ impl Master {
             Mode::Starting if self.init.is_none() => Some(Instant::now()),
             Mode::Starting => None,
             Mode::Running => self
-                .slices
-                .iter()
-                .filter_map(|s| match s.state {
-                    State::BackingOff { until } => Some(until),
-                    State::WaitingForOwner { retry_at } => Some(retry_at),
-                    State::Running { .. } => s.restart_asked.map(|r| r.deadline),
-                    _ => None,
-                })
-                .chain(self.next_probe())
+                .slice_timer()
+                .into_iter()
+                .chain(self.hanging_probe())
                 .chain(self.stall_check_at)
                 .chain(self.share_check_at)
                 .chain(self.next_job_deadline())
@@ -333,6 +343,34 @@ impl Master {
             .chain(http)
             .chain(pauses.into_iter().flatten())
             .min()
+    }
+
+    /// The slices' earliest timer: a back-off, a retry for an owner's
+    /// lock, a restart's deadline, a readiness probe. Scanned only when a
+    /// turn may have changed one ([`Master::run`]).
+    fn slice_timer(&mut self) -> Option<Instant> {
+        if let Some(at) = self.slice_timer {
+            return at;
+        }
+        let at = self
+            .slices
+            .iter()
+            .filter_map(|s| match s.state {
+                State::BackingOff { until } => Some(until),
+                State::WaitingForOwner { retry_at } => Some(retry_at),
+                State::Running { .. } => {
+                    let probe = s.probe_at.filter(|_| !s.ready);
+                    s.restart_asked
+                        .map(|r| r.deadline)
+                        .into_iter()
+                        .chain(probe)
+                        .min()
+                }
+                _ => None,
+            })
+            .min();
+        self.slice_timer = Some(at);
+        at
     }
 
     fn pump(&mut self, readable: &[usize]) {

@@ -249,4 +249,10 @@ struct Master {
     lock_trouble: Option<String>,
     /// `poll` failed on the last turn (its error is logged once).
     poll_failing: bool,
+    /// The slices' earliest timer (`event_loop`), kept from the last scan
+    /// of them; `None`: to be scanned again, something may have changed it.
+    slice_timer: Option<Option<Instant>>,
+    /// What the last `poll` waited for at most: until then, a turn that
+    /// changed nothing has nothing due (`event_loop`).
+    wake_at: Option<Instant>,
 }

@@ -154,15 +154,10 @@ impl Master {
         );
     }
 
-    /// The earliest probe deadline (due probes and hanging connects).
-    pub(super) fn next_probe(&self) -> Option<Instant> {
-        let due = self
-            .slices
-            .iter()
-            .filter(|s| s.pid().is_some() && !s.ready)
-            .filter_map(|s| s.probe_at);
-        let hanging = self.probes.iter().map(|p| p.since + PROBE_TIMEOUT);
-        due.chain(hanging).min()
+    /// When the oldest connect under way times out (the probes due are
+    /// among the slices' timers: `event_loop`).
+    pub(super) fn hanging_probe(&self) -> Option<Instant> {
+        self.probes.iter().map(|p| p.since + PROBE_TIMEOUT).min()
     }
 }
 

@@ -133,6 +133,8 @@ impl Master {
             terminated: false,
             counted: true,
         });
+        // A new timer, set while `status` or a scrape is answered.
+        self.slice_timer = None;
     }
 
     /// Whether any runner of this master has stall detection on.

@@ -197,6 +197,8 @@ impl Master {
             http,
             jobs: Vec::new(),
             stall_check_at: None,
+            slice_timer: None,
+            wake_at: None,
             share_check_at: None,
             started: Instant::now(),
             init: None,
