@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::log::RunnerLines;
 
@@ -177,6 +177,9 @@ impl Output {
 /// each pipe is polled on its own.
 pub struct Outputs {
     list: Vec<Output>,
+    /// Each pipe's descriptor, as `list` has them: what the set's events
+    /// name, looked up without touching each `Output`.
+    fds: Vec<RawFd>,
     #[cfg(target_os = "linux")]
     epoll: Option<nix::sys::epoll::Epoll>,
 }
@@ -191,6 +194,7 @@ impl Outputs {
             .ok();
         Outputs {
             list: Vec::new(),
+            fds: Vec::new(),
             #[cfg(target_os = "linux")]
             epoll,
         }
@@ -199,7 +203,6 @@ impl Outputs {
     pub fn push(&mut self, o: Output) {
         #[cfg(target_os = "linux")]
         if let Some(ep) = &self.epoll {
-            use std::os::fd::AsRawFd;
             let event = nix::sys::epoll::EpollEvent::new(
                 nix::sys::epoll::EpollFlags::EPOLLIN,
                 o.fd().as_raw_fd() as u64,
@@ -213,6 +216,7 @@ impl Outputs {
                 self.epoll = None;
             }
         }
+        self.fds.push(o.fd().as_raw_fd());
         self.list.push(o);
     }
 
@@ -226,21 +230,24 @@ impl Outputs {
     }
 
     /// Once `set_fd` polled readable: the indices of the pipes with
-    /// something to read (or closed), in the order of the list.
+    /// something to read (or closed), in the order of the list. Usually one
+    /// pipe among 2,000 at 1,000 runners: found in `fds` (8 KB), by a
+    /// binary search of the few ready.
     pub fn ready(&self) -> Vec<usize> {
         #[cfg(target_os = "linux")]
         if let Some(ep) = &self.epoll {
-            use std::os::fd::AsRawFd;
-            let mut events = vec![nix::sys::epoll::EpollEvent::empty(); 256];
+            let mut events = [nix::sys::epoll::EpollEvent::empty(); 256];
             let n = ep
                 .wait(&mut events, nix::sys::epoll::EpollTimeout::ZERO)
                 .unwrap_or(0);
-            let fds: std::collections::HashSet<u64> = events[..n]
+            let mut ready: Vec<u64> = events[..n]
                 .iter()
                 .map(nix::sys::epoll::EpollEvent::data)
                 .collect();
-            return (0..self.list.len())
-                .filter(|&i| fds.contains(&(self.list[i].fd().as_raw_fd() as u64)))
+            ready.sort_unstable();
+            return (self.fds.iter().enumerate())
+                .filter(|&(_, &fd)| ready.binary_search(&(fd as u64)).is_ok())
+                .map(|(i, _)| i)
                 .collect();
         }
         Vec::new()
@@ -249,11 +256,16 @@ impl Outputs {
     pub fn swap_remove(&mut self, i: usize) -> Output {
         // Closing the pipe takes it out of the epoll set (no other
         // descriptor refers to it).
+        self.fds.swap_remove(i);
         self.list.swap_remove(i)
     }
 
     pub fn retain_mut(&mut self, f: impl FnMut(&mut Output) -> bool) {
+        let before = self.list.len();
         self.list.retain_mut(f);
+        if self.list.len() != before {
+            self.fds = self.list.iter().map(|o| o.fd().as_raw_fd()).collect();
+        }
     }
 }
 
@@ -267,5 +279,41 @@ impl std::ops::Deref for Outputs {
 impl std::ops::DerefMut for Outputs {
     fn deref_mut(&mut self) -> &mut [Output] {
         &mut self.list
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// The pipes `ready` names are those with something to read, by their
+    /// place in the list, after removals of both kinds too.
+    #[test]
+    fn ready_names_the_pipes_with_data_by_their_place() {
+        let mut outputs = Outputs::new();
+        assert!(outputs.set_fd().is_some());
+        let mut writers = Vec::new();
+        for pid in 0..6 {
+            let (r, w) = nix::unistd::pipe().unwrap();
+            outputs.push(Output::new(r, "r", Some(0), pid, "stdout"));
+            writers.push(File::from(w));
+        }
+        assert_eq!(outputs.ready(), Vec::<usize>::new());
+        for i in [4, 1] {
+            writers[i].write_all(b"x\n").unwrap();
+        }
+        assert_eq!(outputs.ready(), [1, 4]);
+        // [0, 5, 2, 3, 4] after swapping 5 into 1's place.
+        outputs.swap_remove(1);
+        assert_eq!(outputs.ready(), [4]);
+        writers[5].write_all(b"y\n").unwrap();
+        assert_eq!(outputs.ready(), [1, 4]);
+        // [0, 5, 3, 4]
+        outputs.retain_mut(|o| o.pid != 2);
+        writers[3].write_all(b"z\n").unwrap();
+        assert_eq!(outputs.ready(), [1, 2, 3]);
+        let pids: Vec<i32> = outputs.ready().iter().map(|&i| outputs[i].pid).collect();
+        assert_eq!(pids, [5, 3, 4]);
     }
 }
