@@ -516,8 +516,9 @@ fn runners_of_a_large_start_hold_only_their_own_descriptors() {
     drop(master);
 }
 
-/// Each of `runners` holds /dev/null as stdin and two pipes no other holds,
-/// leads its own process group, and blocks no signal.
+/// Each of `runners` holds /dev/null as stdin and two pipes no other holds
+/// (none of the three a placeholder opened `O_PATH`, which a runner could
+/// not read or write), leads its own process group, and blocks no signal.
 fn check_own_descriptors(runners: &[i32]) {
     let mut outputs = std::collections::HashSet::new();
     for &r in runners {
@@ -526,6 +527,17 @@ fn check_own_descriptors(runners: &[i32]) {
             fds(r).len() == 3
         });
         assert_eq!(fds(r)[0], ("0".to_string(), "/dev/null".to_string()));
+        // Linux's O_PATH, as /proc shows it (octal).
+        const O_PATH: i64 = 0o10_000_000;
+        for fd in 0..3 {
+            let info = fs::read_to_string(format!("/proc/{r}/fdinfo/{fd}")).unwrap();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| i64::from_str_radix(f.trim(), 8).ok())
+                .unwrap();
+            assert_eq!(flags & O_PATH, 0, "runner {r}'s {fd}: {info}");
+        }
         let pipes: Vec<String> = [1, 2]
             .iter()
             .map(|fd| {

@@ -118,6 +118,9 @@ mod imp {
         /// system call makes it a copy of the few below the [`slots`]': the
         /// slots holding its stdin, stdout, stderr and kept descriptor.
         pub(super) slots: Option<&'static [c_int; 5]>,
+        /// Set by the child once it has a table of its own (it no longer
+        /// reads ours: its slots may be given to the next child).
+        pub(super) unshared: std::sync::atomic::AtomicBool,
         pub(super) errno: c_int,
         pub(super) step: u8,
     }
@@ -294,6 +297,7 @@ mod imp {
             join_cgroup: plan.cgroup.is_some() && mode != CLONE3_CGROUP,
             handled: handled(),
             slots: SHARE_FILES.load(Relaxed).then(slots).flatten(),
+            unshared: std::sync::atomic::AtomicBool::new(false),
             errno: 0,
             step: 0,
         };
@@ -411,12 +415,19 @@ mod imp {
     pub(super) static SHARE_FILES: std::sync::atomic::AtomicBool =
         std::sync::atomic::AtomicBool::new(true);
 
-    /// Five descriptors reserved once, as low as they come (on /dev/null,
-    /// close-on-exec): four for a child's stdin, stdout, stderr and kept
-    /// descriptor, the fifth stays on /dev/null to put them back with; a child that shares our table unshares only what lies below
-    /// them, so that it never copies nor closes the other runners' pipes (at
-    /// 1,000 runners, 2,000 of them: a cost per spawn that grew with their
-    /// number). `None` if they cannot be had.
+    /// Five descriptors reserved once, as low as they come (close-on-exec):
+    /// four for a child's stdin, stdout, stderr and kept descriptor, the
+    /// fifth a placeholder to put them back with. A child that shares our
+    /// table unshares only what lies below them, so that it never copies
+    /// nor closes the other runners' pipes (at 1,000 runners, 2,000 of them:
+    /// a cost per spawn that grew with their number). `None` if they cannot
+    /// be had.
+    ///
+    /// Between children they hold /dev/null opened `O_PATH`: nothing reads
+    /// or writes them, and a child closes the placeholders below its own
+    /// (a batch's other sets) without the checks for file locks and
+    /// directory notifications that closing a readable file costs (more
+    /// where a process holds a lock on /dev/null: dockerd does).
     pub(super) fn slots() -> Option<&'static [c_int; 5]> {
         static SLOTS: std::sync::OnceLock<Option<[c_int; 5]>> = std::sync::OnceLock::new();
         SLOTS
@@ -425,7 +436,7 @@ mod imp {
                 for slot in &mut s {
                     // SAFETY: opens a descriptor this module keeps for good.
                     *slot = unsafe {
-                        libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC)
+                        libc::open(c"/dev/null".as_ptr(), libc::O_PATH | libc::O_CLOEXEC)
                     };
                 }
                 if s.iter().all(|&fd| fd >= 3) {
@@ -442,11 +453,11 @@ mod imp {
     }
 
     /// A batch's slots ([`slots`], one set per child that shares our
-    /// table): four descriptors, and, fifth, the /dev/null they are put back
-    /// with; `taken` while a child that never exec'd may still use them
+    /// table): four descriptors, and, fifth, the placeholder they are put
+    /// back with; `taken` while a child that never exec'd may still use them
     /// (never reused then). Made before start-up's first batch (`prepare`),
-    /// else as a batch first needs them, by `dup`s of one /dev/null, as low
-    /// as they come.
+    /// else as a batch first needs them, by `dup`s of the placeholder
+    /// ([`slots`]), as low as they come.
     pub(super) struct Set {
         pub(super) fds: [c_int; 5],
         pub(super) taken: bool,
@@ -466,7 +477,7 @@ mod imp {
         while sets.len() < n {
             let mut fds = [null; 5];
             for slot in &mut fds[..4] {
-                // SAFETY: a copy of our own /dev/null, kept for good.
+                // SAFETY: a copy of our own placeholder, kept for good.
                 *slot = unsafe { libc::fcntl(null, libc::F_DUPFD_CLOEXEC, 3) };
             }
             if fds.iter().any(|&fd| fd < 0) {
@@ -502,7 +513,8 @@ mod imp {
         Err(e)
     }
 
-    /// The slots back on /dev/null: no runner's pipe stays open in them.
+    /// The slots back on the placeholder: no runner's pipe stays open in
+    /// them.
     pub(super) fn put_back(s: &[c_int; 5]) {
         for &slot in &s[..4] {
             // SAFETY: dup3 between our own reserved descriptors.

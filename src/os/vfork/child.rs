@@ -141,9 +141,9 @@ struct KernelSigaction {
 /// and thread pointer: a vfork child while the caller waits, a batch's
 /// child while the caller goes on cloning the next. So it makes only
 /// direct system calls ([`sys`]: not even libc's `errno` is written),
-/// reads only what [`Shared`] points to, and writes only its own stack
-/// and, on a failure, its step and errno to `Shared` before it exits with
-/// 127.
+/// reads only what [`Shared`] points to, and writes only its own stack,
+/// `Shared`'s `unshared` once it has a descriptor table of its own and,
+/// on a failure, its step and errno to `Shared` before it exits with 127.
 ///
 /// # Safety
 /// `arg` is a `Shared` that, with all it points to, stays where it is,
@@ -182,6 +182,11 @@ unsafe extern "C" fn child(arg: *mut c_void) -> c_int {
             if ret != 0 {
                 fail(Step::Unshare, ret);
             }
+            // A plain store to memory the caller reads: its slots in our
+            // table are free for the next child.
+            (*shared)
+                .unshared
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         if (*shared).join_cgroup
             && let Some((_, procs)) = plan.cgroup
