@@ -21,6 +21,9 @@
 //! the word, or a backslash that could spell it); the tables after it are
 //! lexed in the second half alone.
 //!
+//! The lexing and parsing themselves are in `crates/toml-skim`
+//! (`toml_skim`), a crate of its own only so that it is built for speed.
+//!
 //! Not here: validation (`validate`), the full merge (`defaults`).
 
 use std::ops::Range;
