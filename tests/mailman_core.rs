@@ -1080,9 +1080,12 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
     assert_eq!(before.len(), 12, "{before:?}");
     for (name, &pid) in &before {
         assert!(forked(pid), "{name} (pid {pid}): {}", cmdline(pid));
-        assert_eq!(stat(pid).map(|s| (s.1, s.2)), Some((master, pid)), "{name}");
+        // The master knows a runner's pid before the helper's intermediate
+        // child has exited; the runner says it started only once the master
+        // is its parent (`runner` in helper.py), so that is waited for first.
         let needle = format!("({pid}) {name} runner started.");
         wait_until(&needle, SLOW, || env.log().contains(&needle));
+        assert_eq!(stat(pid).map(|s| (s.1, s.2)), Some((master, pid)), "{name}");
         // Mailman's runners' environment, as a plain spawn gives it.
         assert!(environ(pid).contains(&"MAILMAN_UNDER_MASTER_CONTROL=1".to_string()));
     }
