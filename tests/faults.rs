@@ -497,8 +497,11 @@ fn a_forged_lock_aims_the_cli_at_nobody() {
     )
     .unwrap();
     // The forger holds the flock (no socket: the CLI would use signals).
+    // `flock` runs `sleep` as its child: the var dir's marker in their
+    // environment has `Env`'s guard kill both, not `flock` alone.
     let mut forger = Command::new("flock")
         .args(["-x", lock.to_str().unwrap(), "sleep", "1000"])
+        .env("MAILMAN_VAR_DIR", &env.var)
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -638,8 +641,10 @@ fn validation_gaps_are_closed() {
     let lock = env.var.join("locks/master.lck");
     fs::write(&lock, "").unwrap();
     let _listener = std::os::unix::net::UnixListener::bind(env.var.join("master.sock")).unwrap();
+    // Killed with its `sleep` by `Env`'s guard (the var dir's marker).
     let mut holder = Command::new("flock")
         .args(["-x", lock.to_str().unwrap(), "sleep", "1000"])
+        .env("MAILMAN_VAR_DIR", &env.var)
         .spawn()
         .unwrap();
     wait_until("the lock to be held", PATIENCE, || {
