@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """GNU Mailman Core in its container, under our master (its runners started
-plainly; preloaded: `MAILMAN__MAILMAN__PRELOAD=true`; and preloaded with
-their pages offered to the kernel's same-page merging,
+plainly; preloaded: `MAILMAN__MAILMAN__PRELOAD=true`; preloaded with what the
+helper loaded left mortal, `MAILMAN__MAILMAN__IMMORTAL_OBJECTS=false`; and
+preloaded with their pages offered to the kernel's same-page merging,
 `MAILMAN__MAILMAN__MERGE_PAGES=true`, the host's KSM on for that run only)
 and under Mailman's own, side by side in one run on this machine: the same image
 (contrib/mailman-core, built by build.sh), the same mailman.cfg, the same
@@ -105,6 +106,8 @@ elif what == "memory":
 MASTERS = {
     "ours": ([], []),  # the image's entrypoint: mailmanctl master
     "ours, preloaded": (["-e", "MAILMAN__MAILMAN__PRELOAD=true"], []),
+    "ours, preloaded, objects left mortal": (["-e", "MAILMAN__MAILMAN__PRELOAD=true",
+                                              "-e", "MAILMAN__MAILMAN__IMMORTAL_OBJECTS=false"], []),
     "ours, preloaded, pages merged": (["-e", "MAILMAN__MAILMAN__PRELOAD=true",
                                        "-e", "MAILMAN__MAILMAN__MERGE_PAGES=true"], []),
     "Mailman's master": (["--entrypoint", "/opt/mailman/bin/master", "--no-healthcheck"],

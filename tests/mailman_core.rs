@@ -1076,6 +1076,21 @@ fn preloaded_runners_are_mailmans_own_under_our_master() {
         "{loaded}"
     );
     assert!(env.var.join("preload.cache").is_file());
+    // What it loaded is made immortal where its Python can (3.12, 3.13),
+    // and the log says which.
+    let version = std::process::Command::new(venv.join("bin/python3"))
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if version == "3.12" || version == "3.13" {
+        assert!(loaded.contains(" objects made immortal in "), "{loaded}");
+    } else {
+        let mortal = format!(
+            "objects left mortal (immortal ones need CPython 3.12 or 3.13; this is Python {version})"
+        );
+        assert!(loaded.contains(&mortal), "{loaded}");
+    }
     let before = pids();
     assert_eq!(before.len(), 12, "{before:?}");
     for (name, &pid) in &before {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Mailman Core image (contrib/mailman-core/Dockerfile) pulling
-# nothing: the base is a debootstrapped Debian bookworm (base-image.sh, made
-# once per machine), the Python packages come from a wheel directory made on
-# this host (wheels.sh, made once), the binary is built here. The Dockerfile's
+# nothing: the base is a debootstrapped Ubuntu 24.04 with Python 3.12
+# (base-image.sh, made once per machine), the Python packages come from a
+# wheel directory made on this host (wheels.sh, made once), the binary is
+# built here. The Dockerfile's
 # runtime stage is used as it is; its build stage (which needs the rust image)
 # is replaced by a `FROM scratch` stage holding the host's files, as
 # contrib/docker/build-local.sh does for the small image.
@@ -16,7 +17,10 @@ root=$(cd "$here/../.." && pwd)
 tag=${1:-mailman-core:local}
 base=$("$here/base-image.sh")
 wheels=$("$here/wheels.sh")
-bin=${MAILMAN_BIN:-$root/target/x86_64-unknown-linux-musl/release/mailman}
+# Where cargo puts it (CARGO_TARGET_DIR, if set, is relative to the root).
+target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target=$root/$target ;; esac
+bin=${MAILMAN_BIN:-$target/x86_64-unknown-linux-musl/release/mailman}
 if [ -z "${MAILMAN_BIN:-}" ]; then
     (cd "$root" && cargo build --release --locked --quiet)
 fi

@@ -144,6 +144,7 @@ impl Config {
             slice_locks: raw_mailman.slice_locks.unwrap_or(shared),
             preload: raw_mailman.preload.unwrap_or(false),
             merge_pages: raw_mailman.merge_pages.unwrap_or(false),
+            immortal_objects: raw_mailman.immortal_objects.unwrap_or(true),
             owner_retry: raw_mailman
                 .owner_retry
                 .map_or(Dur(Duration::from_secs(5)), Spanned::into_inner),

@@ -68,6 +68,8 @@ pub(super) struct RawMailman {
     pub(super) preload: Option<bool>,
     /// Offer runners' memory to the kernel's same-page merging (KSM).
     pub(super) merge_pages: Option<bool>,
+    /// Make what the preload helper loaded immortal (Python 3.12, 3.13).
+    pub(super) immortal_objects: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,6 +270,7 @@ impl Layer {
             owner_retry: m.owner_retry.or(b.owner_retry),
             preload: m.preload.or(b.preload),
             merge_pages: m.merge_pages.or(b.merge_pages),
+            immortal_objects: m.immortal_objects.or(b.immortal_objects),
         };
         let (l, b) = (self.logging, base.logging);
         base.logging = RawLogging {

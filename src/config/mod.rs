@@ -163,6 +163,10 @@ pub struct MailmanSection {
     /// the kernel's same-page merging (docs/mailman-core.md, "Merging
     /// identical pages").
     pub merge_pages: bool,
+    /// With `preload`, the helper makes what it loaded immortal before the
+    /// first fork, where its Python can (docs/mailman-core.md, "Preloaded
+    /// runners").
+    pub immortal_objects: bool,
 }
 
 /// The master's HTTP endpoint (docs/observability.md).

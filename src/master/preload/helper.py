@@ -15,7 +15,9 @@
 # Each runner then runs Mailman's own `runner` entry point, which does the
 # rest of the initialisation (logging, plugins, database, rules, chains,
 # pipelines) itself, exactly as the `runner` program would; so does `init`,
-# when it is Mailman's `runner --list`, forked as a runner is.
+# when it is Mailman's `runner --list`, forked as a runner is. What was
+# loaded is made immortal (where the Python can: 3.12, 3.13) and frozen
+# before the first fork, so that runners using it do not copy its pages.
 #
 # The configuration is read once: if CFG changes (its inode, size or
 # modification time), the helper forks nothing more, answers the request
@@ -43,6 +45,7 @@ import os
 import pkgutil
 import socket
 import sys
+import sysconfig
 import time
 
 PR_SET_PDEATHSIG = 1
@@ -311,6 +314,62 @@ def serve(sock, master, cfg, loaded):
                 break
 
 
+def immortalize(*mortal):
+    """`immortal_objects`: makes every object loaded so far immortal
+    (CPython 3.12 and 3.13, PEP 683), as Python makes its own constants: its
+    reference count is no longer written, so a runner that uses an object
+    does not copy the page it lies on (a runner's copies were mostly pages
+    that differed from the helper's in reference counts alone). The objects
+    are those on the collector's lists and, through them, the strings,
+    numbers, tuples and code they refer to; not `mortal`, which must still
+    be freed when let go. An immortal object is never freed: these are
+    Mailman's modules, classes, functions and configuration, which a runner
+    keeps to its end anyway. Returns what was done, for the log line."""
+    v = sys.version_info
+    where = f"Python {v.major}.{v.minor}"
+    if (
+        sys.implementation.name != "cpython"
+        or not (3, 12) <= v[:2] <= (3, 13)  # the layouts known here
+        or hasattr(sys, "gettotalrefcount")  # a debug build: another layout
+        or sysconfig.get_config_var("Py_GIL_DISABLED")
+        or sys.byteorder != "little"
+        or ctypes.sizeof(ctypes.c_void_p) != 8
+    ):
+        return f"objects left mortal (immortal ones need CPython 3.12 or 3.13; this is {where})"
+    started = time.monotonic()
+    # The low 32 bits of each object's reference count (its first field),
+    # read and written as a 32-bit word at the object's address: all ones
+    # is immortal on 3.12 and 3.13 (64-bit builds), and any count with its top
+    # bit set is already immortal (Python's own, or reached twice).
+    mem = memoryview((ctypes.c_char * (1 << 47)).from_address(0)).cast("B").cast("I")
+    before = [(id(o), mem[id(o) >> 2]) for o in mortal]
+    code = type(main.__code__)
+    todo = gc.get_objects()
+    count = 0
+    while todo:
+        batch = []
+        codes = []
+        for o in todo:
+            at = id(o) >> 2
+            if mem[at] & 0x80000000:
+                continue
+            mem[at] = 0xFFFFFFFF
+            batch.append(o)
+            if type(o) is code:
+                codes.append(o)
+        count += len(batch)
+        # What they refer to; a code object's parts are not listed.
+        todo = gc.get_referents(*batch)
+        for c in codes:
+            todo += (c.co_consts, c.co_names, c.co_varnames, c.co_freevars, c.co_cellvars)
+            todo += (c.co_filename, c.co_name, c.co_qualname, c.co_linetable, c.co_exceptiontable)
+        del batch, codes
+    for at, refs in before:
+        mem[at >> 2] = refs
+    mem.release()
+    return f"{count} objects made immortal in {time.monotonic() - started:.2f}s"
+
+
 def offer_to_merge():
     """`merge_pages`: this process's memory, and so each runner's (the
     setting is inherited by a fork), offered to the kernel's same-page
@@ -358,6 +417,9 @@ def main():
     # What was loaded stays out of the collector's reach: a collection in a
     # runner does not touch (and so copy) these pages. Runners (and the
     # helper) collect their own objects from here on.
+    # Immortal before frozen: the collector's lists still hold every object.
+    if os.environ.pop("MAILMAN_PRELOAD_IMMORTAL", None) == "1":
+        warmed.append(immortalize(sock))
     gc.freeze()
     gc.enable()
     if os.environ.pop("MAILMAN_PRELOAD_MERGE", None) == "1":

@@ -33,7 +33,7 @@ use super::slice::{State, Why};
 use super::spawn;
 use super::startup::EMPTY_ENV;
 use super::{Master, Mode};
-use wire::{Answer, SEND, parse, spawn_helper};
+use wire::{Answer, HelperOptions, SEND, parse, spawn_helper};
 
 mod wire;
 
@@ -221,8 +221,11 @@ impl Master {
         let Some(preload) = &mut self.preload else {
             return;
         };
-        let merge = self.config.mailman.merge_pages;
-        match spawn_helper(&self.ctx, &preload.python, &preload.cfg, merge) {
+        let options = HelperOptions {
+            merge_pages: self.config.mailman.merge_pages,
+            immortal_objects: self.config.mailman.immortal_objects,
+        };
+        match spawn_helper(&self.ctx, &preload.python, &preload.cfg, options) {
             Ok((sp, sock)) => {
                 info!("Preload helper started (pid {})", sp.pid);
                 self.record_stale = true;

@@ -20,6 +20,19 @@ const SCRIPT_ENV: &str = "MAILMAN_PRELOAD_SCRIPT";
 /// Set (to 1) when the helper offers its memory to same-page merging
 /// (`merge_pages`); the helper takes it out of its environment.
 const MERGE_ENV: &str = "MAILMAN_PRELOAD_MERGE";
+/// Set when the helper is to make what it loaded immortal
+/// (`immortal_objects`); the helper takes it out of its environment.
+const IMMORTAL_ENV: &str = "MAILMAN_PRELOAD_IMMORTAL";
+
+/// What the configuration asks of the helper beside preloading.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HelperOptions {
+    /// `merge_pages`.
+    pub merge_pages: bool,
+    /// `immortal_objects`.
+    pub immortal_objects: bool,
+}
+
 /// The helper's command line: its script comes from the environment.
 const BOOT: &str = "import os; exec(os.environ.pop('MAILMAN_PRELOAD_SCRIPT'))";
 
@@ -81,7 +94,7 @@ pub(super) fn spawn_helper(
     ctx: &spawn::SpawnContext,
     python: &std::path::Path,
     cfg: &std::path::Path,
-    merge_pages: bool,
+    options: HelperOptions,
 ) -> std::io::Result<(spawn::Spawned, OwnedFd)> {
     let (ours, theirs) = socket_pair()?;
     let argv = [
@@ -95,9 +108,12 @@ pub(super) fn spawn_helper(
     ];
     let mut env = indexmap::IndexMap::new();
     env.insert(SCRIPT_ENV.to_string(), SCRIPT.to_string());
-    if merge_pages {
+    if options.merge_pages {
         // Before Linux 6.7 the master's setting does not cross `execve`.
         env.insert(MERGE_ENV.to_string(), "1".to_string());
+    }
+    if options.immortal_objects {
+        env.insert(IMMORTAL_ENV.to_string(), "1".to_string());
     }
     let sp = spawn::start(
         ctx,
