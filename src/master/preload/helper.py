@@ -337,23 +337,24 @@ def immortalize(*mortal):
     ):
         return f"objects left mortal (immortal ones need CPython 3.12 or 3.13; this is {where})"
     started = time.monotonic()
-    # The low 32 bits of each object's reference count (its first field),
-    # read and written as a 32-bit word at the object's address: all ones
-    # is immortal on 3.12 and 3.13 (64-bit builds), and any count with its top
-    # bit set is already immortal (Python's own, or reached twice).
+    # The low 32 bits of an object's reference count (its first field),
+    # written as a 32-bit word at the object's address: all ones is
+    # immortal on 3.12 and 3.13 (64-bit builds), as Python's own immortal
+    # objects are. A count of 2**31 or more is already immortal (Python's
+    # own, or reached before): `sys.getrefcount` is the quickest look.
     mem = memoryview((ctypes.c_char * (1 << 47)).from_address(0)).cast("B").cast("I")
-    before = [(id(o), mem[id(o) >> 2]) for o in mortal]
+    before = [(id(o) >> 2, mem[id(o) >> 2]) for o in mortal]
     code = type(main.__code__)
+    refs = sys.getrefcount
     todo = gc.get_objects()
     count = 0
     while todo:
         batch = []
         codes = []
         for o in todo:
-            at = id(o) >> 2
-            if mem[at] & 0x80000000:
+            if refs(o) >= 0x80000000:
                 continue
-            mem[at] = 0xFFFFFFFF
+            mem[id(o) >> 2] = 0xFFFFFFFF
             batch.append(o)
             if type(o) is code:
                 codes.append(o)
@@ -364,8 +365,8 @@ def immortalize(*mortal):
             todo += (c.co_consts, c.co_names, c.co_varnames, c.co_freevars, c.co_cellvars)
             todo += (c.co_filename, c.co_name, c.co_qualname, c.co_linetable, c.co_exceptiontable)
         del batch, codes
-    for at, refs in before:
-        mem[at >> 2] = refs
+    for at, count_was in before:
+        mem[at] = count_was
     mem.release()
     return f"{count} objects made immortal in {time.monotonic() - started:.2f}s"
 
