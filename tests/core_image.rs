@@ -474,11 +474,75 @@ fn two_slices_of_in_and_out_run_and_mail_arrives() {
     }
 }
 
-/// `[mailman] preload` in the image (set through the environment): every
-/// runner is forked from the preload helper, mail flows; a runner killed
-/// comes back from the helper; the helper killed comes back, runners
-/// meanwhile starting without it; a restart replaces every runner; a stop
-/// ends everything with no SIGKILL.
+/// The preload helper's `immortalize`, run by the image's Python on
+/// Mailman's modules: what it reached is immortal; what it was told to
+/// leave mortal keeps its count, is freed when let go, and a socket among
+/// them is closed then.
+const IMMORTAL_CHECK: &str = r#"
+import gc, os, socket, sys, weakref
+src = open("/t/helper.py").read()
+ns = {"__name__": "helper"}
+exec(compile(src[: src.rindex("\nmain()")], "helper.py", "exec"), ns)
+gc.disable()
+import mailman.bin.runner, mailman.config
+class Held: pass
+held = Held()
+a, b = socket.socketpair()
+gone = []
+watch = weakref.ref(held, lambda r: gone.append(1))
+before = (sys.getrefcount(held), sys.getrefcount(a))
+said = ns["immortalize"](held, a)
+assert said.endswith("s") and int(said.split()[0]) > 10000, said
+assert (sys.getrefcount(held), sys.getrefcount(a)) == before, before
+assert sys.getrefcount(mailman.config) >= 2**31
+assert sys.getrefcount(mailman.bin.runner.main) >= 2**31
+assert sys.getrefcount(mailman.bin.runner.main.__code__) >= 2**31
+del held
+assert gone == [1], "a mortal object was not freed"
+fd = a.fileno()
+del a
+try:
+    os.fstat(fd)
+    raise SystemExit("a mortal socket was not closed")
+except OSError:
+    pass
+print("ok:", said)
+"#;
+
+#[test]
+fn the_helpers_immortal_objects_and_the_ones_left_mortal() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    require_docker();
+    build();
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        root.join("src/master/preload/helper.py"),
+        dir.path().join("helper.py"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("check.py"), IMMORTAL_CHECK).unwrap();
+    let mount = format!("{}:/t:ro", dir.path().display());
+    let r = docker(&[
+        "run",
+        "--rm",
+        "-u",
+        "0",
+        "-v",
+        &mount,
+        "--entrypoint",
+        "python3",
+        IMAGE,
+        "/t/check.py",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("objects made immortal in "),
+        "{}",
+        r.stdout
+    );
+}
+
 /// The runners' own memory (`Private_Clean` + `Private_Dirty` of each
 /// one's `smaps_rollup`, kB) once a list is set up and a message has gone
 /// through, preloaded, with `immortal_objects` as given; and the log.
@@ -534,6 +598,11 @@ fn preloaded_objects_made_immortal_keep_runners_pages_shared() {
     );
 }
 
+/// `[mailman] preload` in the image (set through the environment): every
+/// runner is forked from the preload helper, mail flows; a runner killed
+/// comes back from the helper; the helper killed comes back, runners
+/// meanwhile starting without it; a restart replaces every runner; a stop
+/// ends everything with no SIGKILL.
 #[test]
 fn preloaded_runners_carry_mail_and_come_back() {
     let dir = tempfile::tempdir().unwrap();

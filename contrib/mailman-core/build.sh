@@ -3,10 +3,10 @@
 # nothing: the base is a debootstrapped Ubuntu 24.04 with Python 3.12
 # (base-image.sh, made once per machine), the Python packages come from a
 # wheel directory made on this host (wheels.sh, made once), the binary is
-# built here. The Dockerfile's
-# runtime stage is used as it is; its build stage (which needs the rust image)
-# is replaced by a `FROM scratch` stage holding the host's files, as
-# contrib/docker/build-local.sh does for the small image.
+# built here. The Dockerfile's runtime stage is used as it is; its build
+# stage (which needs the rust image) is replaced by a `FROM scratch` stage
+# holding the host's files, as contrib/docker/build-local.sh does for the
+# small image.
 #
 #   contrib/mailman-core/build.sh [TAG]        (default: mailman-core:local)
 #

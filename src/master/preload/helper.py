@@ -324,7 +324,12 @@ def immortalize(*mortal):
     numbers, tuples and code they refer to; not `mortal`, which must still
     be freed when let go. An immortal object is never freed: these are
     Mailman's modules, classes, functions and configuration, which a runner
-    keeps to its end anyway. Returns what was done, for the log line."""
+    keeps to its end anyway. Returns what was done, for the log line.
+
+    Sound because nothing else runs meanwhile (one thread), every address
+    written is a live object's (the collector's or `gc.get_referents`'
+    answer, held in `todo` while written), and a mortal object's count is
+    never written (nor are its referents reached through it)."""
     v = sys.version_info
     where = f"Python {v.major}.{v.minor}"
     if (
@@ -343,7 +348,9 @@ def immortalize(*mortal):
     # objects are. A count of 2**31 or more is already immortal (Python's
     # own, or reached before): `sys.getrefcount` is the quickest look.
     mem = memoryview((ctypes.c_char * (1 << 47)).from_address(0)).cast("B").cast("I")
-    before = [(id(o) >> 2, mem[id(o) >> 2]) for o in mortal]
+    # The mortal ones, and the tuple holding them (made by this call, so on
+    # the collector's lists): an immortal holder would keep them alive.
+    skip = frozenset((id(mortal), *map(id, mortal)))
     code = type(main.__code__)
     refs = sys.getrefcount
     todo = gc.get_objects()
@@ -354,7 +361,10 @@ def immortalize(*mortal):
         for o in todo:
             if refs(o) >= 0x80000000:
                 continue
-            mem[id(o) >> 2] = 0xFFFFFFFF
+            at = id(o)
+            if at in skip:
+                continue
+            mem[at >> 2] = 0xFFFFFFFF
             batch.append(o)
             if type(o) is code:
                 codes.append(o)
@@ -364,9 +374,6 @@ def immortalize(*mortal):
         for c in codes:
             todo += (c.co_consts, c.co_names, c.co_varnames, c.co_freevars, c.co_cellvars)
             todo += (c.co_filename, c.co_name, c.co_qualname, c.co_linetable, c.co_exceptiontable)
-        del batch, codes
-    for at, count_was in before:
-        mem[at] = count_was
     mem.release()
     return f"{count} objects made immortal in {time.monotonic() - started:.2f}s"
 
@@ -415,12 +422,13 @@ def main():
     if CACHE is not None:
         warmed.append(CACHE.close())
         CACHE = None
+    # `immortal_objects`, before the freeze: the collector's lists still
+    # hold every object.
+    if os.environ.pop("MAILMAN_PRELOAD_IMMORTAL", None) == "1":
+        warmed.append(immortalize(sock))
     # What was loaded stays out of the collector's reach: a collection in a
     # runner does not touch (and so copy) these pages. Runners (and the
     # helper) collect their own objects from here on.
-    # Immortal before frozen: the collector's lists still hold every object.
-    if os.environ.pop("MAILMAN_PRELOAD_IMMORTAL", None) == "1":
-        warmed.append(immortalize(sock))
     gc.freeze()
     gc.enable()
     if os.environ.pop("MAILMAN_PRELOAD_MERGE", None) == "1":
