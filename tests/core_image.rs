@@ -484,7 +484,7 @@ src = open("/t/helper.py").read()
 ns = {"__name__": "helper"}
 exec(compile(src[: src.rindex("\nmain()")], "helper.py", "exec"), ns)
 gc.disable()
-import mailman.bin.runner, mailman.config
+import mailman.config, mailman.core.initialize
 class Held: pass
 held = Held()
 a, b = socket.socketpair()
@@ -495,8 +495,8 @@ said = ns["immortalize"](held, a)
 assert said.endswith("s") and int(said.split()[0]) > 10000, said
 assert (sys.getrefcount(held), sys.getrefcount(a)) == before, before
 assert sys.getrefcount(mailman.config) >= 2**31
-assert sys.getrefcount(mailman.bin.runner.main) >= 2**31
-assert sys.getrefcount(mailman.bin.runner.main.__code__) >= 2**31
+assert sys.getrefcount(mailman.core.initialize.initialize_1) >= 2**31
+assert sys.getrefcount(mailman.core.initialize.initialize_1.__code__) >= 2**31
 del held
 assert gone == [1], "a mortal object was not freed"
 fd = a.fileno()
