@@ -609,13 +609,19 @@ def main():
     global WATCH
     WATCH = fork_watch()
 
-    results = {}
-    for cls in [Ours] + peers:
-        rows = []
-        for i in range(runs):
+    # Interleaved (ours, s6, the loop, supervisord, Mailman's, ours, ...), so
+    # that the machine's drift over the minutes a run takes falls on every
+    # master alike rather than on whichever ran last.
+    masters = [Ours] + peers
+    rows = {cls.name: [] for cls in masters}
+    for i in range(runs):
+        for cls in masters:
             with tempfile.TemporaryDirectory() as tmp:
-                rows.append(one_run(cls(Path(tmp)), idle))
-        results[cls.name] = {k: summary([r[k] for r in rows]) for k in rows[0]}
+                rows[cls.name].append(one_run(cls(Path(tmp)), idle))
+    results = {}
+    for cls in masters:
+        mine = rows[cls.name]
+        results[cls.name] = {k: summary([r[k] for r in mine]) for k in mine[0]}
         print(f"{cls.name}: " + ", ".join(f"{k} {v[0]:.2f}" for k, v in results[cls.name].items()),
               flush=True)
 
@@ -697,7 +703,8 @@ def write_report(results, scale, capture, queues, runs):
     names = [n for n in ("ours", "bash loop", "s6 2.11", "supervisord 4.3.0",
                          "GNU Mailman 3.3.10") if n in results]
     out = ["# Benchmarks", "",
-           f"Measured by `python3 bench/bench.py` ({runs} runs each; median [min..max]) on "
+           f"Measured by `python3 bench/bench.py` ({runs} runs each, the masters taking turns; "
+           f"median [min..max]) on "
            f"{platform.node() or 'this machine'}: {os.cpu_count()} cores, "
            f"{platform.machine()}, Linux {platform.release()}, "
            f"{time.strftime('%Y-%m-%d', time.gmtime())}. Ours, the bash loop, s6 and supervisord "
