@@ -543,19 +543,30 @@ fn the_helpers_immortal_objects_and_the_ones_left_mortal() {
     );
 }
 
+/// A compose override in `dir` that turns `[mailman] preload` on through
+/// the environment, with `more` variables beside it.
+fn preload_override(dir: &Path, more: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = String::from(
+        "services:\n  mailman-core:\n    environment:\n      MAILMAN__MAILMAN__PRELOAD: \"true\"\n",
+    );
+    for (key, value) in more {
+        text += &format!("      {key}: \"{value}\"\n");
+    }
+    let over = dir.join("override.yaml");
+    std::fs::write(&over, text).unwrap();
+    over
+}
+
 /// The runners' own memory (`Private_Clean` + `Private_Dirty` of each
 /// one's `smaps_rollup`, kB) once a list is set up and a message has gone
 /// through, preloaded, with `immortal_objects` as given; and the log.
 fn runners_private_kib(test: &str, immortal: bool) -> (u64, String) {
     let dir = tempfile::tempdir().unwrap();
-    let over = dir.path().join("override.yaml");
-    std::fs::write(
-        &over,
-        format!(
-            "services:\n  mailman-core:\n    environment:\n      MAILMAN__MAILMAN__PRELOAD: \"true\"\n      MAILMAN__MAILMAN__IMMORTAL_OBJECTS: \"{immortal}\"\n"
-        ),
-    )
-    .unwrap();
+    let immortal = immortal.to_string();
+    let over = preload_override(
+        dir.path(),
+        &[("MAILMAN__MAILMAN__IMMORTAL_OBJECTS", immortal.as_str())],
+    );
     let stack = Stack::up(test, &[&over]);
     stack.wait_healthy("start");
     stack.set_up_list();
@@ -606,12 +617,7 @@ fn preloaded_objects_made_immortal_keep_runners_pages_shared() {
 #[test]
 fn preloaded_runners_carry_mail_and_come_back() {
     let dir = tempfile::tempdir().unwrap();
-    let over = dir.path().join("override.yaml");
-    std::fs::write(
-        &over,
-        "services:\n  mailman-core:\n    environment:\n      MAILMAN__MAILMAN__PRELOAD: \"true\"\n",
-    )
-    .unwrap();
+    let over = preload_override(dir.path(), &[]);
     let stack = Stack::up("pre", &[&over]);
     stack.wait_healthy("first start");
     let logs = stack.logs();
