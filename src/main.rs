@@ -79,10 +79,7 @@ fn start(args: Vec<std::ffi::OsString>) -> ! {
 
 fn run(args: Vec<std::ffi::OsString>) -> i32 {
     let args = cli::multicall(args);
-    if let Some((config, status)) = cli::quick_status(&args) {
-        return status_command(config.as_deref(), &[], &status);
-    }
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match cli::quick(&args).map_or_else(|| Cli::try_parse_from(args), Ok) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
