@@ -21,19 +21,54 @@ pub const MAX_CONFIG: u64 = 16 * 1024 * 1024;
 /// A configuration file's text, refused past [`MAX_CONFIG`] bytes. Reads
 /// what `path` gives (a pipe from `<(…)` too), not its announced size.
 pub fn read_config(path: &Path) -> std::io::Result<String> {
+    read_config_stamped(path).map(|(text, _)| text)
+}
+
+/// Which file, as it was: a regular file's device, inode, size and change
+/// times, taken as it was read. Two equal stamps are the same text, but
+/// for a rewrite of the same size within one tick of the file system's
+/// clock (a few milliseconds where its times are coarse) after the first
+/// reading: what `status` uses it for can bear that (`Located::confirm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        m.is_file().then(|| FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// [`read_config`], and the file's stamp if it is a regular file (from the
+/// descriptor it was read through, once read).
+pub fn read_config_stamped(path: &Path) -> std::io::Result<(String, Option<FileStamp>)> {
     use std::io::Read;
     let file = std::fs::File::open(path)?;
     // The announced size, where there is one, saves reads and copies.
     let hint = file.metadata().map_or(0, |m| m.len().min(MAX_CONFIG));
     let mut text = String::with_capacity(usize::try_from(hint).unwrap_or(0) + 1);
-    file.take(MAX_CONFIG + 1).read_to_string(&mut text)?;
+    (&file).take(MAX_CONFIG + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_CONFIG {
         return Err(std::io::Error::new(
             std::io::ErrorKind::FileTooLarge,
             format!("larger than {} MiB", MAX_CONFIG >> 20),
         ));
     }
-    Ok(text)
+    let stamp = file.metadata().ok().and_then(|m| FileStamp::of(&m));
+    Ok((text, stamp))
 }
 
 /// Replaces `path` with `contents` (mode `mode`, whatever the umask): a

@@ -81,13 +81,33 @@ fn status_reports_an_error_in_mailman_table() {
 }
 
 /// With the master running, a file broken since outside `[mailman]` is
-/// still `status`'s error (the rest of the file is checked while the master
-/// answers: its answer is not printed), then the master's answer once the
-/// file is mended.
+/// still `status`'s error (the rest of the file is checked once the master
+/// has answered, as its stamp of the file it read no longer matches: its
+/// answer is not printed), then the master's answer once the file is
+/// mended. The master's answer carries that stamp: the file as it read it.
 #[test]
 fn status_with_a_running_master_reports_a_file_broken_since() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::MetadataExt;
     let env = Env::new(&only("[runner.in]\nstart = true\n"));
     let master = env.start(1);
+    let m = std::fs::metadata(&env.config).unwrap();
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    let stamp = format!(
+        "\"config\":{{\"dev\":{},\"ino\":{},\"size\":{},\"mtime_ns\":{},\"ctime_ns\":{}}}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        ns(m.mtime(), m.mtime_nsec()),
+        ns(m.ctime(), m.ctime_nsec())
+    );
+    for request in ["health", "status"] {
+        let mut s = std::os::unix::net::UnixStream::connect(env.var.join("master.sock")).unwrap();
+        writeln!(s, "{{\"command\":\"{request}\"}}").unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+        assert!(answer.contains(&stamp), "{request}: {answer} lacks {stamp}");
+    }
     let good = std::fs::read_to_string(&env.config).unwrap();
     let lines = good.lines().count();
     std::fs::write(

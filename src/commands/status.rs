@@ -139,11 +139,11 @@ fn verified_pid(layout: &Layout) -> Option<i32> {
     }
 }
 
-/// The lock probed and, where it is held, `request` sent to the master;
-/// the rest of the configuration file checked while it answers
-/// ([`Located::confirm`]: at 1,000 runners that check is a third of the
-/// command's CPU); then its answer. `Err`: the exit status, the
-/// configuration's error said.
+/// The lock probed and, where it is held, `request` sent to the master and
+/// its answer read; then the rest of the configuration file checked, unless
+/// the master says it read and validated this very file, unchanged since
+/// ([`Located::confirm`]: at 1,000 runners that check was a third of the
+/// command's CPU). `Err`: the exit status, the configuration's error said.
 fn ask_checking(
     mut located: Located,
     request: &Request,
@@ -155,7 +155,16 @@ fn ask_checking(
         Probe::Held(_) => control::send(&layout.socket(), request, timeout),
         _ => Ok(None),
     };
-    if let Err(e) = located.confirm() {
+    let answer = match sent {
+        Ok(Some(pending)) => pending.answer(),
+        Ok(None) => Ok(Answer::NoSocket),
+        Err(e) => Err(e),
+    };
+    let validated = match &answer {
+        Ok(Answer::Reply(r, _)) => r.config,
+        _ => None,
+    };
+    if let Err(e) = located.confirm(validated) {
         // LSB's terms: it cannot tell.
         eprintln!("{e}");
         return Err(lsb::UNKNOWN);
@@ -164,10 +173,5 @@ fn ask_checking(
         // The full reading placed the files elsewhere: asked there instead.
         return ask_checking(located, request, timeout);
     }
-    let answer = match sent {
-        Ok(Some(pending)) => pending.answer(),
-        Ok(None) => Ok(Answer::NoSocket),
-        Err(e) => Err(e),
-    };
     Ok((layout, probe, answer))
 }

@@ -268,6 +268,7 @@ impl Config {
             jobs: Vec::new(),
             core,
             piped: None,
+            stamp: None,
         }
     }
 }

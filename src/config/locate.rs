@@ -15,11 +15,12 @@
 //! The check comes in two halves ([`Config::locate`], then
 //! [`Located::confirm`]): the root and the `mailman` tables are checked
 //! first, since they give the layout; the syntax of the others (the 1,000
-//! runner tables of a large file) is checked while `status` waits for the
-//! master's answer, not before it asks. The first half lexes the file only
-//! as far as the last table that can be `mailman`'s (one whose header holds
-//! the word, or a backslash that could spell it); the tables after it are
-//! lexed in the second half alone.
+//! runner tables of a large file) once the master has answered, and only
+//! if the file is not the one it read and validated, unchanged since (its
+//! [`FileStamp`], which the master sends with its answer). The first half
+//! lexes the file only as far as the last table that can be `mailman`'s
+//! (one whose header holds the word, or a backslash that could spell it);
+//! the tables after it are lexed in the second half alone.
 //!
 //! The lexing and parsing themselves are in `crates/toml-skim`
 //! (`toml_skim`), a crate of its own only so that it is built for speed.
@@ -36,6 +37,7 @@ use toml_skim::mailman_part;
 use super::layer::RawMailman;
 use super::{Config, ConfigError, NO_FILE, find_source, is_mailman_cfg, layout_of};
 use crate::os::layout::Layout;
+use crate::util::FileStamp;
 
 /// A file read for its `[mailman]` table; other tables are skipped.
 #[derive(Deserialize)]
@@ -73,11 +75,14 @@ pub struct Located {
 }
 
 impl Located {
-    /// The rest of the file checked for TOML syntax. On a mistake, the full
-    /// reading's answer: its error (or, if it reads the file after all, its
-    /// layout, which then replaces [`Located::layout`]).
-    pub fn confirm(&mut self) -> Result<(), ConfigError> {
+    /// The rest of the file checked for TOML syntax, unless it is the file
+    /// a running master read and validated, unchanged since (`validated`:
+    /// its stamp, as the master tells it). On a mistake, the full reading's
+    /// answer: its error (or, if it reads the file after all, its layout,
+    /// which then replaces [`Located::layout`]).
+    pub fn confirm(&mut self, validated: Option<FileStamp>) -> Result<(), ConfigError> {
         match self.rest.take() {
+            Some(rest) if rest.stamp.is_some() && rest.stamp == validated => Ok(()),
             Some(rest) if !rest.check() => {
                 self.layout = Config::discover(self.explicit.as_deref(), &self.sets)?.layout();
                 Ok(())
@@ -92,6 +97,7 @@ impl Located {
 struct Rest {
     text: String,
     tables: Vec<Range<usize>>,
+    stamp: Option<FileStamp>,
 }
 
 impl Rest {
@@ -109,18 +115,18 @@ fn light(explicit: Option<&Path>, sets: &[String]) -> Option<(Layout, Rest)> {
         return None;
     }
     let source = find_source(explicit);
-    let (text, base) = match &source {
+    let (text, stamp, base) = match &source {
         Some(path) if is_mailman_cfg(path) => return None,
         Some(path) => {
-            let text = crate::util::read_config(path).ok()?;
+            let (text, stamp) = crate::util::read_config_stamped(path).ok()?;
             let base = if path == Path::new(NO_FILE) {
                 std::env::current_dir().ok()?
             } else {
                 std::path::absolute(path).ok()?.parent()?.to_path_buf()
             };
-            (text, base)
+            (text, stamp, base)
         }
-        None => (String::new(), std::env::current_dir().ok()?),
+        None => (String::new(), None, std::env::current_dir().ok()?),
     };
     let (part, tables) = mailman_part(&text)?;
     let m = toml::from_str::<MailmanOnly>(&part).ok()?.mailman;
@@ -148,7 +154,11 @@ fn light(explicit: Option<&Path>, sets: &[String]) -> Option<(Layout, Rest)> {
     let queue_dir = dir(&m.queue_dir).unwrap_or_else(|| var_dir.join("queue"));
     Some((
         layout_of(&var_dir, &run_dir, &queue_dir, None),
-        Rest { text, tables },
+        Rest {
+            text,
+            tables,
+            stamp,
+        },
     ))
 }
 
@@ -159,7 +169,7 @@ mod tests {
     /// Both halves: the layout once the whole file is checked.
     fn locate(explicit: Option<&Path>, sets: &[String]) -> Result<Layout, ConfigError> {
         let mut located = Config::locate(explicit, sets)?;
-        located.confirm()?;
+        located.confirm(None)?;
         Ok(located.layout)
     }
 
@@ -201,6 +211,31 @@ mod tests {
         }
     }
 
+    /// A file the master read and validated, unchanged since, is not
+    /// checked again; any other is, a master's stamp of another file
+    /// included.
+    #[test]
+    fn a_file_the_master_validated_is_not_checked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        // A mistake past `[mailman]`: what the second half finds.
+        std::fs::write(&file, "[mailman]\nvar_dir = \"/v\"\n[runner.a]\nx = \n").unwrap();
+        let (_, stamp) = crate::util::read_config_stamped(&file).unwrap();
+        let stamp = stamp.expect("a regular file has a stamp");
+        let confirm = |validated| Config::locate(Some(&file), &[])?.confirm(validated);
+        assert!(confirm(None).is_err());
+        assert!(confirm(Some(stamp)).is_ok());
+        let other = FileStamp {
+            ino: stamp.ino + 1,
+            ..stamp
+        };
+        assert!(confirm(Some(other)).is_err());
+        // Rewritten, the same size: a stamp of its own.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&file, "[mailman]\nvar_dir = \"/w\"\n[runner.a]\nx = \n").unwrap();
+        assert!(confirm(Some(stamp)).is_err());
+    }
+
     /// `mailman_part`, then the check of the rest: the part read, where the
     /// whole is valid TOML syntax.
     fn checked(text: &str) -> Option<String> {
@@ -208,6 +243,7 @@ mod tests {
         let rest = Rest {
             text: text.to_string(),
             tables,
+            stamp: None,
         };
         rest.check().then_some(kept)
     }

@@ -124,6 +124,10 @@ pub struct Config {
     /// the master keeps a copy for `{config}`.
     #[serde(skip)]
     pub piped: Option<String>,
+    /// The file as it was when read (`status` skips checking a file the
+    /// running master read and validated: `Located::confirm`).
+    #[serde(skip)]
+    pub stamp: Option<crate::util::FileStamp>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -314,18 +318,20 @@ impl Config {
             let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
             return Config::build("", Some(&abs), sets);
         }
-        let text = crate::util::read_config(path).map_err(|e| ConfigError::File {
-            file: path.display().to_string(),
-            message: format!(
-                "cannot read the configuration: {}",
-                crate::util::io_text(&e)
-            ),
-        })?;
+        let (text, stamp) =
+            crate::util::read_config_stamped(path).map_err(|e| ConfigError::File {
+                file: path.display().to_string(),
+                message: format!(
+                    "cannot read the configuration: {}",
+                    crate::util::io_text(&e)
+                ),
+            })?;
         if path == Path::new(NO_FILE) {
             return Config::build(&text, None, sets);
         }
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let mut config = Config::build(&text, Some(&abs), sets)?;
+        config.stamp = stamp;
         if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
             config.piped = Some(text);
         }

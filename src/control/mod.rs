@@ -71,6 +71,10 @@ pub struct Response {
     /// What a request did, in a sentence (`run-job`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// With `status` and `health`: the configuration file the master read
+    /// and validated, as it was then (`status` need not check it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::util::FileStamp>,
 }
 
 /// One scheduled job, as `jobs --json` and `status --json` show it. Times

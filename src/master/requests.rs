@@ -22,10 +22,12 @@ impl Master {
         match request {
             Request::Status => Response {
                 status: Some(self.report()),
+                config: self.config.stamp,
                 ..Response::ok()
             },
             Request::Health => Response {
                 health: Some(self.health()),
+                config: self.config.stamp,
                 ..Response::ok()
             },
             Request::Stop => {
