@@ -13,6 +13,9 @@
 //! | `{"command":"jobs"}` | `{"ok":true,"jobs":[…]}` (see [`JobStatus`]) |
 //! | `{"command":"run-job","job":"digests"}` | `{"ok":true,"message":"Job digests started (request, pid 7)."}`, or `{"ok":false,"error":"…"}` |
 //!
+//! `status` and `health` answers also carry the configuration file's stamp
+//! (`"config":{…}`, [`crate::util::FileStamp`]).
+//!
 //! It works across PID namespaces (a host shell against a container's
 //! bind-mounted var dir), where the pid in the pid file means nothing.
 //!
