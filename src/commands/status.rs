@@ -139,9 +139,11 @@ fn verified_pid(layout: &Layout) -> Option<i32> {
     }
 }
 
-/// The lock probed and, where it is held, `request` sent to the master and
-/// its answer read; then the rest of the configuration file checked, unless
-/// the master says it read and validated this very file, unchanged since
+/// `request` sent, if a socket takes it, and the lock probed while the
+/// master answers (the request only reads: where the lock turns out not to
+/// be held, its answer is not read); where it is held, the answer read;
+/// then the rest of the configuration file checked, unless the master says
+/// it read and validated this very file, unchanged since
 /// ([`Located::confirm`]: at 1,000 runners that check was a third of the
 /// command's CPU). `Err`: the exit status, the configuration's error said.
 fn ask_checking(
@@ -150,9 +152,10 @@ fn ask_checking(
     timeout: Duration,
 ) -> Result<(Layout, Probe, std::io::Result<Answer>), i32> {
     let layout = located.layout.clone();
+    let sent = control::send(&layout.socket(), request, timeout);
     let probe = probe_settled(&layout);
     let sent = match probe {
-        Probe::Held(_) => control::send(&layout.socket(), request, timeout),
+        Probe::Held(_) => sent,
         _ => Ok(None),
     };
     let answer = match sent {
