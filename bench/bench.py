@@ -465,19 +465,27 @@ def settle(pids, limit=60.0):
     time.sleep(0.5)
 
 
-def status_ms(master):
-    """The `status` command with the master's runners up: the median of 11."""
-    times = []
+def status_ms(master, paired=False):
+    """The `status` command with the master's runners up: the median of 11.
+    With `paired`, `/bin/true` is called in turn with it, and its median is
+    returned too: the command and the floor measured at the same moments,
+    rather than minutes apart under another master."""
+    times, floor = [], []
     for _ in range(11):
         t = time.perf_counter()
         run(master.status())
         times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+        if paired:
+            t = time.perf_counter()
+            run(["/bin/true"])
+            floor.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times), statistics.median(floor) if paired else None
 
 
 def scale_peer(cls, n):
     """start, stop, `status`, and every runner killed at once until all are
-    forked again, of a master (ours, s6, the bash loop) with `n` runners."""
+    forked again, of a master (ours, s6, the bash loop) with `n` runners;
+    for ours, `/bin/true` called in turn with `status` too."""
     with tempfile.TemporaryDirectory() as tmp:
         m = cls(Path(tmp), n)
         runners = getattr(m, "runners", children)
@@ -486,7 +494,7 @@ def scale_peer(cls, n):
         poll(lambda: m.master() and len(runners(m.master())) >= n, step=0.002)
         start = timed(t, runners(m.master()))
         settle(runners(m.master()))
-        status = status_ms(m)
+        status, floor = status_ms(m, paired=cls is Ours)
         pid = m.master()
         storm = None
         if cls.replaces_all:
@@ -506,7 +514,8 @@ def scale_peer(cls, n):
         t = time.perf_counter()
         m.stop().wait()
         poll(lambda: not any(alive(p) for p in everyone), step=0.002)
-        return start, (time.perf_counter() - t) * 1000, status, storm
+        ratio = status / floor if floor else None
+        return start, (time.perf_counter() - t) * 1000, status, storm, floor, ratio
 
 
 def capture_run(lines):
@@ -635,11 +644,12 @@ def main():
                 if cls in peers:
                     pairs[cls.name].append(scale_peer(cls, n))
         scale[n] = {name: tuple(None if None in (col := [p[i] for p in v]) else summary(col)
-                                for i in range(4))
+                                for i in range(6))
                     for name, v in pairs.items()}
         print(f"{n} runners: " + ", ".join(
             f"{name} start {s[0][0]:.0f} ms stop {s[1][0]:.0f} ms status {s[2][0]:.2f} ms "
             f"all killed → all again {f'{s[3][0]:.0f} ms' if s[3] else '–'}"
+            + (f" (/bin/true in turns {s[4][0]:.2f} ms, ratio {s[5][0]:.2f})" if s[5] else "")
             for name, s in scale[n].items()), flush=True)
     lines = 100_000 if args.smoke else 1_000_000
     caps = [capture_run(lines) for _ in range(runs)]
@@ -748,6 +758,12 @@ def write_report(results, scale, capture, queues, runs):
             out.append(f"| {what}, {n:,} runners | {show('ours')} | {show('s6 2.11')} | "
                        f"{show('bash loop')} | {rel('s6 2.11')} | {rel('bash loop')} |")
     out += ["", "Ours only:", "", "| figure | median [min..max] | target |", "|---|---|---|"]
+    for n, by in scale.items():
+        s = by["ours"]
+        if s[5]:
+            out.append(f"| `status` ÷ `/bin/true` called in turns with it, {n:,} runners (ratio "
+                       f"per run; `status` {s[2][0]:.2f} ms, `/bin/true` {s[4][0]:.2f} ms) | "
+                       f"{s[5][0]:.2f} [{s[5][1]:.2f}..{s[5][2]:.2f}] | ≤ 1.15 at 1,000 |")
     out.append(f"| log capture (100-byte lines, no line lost) | {capture[0]:.0f} MB/s "
                f"[{capture[1]:.0f}..{capture[2]:.0f}] | ≥ 100 MB/s |")
     for label, q in queues.items():
