@@ -152,7 +152,8 @@ fn ask_checking(
     timeout: Duration,
 ) -> Result<(Layout, Probe, std::io::Result<Answer>), i32> {
     let layout = located.layout.clone();
-    let sent = control::send(&layout.socket(), request, timeout);
+    let sent = control::send(&layout.socket(), request, timeout)
+        .map(|p| p.map(control::Pending::done_asking));
     let probe = probe_settled(&layout);
     let sent = match probe {
         Probe::Held(_) => sent,

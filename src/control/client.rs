@@ -82,6 +82,15 @@ pub fn send(path: &Path, request: &Request, timeout: Duration) -> io::Result<Opt
 }
 
 impl Pending {
+    /// Says that nothing more will be asked on this connection (a half
+    /// close): the master then lets it go as it answers, in the same turn,
+    /// rather than when this process exits. Never for a `stop`, whose
+    /// connection the master closes only once stopped.
+    pub fn done_asking(self) -> Pending {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self
+    }
+
     /// Reads the one-line response.
     pub fn answer(mut self) -> io::Result<Answer> {
         let mut reply = String::new();

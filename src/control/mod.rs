@@ -14,7 +14,8 @@
 //! | `{"command":"run-job","job":"digests"}` | `{"ok":true,"message":"Job digests started (request, pid 7)."}`, or `{"ok":false,"error":"…"}` |
 //!
 //! `status` and `health` answers also carry the configuration file's stamp
-//! (`"config":{…}`, [`crate::util::FileStamp`]).
+//! (`"config":{…}`, [`crate::util::FileStamp`]). A client that half-closes
+//! after its request (`status`) is closed as soon as it is answered.
 //!
 //! It works across PID namespaces (a host shell against a container's
 //! bind-mounted var dir), where the pid in the pid file means nothing.
@@ -27,7 +28,7 @@ mod client;
 pub mod http;
 mod server;
 
-pub use client::{Answer, ask, send, wait_closed};
+pub use client::{Answer, Pending, ask, send, wait_closed};
 pub use http::Http;
 pub use server::{Client, Server};
 

@@ -98,6 +98,24 @@ impl Client {
         }
     }
 
+    /// Whether the client has said all it will (it closed its side: a
+    /// `status`) and has its answers, all written: then it can go now.
+    /// One read, which keeps whatever else the client sent.
+    pub fn finished(&mut self) -> bool {
+        if self.waits_for_stop || self.written < self.out.len() || self.buf.contains(&b'\n') {
+            return false;
+        }
+        let mut chunk = [0u8; 4096];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => true,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Queues one response line and writes what the socket takes now; the
     /// rest goes out as the client reads (`next_request`).
     pub fn reply(&mut self, response: &Response) {
@@ -329,5 +347,51 @@ mod tests {
             .unwrap(),
             Answer::NoSocket
         ));
+    }
+
+    /// A client that closed its side once it asked (`status`) is finished
+    /// once answered; one that did not, or that asks again, is not, and
+    /// what it sent meanwhile is kept; nor is a `stop` waiting for the end.
+    #[test]
+    fn a_client_that_asked_its_last_is_finished_once_answered() {
+        use std::io::Write;
+        use std::net::Shutdown;
+        let pair = || {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            ours.set_nonblocking(true).unwrap();
+            (Client::new(ours), theirs)
+        };
+        let health = b"{\"command\":\"health\"}\n";
+        let ask = |c: &mut Client| loop {
+            if let Some(r) = c.next_request().unwrap() {
+                c.reply(&Response::ok());
+                break r;
+            }
+        };
+        // Asked, then closed its side: finished, answered.
+        let (mut c, mut them) = pair();
+        them.write_all(health).unwrap();
+        them.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(ask(&mut c), Request::Health);
+        assert!(c.finished());
+        drop(c);
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut them, &mut answer).unwrap();
+        assert_eq!(answer, "{\"ok\":true}\n");
+        // Still connected: not finished, and asks again.
+        let (mut c, mut them) = pair();
+        them.write_all(health).unwrap();
+        ask(&mut c);
+        assert!(!c.finished());
+        them.write_all(b"{\"command\":\"status\"}\n").unwrap();
+        assert!(!c.finished(), "it asked again");
+        assert_eq!(ask(&mut c), Request::Status);
+        // A stop waiting for the end is never finished this way.
+        let (mut c, mut them) = pair();
+        them.write_all(b"{\"command\":\"stop\"}\n").unwrap();
+        them.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(ask(&mut c), Request::Stop);
+        c.waits_for_stop = true;
+        assert!(!c.finished());
     }
 }

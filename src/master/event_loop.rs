@@ -291,6 +291,11 @@ impl Master {
                     let client = &mut self.clients[i];
                     client.reply(&response);
                     client.waits_for_stop = request == Request::Stop && response.ok;
+                    // A client that asked its last (a `status`) goes in
+                    // this turn, not in the one its exit would wake.
+                    if client.finished() {
+                        gone.push(i);
+                    }
                 }
                 Ok(None) => {}
                 Err(_) => gone.push(i),
