@@ -152,11 +152,17 @@ fn ask_checking(
     timeout: Duration,
 ) -> Result<(Layout, Probe, std::io::Result<Answer>), i32> {
     let layout = located.layout.clone();
-    let sent = control::send(&layout.socket(), request, timeout)
-        .map(|p| p.map(control::Pending::done_asking));
+    let ask = || {
+        control::send(&layout.socket(), request, timeout)
+            .map(|p| p.map(control::Pending::done_asking))
+    };
+    let sent = ask();
     let probe = probe_settled(&layout);
-    let sent = match probe {
-        Probe::Held(_) => sent,
+    let sent = match (&probe, sent) {
+        // No socket yet when asked (a master starting, its lock just
+        // taken): asked again, now that the lock is seen held.
+        (Probe::Held(_), Ok(None)) => ask(),
+        (Probe::Held(_), sent) => sent,
         _ => Ok(None),
     };
     let answer = match sent {
