@@ -331,10 +331,11 @@ impl Config {
         }
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let mut config = Config::build(&text, Some(&abs), sets)?;
-        config.stamp = stamp;
-        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        // Not a regular file (its stamp says so): a runner cannot read it again.
+        if stamp.is_none() {
             config.piped = Some(text);
         }
+        config.stamp = stamp;
         Ok(config)
     }
 

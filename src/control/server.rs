@@ -71,10 +71,9 @@ impl Client {
             return Ok(None);
         }
         if !self.buf.contains(&b'\n') {
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
+            match self.read_more() {
                 Ok(0) => return Err("closed".into()),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
                 Err(e) => return Err(e.to_string()),
@@ -105,15 +104,15 @@ impl Client {
         if self.waits_for_stop || self.written < self.out.len() || self.buf.contains(&b'\n') {
             return false;
         }
+        matches!(self.read_more(), Ok(0))
+    }
+
+    /// One read, added to what the client sent; `Ok(0)`: it closed its side.
+    fn read_more(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 4096];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => true,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                false
-            }
-            Err(_) => false,
-        }
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
     }
 
     /// Queues one response line and writes what the socket takes now; the
