@@ -50,15 +50,6 @@ static HEAP: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
-    // SAFETY: first of all, before any allocation, as dlmalloc requires:
-    // it registers `pthread_atfork` handlers that hold the heap's lock
-    // across a `fork`, so that a child forked while another thread
-    // allocates does not inherit the lock held. (Our own spawns clone
-    // without `fork`, and their children do not allocate.)
-    #[cfg(target_env = "musl")]
-    unsafe {
-        dlmalloc::enable_alloc_after_fork();
-    }
     // SAFETY: C's `main` gets `argc` pointers to NUL-terminated strings,
     // which live as long as the process.
     start(unsafe { os::runtime::args(argc, argv) })
@@ -117,10 +108,12 @@ fn run(args: Vec<std::ffi::OsString>) -> i32 {
         cli.command,
         Command::Master(_) | Command::Start(_) | Command::CheckConfig
     );
-    // `status` needs only where the master's files are (issue 19).
+    // `status` needs only where the master's files are (issue 19), and
+    // never forks or starts a thread.
     if let Command::Status(args) = &cli.command {
         return status_command(cli.config.as_deref(), &cli.set, args);
     }
+    protect_heap_across_fork();
     let config = match Config::discover(cli.config.as_deref(), &cli.set).and_then(|c| {
         if starts_runners {
             c.check_runnable().map(|()| c)
@@ -179,6 +172,25 @@ fn run(args: Vec<std::ffi::OsString>) -> i32 {
             0
         }
         Command::Completions { .. } | Command::Man { .. } => 0,
+    }
+}
+
+/// Registers dlmalloc's `pthread_atfork` handlers, which hold the heap's
+/// lock across a `fork` so that a child forked while another thread
+/// allocates does not inherit the lock held (our own spawns clone without
+/// `fork`, and their children do not allocate; a job's or a hook's
+/// `Command` forks). Every command but `status`, which never forks or
+/// starts a thread and so is spared musl's first `malloc` (its own heap,
+/// set up by `pthread_atfork`: a `brk` and four page faults).
+fn protect_heap_across_fork() {
+    // SAFETY: dlmalloc asks for this before any allocation, because the
+    // call takes the heap's lock: here no thread but this one exists yet
+    // (none is started before a command runs) and this one holds no lock,
+    // so taking it cannot wait or deadlock, and no `fork` has been made
+    // that the handlers would have had to cover.
+    #[cfg(all(not(test), target_env = "musl"))]
+    unsafe {
+        dlmalloc::enable_alloc_after_fork();
     }
 }
 

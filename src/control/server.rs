@@ -230,8 +230,8 @@ impl Server {
     pub fn accept(&self, clients: &mut Vec<Client>) -> Accepted {
         let mut accepted = Accepted::default();
         loop {
-            let stream = match self.listener.accept() {
-                Ok((s, _)) => s,
+            let stream = match accept_nonblocking(&self.listener) {
+                Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if super::out_of_room(&e) => match idle_longest(clients) {
                     Some(i) => {
@@ -245,10 +245,6 @@ impl Server {
                 },
                 Err(_) => return accepted,
             };
-            // Non-blocking from the start: even a refusal never waits.
-            if stream.set_nonblocking(true).is_err() {
-                continue;
-            }
             let mut client = Client::new(stream);
             match peer_uid(&client.stream) {
                 Some(uid) if uid == self.uid || uid == 0 => {}
@@ -283,6 +279,28 @@ impl Server {
     pub fn remove(self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// A connection, non-blocking from the start: even a refusal never waits.
+/// On Linux in the same system call as it is accepted.
+#[cfg(target_os = "linux")]
+fn accept_nonblocking(listener: &UnixListener) -> io::Result<UnixStream> {
+    use nix::sys::socket::{SockFlag, accept4};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let fd = accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: `accept4` has just returned this descriptor; nothing else
+    // owns it.
+    Ok(unsafe { UnixStream::from_raw_fd(fd) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn accept_nonblocking(listener: &UnixListener) -> io::Result<UnixStream> {
+    let (stream, _) = listener.accept()?;
+    stream.set_nonblocking(true)?;
+    Ok(stream)
 }
 
 #[cfg(target_os = "linux")]

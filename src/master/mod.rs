@@ -224,6 +224,9 @@ struct Master {
     /// When to read the watched queues next (only while some runner has
     /// `stall_after` set).
     stall_check_at: Option<Instant>,
+    /// Some runner of this master has stall detection on (the slices are
+    /// fixed at start: asked at every `status`, not scanned for).
+    watches_stalls: bool,
     /// The one look, after start, at the slices of a shared queue that
     /// this master does not run (`sharing`).
     share_check_at: Option<Instant>,

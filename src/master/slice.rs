@@ -230,9 +230,10 @@ impl Slice {
     /// stopped although it should run; or failing (backing off, or never up
     /// for `stable_after` since) for longer than `grace`.
     pub fn problem(&self, now: Instant, grace: Duration) -> Option<String> {
-        let last = self
-            .last_exit
-            .map_or_else(String::new, |w| format!(", last {w}"));
+        let last = || {
+            self.last_exit
+                .map_or_else(String::new, |w| format!(", last {w}"))
+        };
         match self.state {
             // A standby: another master runs it, as meant.
             State::Pending | State::WaitingForOwner { .. } => None,
@@ -243,11 +244,12 @@ impl Slice {
                 self.ready_addr.map_or_else(String::new, |a| a.to_string())
             )),
             State::Failed => Some(format!(
-                "runner {} given up after {} restarts{last}",
+                "runner {} given up after {} restarts{}",
                 self.spec(),
-                self.restarts.saturating_sub(1)
+                self.restarts.saturating_sub(1),
+                last()
             )),
-            State::Stopped => Some(format!("runner {} stopped{last}", self.spec())),
+            State::Stopped => Some(format!("runner {} stopped{}", self.spec(), last())),
             State::Running { since, .. }
                 if now.saturating_duration_since(since) >= self.runner.stable_after.0 =>
             {
@@ -257,10 +259,11 @@ impl Slice {
                 let failing = now.saturating_duration_since(self.failing_since?);
                 (failing > grace).then(|| {
                     format!(
-                        "runner {} failing for {}s ({} restarts{last})",
+                        "runner {} failing for {}s ({} restarts{})",
                         self.spec(),
                         failing.as_secs(),
-                        self.restarts
+                        self.restarts,
+                        last()
                     )
                 })
             }

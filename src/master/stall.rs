@@ -139,9 +139,7 @@ impl Master {
 
     /// Whether any runner of this master has stall detection on.
     pub(super) fn watches_stalls(&self) -> bool {
-        self.slices
-            .iter()
-            .any(|s| s.runner.stall_threshold().is_some())
+        self.watches_stalls
     }
 
     /// The stall timer is due: read the watched queues, set the next turn.

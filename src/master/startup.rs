@@ -181,11 +181,13 @@ impl Master {
             cgroup: confine.cgroup().map(|(fd, procs)| (fd, procs.clone())),
             bases,
         };
+        let watches_stalls = slices.iter().any(|s| s.runner.stall_threshold().is_some());
         let mut master = Master {
             config,
             layout,
             ctx,
             slices,
+            watches_stalls,
             outputs: Outputs::new(),
             signals,
             mode: Mode::Starting,
