@@ -21,6 +21,9 @@ use crate::os::signals;
 /// What `poll` found ready.
 #[derive(Debug, Default)]
 struct Ready {
+    /// The signal pipe has bytes to drain (the signals' flags are read at
+    /// every turn all the same).
+    signals: bool,
     listener: bool,
     clients: Vec<usize>,
     outputs: Vec<usize>,
@@ -93,7 +96,7 @@ impl Master {
             // tables (a reaped runner's pipes go).
             self.pump(&ready.outputs);
             self.finish_probes(&ready.probes);
-            for sig in self.signals.take() {
+            for sig in self.signals.take(ready.signals) {
                 changes = true;
                 self.on_signal(sig);
             }
@@ -230,6 +233,7 @@ impl Master {
         match result {
             Ok(_) => {
                 let hit = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                ready.signals = hit(&fds[0]);
                 ready.helper = helper && hit(&fds[1]);
                 ready.lock_dir = lock_dir && hit(&fds[at_lock_dir]);
                 ready.listener = listening && hit(&fds[at_listener]);
@@ -264,9 +268,10 @@ impl Master {
                         .collect();
                 }
             }
-            Err(Errno::EINTR) => {}
+            Err(Errno::EINTR) => ready.signals = true,
             Err(Errno::EINVAL) if regained_nofile(fds.len()) => {}
             Err(e) => {
+                ready.signals = true;
                 // Once per episode: the loop retries every 100 ms.
                 if !std::mem::replace(&mut self.poll_failing, true) {
                     error!("poll failed: {}; retrying every 100 ms", e.desc());

@@ -363,7 +363,7 @@ impl Worker<'_> {
     /// Logs and records the signals that arrived.
     fn check_signals(&mut self) {
         let name = &self.runner.name;
-        for sig in self.sigs.take() {
+        for sig in self.sigs.take(true) {
             match sig {
                 libc::SIGCHLD => {}
                 libc::SIGHUP => say(&format!("{name} runner caught SIGHUP.  Reopening logs.")),
