@@ -177,9 +177,10 @@ fn run(args: Vec<std::ffi::OsString>) -> i32 {
 
 /// Registers dlmalloc's `pthread_atfork` handlers, which hold the heap's
 /// lock across a `fork` so that a child forked while another thread
-/// allocates does not inherit the lock held (our own spawns clone without
-/// `fork`, and their children do not allocate; a job's or a hook's
-/// `Command` forks). Every command but `status`, which never forks or
+/// allocates does not inherit the lock held (the master's spawns clone
+/// without `fork`, and their children do not allocate; but `start` forks
+/// its daemon, and the fallback spawn and the built-in runner's handlers
+/// fork through `std`). Every command but `status`, which never forks or
 /// starts a thread and so is spared musl's first `malloc` (its own heap,
 /// set up by `pthread_atfork`: a `brk` and four page faults).
 fn protect_heap_across_fork() {
